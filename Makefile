@@ -1,0 +1,34 @@
+# Two entry points from a fresh clone: `make demo` (a search on the embedded synthetic data) and
+# `make test`. Both create .venv and install raytower into it first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch. Here pip finds torch 2.13.0 (CPU) on the local disk; elsewhere on a
+# CPU-only Linux box add the CPU index: make TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: install demo test test-slow clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/raytower data prepare --data synthetic
+	$(BIN)/raytower train --data synthetic --epochs 10 --threads 2 --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# pytest exits 5 when no test carries the slow marker: an empty tier is not a failure.
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
