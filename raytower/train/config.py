@@ -1,0 +1,139 @@
+"""The training config: one dataclass, its defaults, and the checks that give one-line errors.
+
+The same format is what ``raytower train --config`` reads and what a search exports in
+``best_config.json`` ("params"). Every field may be named in a search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raytower.errors import ConfigError
+
+FUSION_TYPES = ("concat", "gated", "moe")
+POOLING_TYPES = ("last", "attention")
+
+
+@dataclass
+class TrainConfig:
+    # --- model --------------------------------------------------------------------------------
+    dim: int = 64  # embedding size of both towers (and of LightGCN)
+    max_len: int = 200  # the sequence encoder sees the last max_len items
+    n_blocks: int = 2  # Transformer blocks in the sequence encoder
+    n_heads: int = 2
+    dropout: float = 0.2
+    pooling: str = "last"  # last | attention (attention pooling over the prefix)
+    fusion: str = "gated"  # concat | gated | moe
+    n_experts: int = 4  # moe only
+    item_layers: int = 3  # residual blocks of the item tower, under its projection head
+    gnn_dropout: float = 0.3  # train-time chance of hiding a user's GNN vector (the leak; see README)
+    # --- optimisation -------------------------------------------------------------------------
+    lr: float = 1e-3  # user-tower learning rate
+    weight_decay: float = 0.0
+    batch_size: int = 128  # users per step; every position of each sequence is a training example
+    epochs: int = 100
+    seed: int = 0
+    # --- temperature: tau(epoch) = max(temp_min, temp_start * anneal_rate ** epoch) ------------
+    temp_start: float = 0.5
+    anneal_rate: float = 0.85
+    temp_min: float = 0.05
+    # --- logQ: lambda = 0 for logq_warmup_epochs, then linear to logq_max over logq_ramp_epochs -
+    logq_warmup_epochs: int = 2
+    logq_max: float = 0.05
+    logq_ramp_epochs: int = 5
+    # --- curriculum: leave Stage 1 at the first of these; thresholds are relative to the data --
+    stage1_max_epochs: int = 10
+    stage2_min_recall: float = 1.0  # x popularity's validation Recall@100
+    stage2_max_loss: float = 0.6  # x the random-guess loss
+    unfreeze_depth: int = 1  # Stage 2: 0 = item tower stays frozen, 1 = head, 2 = head + top block...
+    lr_ratio: float = 0.01  # Stage 2 item-tower LR = lr * lr_ratio
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str | None = None) -> None:
+        def bad(msg: str):
+            raise ConfigError(msg, source)
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, f.name, float(v))
+                continue
+            if not isinstance(v, want) or isinstance(v, bool):
+                bad(f"{f.name} must be {want.__name__}, got {v!r}")
+            if want is float and not math.isfinite(v):
+                bad(f"{f.name} must be finite, got {v!r}")
+        positive = ["dim", "max_len", "n_blocks", "n_heads", "n_experts", "batch_size", "lr",
+                    "temp_start", "temp_min", "stage1_max_epochs", "lr_ratio"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                bad(f"{name} must be > 0, got {getattr(self, name)}")
+        non_negative = ["item_layers", "weight_decay", "epochs", "logq_warmup_epochs", "logq_max",
+                        "logq_ramp_epochs", "stage2_min_recall", "stage2_max_loss", "unfreeze_depth"]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "gnn_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.anneal_rate <= 1:
+            bad(f"anneal_rate must be in (0, 1], got {self.anneal_rate}")
+        if self.temp_min > self.temp_start:
+            bad(f"temp_min ({self.temp_min}) must not exceed temp_start ({self.temp_start})")
+        if self.fusion not in FUSION_TYPES:
+            bad(f"unknown fusion type {self.fusion!r}; choose one of {', '.join(FUSION_TYPES)}")
+        if self.pooling not in POOLING_TYPES:
+            bad(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_TYPES)}")
+        if self.dim % self.n_heads:
+            bad(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.unfreeze_depth > self.item_layers + 2:
+            bad(f"unfreeze_depth ({self.unfreeze_depth}) exceeds item_layers + 2 ({self.item_layers + 2}): "
+                "1 = head, item_layers + 1 = every block, item_layers + 2 = the embeddings too")
+
+    # --- (de)serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of config fields, got {type(d).__name__}", source)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}", source)
+        cfg = cls.__new__(cls)
+        for f in fields(cls):
+            setattr(cfg, f.name, d.get(f.name, f.default))
+        cfg.validate(source)
+        return cfg
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        """A JSON or YAML file of config fields, or a ``best_config.json`` (its "params" are used)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config ({e.strerror})", path) from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
+        if isinstance(data, dict) and "params" in data and "selection" in data:
+            data = data["params"]
+        return cls.from_dict(data if data is not None else {}, source=str(path))

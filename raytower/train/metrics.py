@@ -1,0 +1,108 @@
+"""Full-ranking evaluation over every item, the user's history masked, batched over items.
+
+A target's rank is the number of unmasked items that score higher than it (ties go to the lower
+item id, as a stable sort would: popularity has many ties), so the memory
+of one step is (user batch x item chunk) whatever the catalogue size; Recall@K and NDCG@K for
+every K follow from the ranks. A running top-100 gives catalogue coverage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+KS = (10, 20, 50, 100)
+TOPK = 100
+
+
+@torch.no_grad()
+def rank_targets(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.ndarray,
+                 hist_offsets: np.ndarray, hist_items: np.ndarray, item_chunk: int = 65536):
+    """Ranks (0 = best) of each row's target among all items, and each row's top-100 items.
+
+    user_vecs: (b, d); item_vecs: (n_items + 1, d), row 0 padding (never ranked);
+    hist_offsets/hist_items: CSR of the items to mask per row (the history before the target).
+    """
+    device = user_vecs.device
+    b = user_vecs.shape[0]
+    n = item_vecs.shape[0]
+    tgt = torch.as_tensor(targets, device=device)
+    tgt_score = (user_vecs * item_vecs[tgt]).sum(-1)
+    lens = np.diff(hist_offsets)
+    rows_all = torch.as_tensor(np.repeat(np.arange(b), lens), device=device)
+    cols_all = torch.as_tensor(hist_items, device=device)
+    ranks = torch.zeros(b, dtype=torch.long, device=device)
+    k = min(TOPK, n - 1)
+    top_val = torch.full((b, 0), float("-inf"), device=device)
+    top_idx = torch.zeros((b, 0), dtype=torch.long, device=device)
+    for c0 in range(0, n, item_chunk):
+        c1 = min(n, c0 + item_chunk)
+        scores = user_vecs @ item_vecs[c0:c1].T
+        if c0 == 0:
+            scores[:, 0] = float("-inf")  # padding
+        sel = (cols_all >= c0) & (cols_all < c1)
+        scores[rows_all[sel], cols_all[sel] - c0] = float("-inf")
+        ids = torch.arange(c0, c1, device=device)
+        t = tgt_score[:, None]
+        ranks += (scores > t).sum(1) + ((scores == t) & (ids[None, :] < tgt[:, None])).sum(1)
+        val, idx = torch.cat([top_val, scores], 1), torch.cat([top_idx, ids.expand(b, -1)], 1)
+        top_val, pos = val.topk(min(k, val.shape[1]), dim=1)
+        top_idx = idx.gather(1, pos)
+    return ranks.cpu().numpy(), top_idx.cpu().numpy()
+
+
+def ranking_metrics(ranks: np.ndarray, prefix: str = "") -> dict[str, float]:
+    out = {}
+    if len(ranks) == 0:
+        return out
+    for k in KS:
+        hit = ranks < k
+        out[f"{prefix}recall@{k}"] = float(hit.mean())
+        out[f"{prefix}ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    return out
+
+
+def summarize(ranks: np.ndarray, top: np.ndarray, users: np.ndarray, targets: np.ndarray,
+              cold_mask: np.ndarray, tail_mask: np.ndarray, n_items: int) -> dict[str, float]:
+    """All users, cold-start users apart, tail-target users apart, and coverage@100."""
+    out = ranking_metrics(ranks)
+    cold = cold_mask[users]
+    out |= {k: v for k, v in ranking_metrics(ranks[cold], "cold/").items() if k.endswith(("@10", "@100"))}
+    tail = tail_mask[targets]
+    if tail.any():
+        out["tail_recall@100"] = float((ranks[tail] < 100).mean())
+    out["coverage@100"] = float(len(np.unique(top[:, :100])) / n_items)
+    out["n_users"] = int(len(ranks))
+    return out
+
+
+def tail_items(counts: np.ndarray) -> np.ndarray:
+    """Tail = every item outside the 20% most popular by train count (ties broken by id)."""
+    n = len(counts) - 1
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    tail = np.ones(len(counts), dtype=bool)
+    tail[0] = False
+    tail[order[: int(math.ceil(0.2 * n))]] = False
+    return tail
+
+
+@torch.no_grad()
+def effective_rank(vecs: torch.Tensor) -> float:
+    """Roy & Vetterli (2007): exp of the entropy of the normalised singular values.
+    A collapsing item tower shows as a falling effective rank."""
+    s = torch.linalg.svdvals(vecs.float())
+    p = s / s.sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
+@torch.no_grad()
+def uniformity(vecs: torch.Tensor, sample: int = 2048, seed: int = 0) -> float:
+    """Wang & Isola (2020): log E exp(-2 ||x - y||^2) over pairs; lower is more uniform."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randperm(vecs.shape[0], generator=g)[:sample].to(vecs.device)
+    x = vecs[idx].float()
+    d2 = torch.cdist(x, x).pow(2)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return float(torch.log(torch.exp(-2 * d2[off]).mean()))

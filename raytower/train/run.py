@@ -1,0 +1,139 @@
+"""One training run, start to finish: what ``raytower train`` does.
+
+Pretraining (cached) -> the curriculum, epoch by epoch -> the best validation epoch's checkpoint ->
+test evaluated once on it -> ``metrics.json``. TensorBoard scalars go to the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import raytower
+from raytower._io import atomic_path, write_json
+from raytower.model.pretrain import PretrainConfig, pretrain
+from raytower.train.config import TrainConfig
+from raytower.train.loop import Curriculum
+
+# Stable TensorBoard names: the same in `raytower train` and in every search trial.
+SCALARS = {
+    "curriculum/stage": "stage",
+    "curriculum/tau": "tau",
+    "curriculum/lambda": "lambda",
+    "loss/train": "loss",
+    "loss/random_guess": "loss_random",
+    "val/recall@10": "val/recall@10",
+    "val/recall@100": "val/recall@100",
+    "val/ndcg@10": "val/ndcg@10",
+    "val/cold_recall@100": "val/cold/recall@100",
+    "val/coverage@100": "val/coverage@100",
+    "val/tail_recall@100": "val/tail_recall@100",
+    "fusion/gate_mean": "gate_mean",
+    "fusion/gate_mean_train": "gate_mean_train",
+    "fusion/gate_mean_cold": "gate_mean_cold",
+    "collapse/effective_rank": "effective_rank",
+    "collapse/uniformity": "uniformity",
+}
+
+COLUMNS = [  # the per-epoch table: (header, row key, format)
+    ("epoch", "epoch", "{:>5d}"), ("stage", "stage", "{:>5d}"), ("tau", "tau", "{:>6.3f}"),
+    ("lambda", "lambda", "{:>6.3f}"), ("loss", "loss", "{:>7.3f}"), ("random", "loss_random", "{:>7.3f}"),
+    ("ln#cand", "ln_candidates", "{:>7.3f}"), ("R@10", "val/recall@10", "{:>6.3f}"),
+    ("R@100", "val/recall@100", "{:>6.3f}"), ("gate", "gate_mean", "{:>5.2f}"),
+    ("erank", "effective_rank", "{:>6.1f}"), ("sec", "epoch_time_s", "{:>5.1f}"),
+]
+
+
+def format_header() -> str:
+    return " ".join(f"{h:>{len(f.format(0 if 'd' in f else 0.0))}}" for h, _, f in COLUMNS)
+
+
+def format_row(row: dict) -> str:
+    cells = []
+    for _, key, fmt in COLUMNS:
+        v = row.get(key, float("nan"))
+        cells.append(fmt.format(v) if not (isinstance(v, float) and math.isnan(v)) else " " * len(fmt.format(0.0)))
+    return " ".join(cells)
+
+
+def tensorboard_scalars(row: dict) -> dict[str, float]:
+    out = {name: float(row[key]) for name, key in SCALARS.items() if key in row and row[key] == row[key]}
+    out |= {f"fusion/{k}": float(v) for k, v in row.items() if k.startswith("expert_")}
+    return out
+
+
+def versions() -> dict[str, str]:
+    out = {"raytower": raytower.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("ray", "optuna"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", threads: int | None = None,
+          log=print, pretrain_cfg: PretrainConfig | None = None) -> dict:
+    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics."""
+    from tensorboardX import SummaryWriter
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
+    log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
+    artifacts = pretrain(bundle, pcfg, progress=log)
+    run = Curriculum(cfg, bundle, artifacts, device=device)
+    pop = run.popularity
+    log(f"popularity baseline: val Recall@100 {pop['val']['recall@100']:.3f}, "
+        f"test Recall@100 {pop['test']['recall@100']:.3f}, Recall@10 {pop['test']['recall@10']:.3f}")
+    log(format_header())
+    best, best_state = None, None
+    with SummaryWriter(str(out / "tensorboard")) as tb:
+        while not run.done:
+            row = run.step()
+            log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
+            for name, value in tensorboard_scalars(row).items():
+                tb.add_scalar(name, value, row["epoch"])
+            if not math.isfinite(row["loss"]):
+                log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}); stopping")
+                break
+            if best is None or row["val/recall@100"] > best["val/recall@100"]:
+                best, best_state = row, copy.deepcopy(run.state_dict())
+                save_checkpoint(best_state, out / "checkpoints" / "best.pt")
+    if best_state is None:
+        raise RuntimeError("no epoch finished")
+    # Honest evaluation: test is touched once, on the epoch chosen by validation.
+    final = Curriculum(cfg, bundle, artifacts, device=device)
+    final.load_state_dict(best_state)
+    test = final.evaluate("test")
+    result = {
+        "config": cfg.to_dict(),
+        "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
+                    "n_users": bundle.n_users, "n_items": bundle.n_items},
+        "best_epoch": best["epoch"],
+        "stage_switch": run.switch,
+        "val": {k[4:]: v for k, v in best.items() if k.startswith("val/")},
+        "test": {k: v for k, v in test.items() if not k.startswith("_")},
+        "popularity": pop,
+        "wall_time_s": time.perf_counter() - t_start,
+        "history": run.history,
+        "pretraining": {"path": str(artifacts.path), **artifacts.stats},
+        "versions": versions(),
+    }
+    write_json(out / "metrics.json", result)
+    log(f"best epoch {best['epoch']}: val Recall@100 {best['val/recall@100']:.4f}; "
+        f"test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}")
+    return result
+
+
+def save_checkpoint(state: dict, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        torch.save(state, tmp)

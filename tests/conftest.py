@@ -1,0 +1,67 @@
+"""Shared fixtures: the real ml-100k release, and one small synthetic bundle + pretraining per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K_HINT = (
+    "MovieLens 100K not found: set RAYTOWER_ML100K to an unpacked ml-100k directory, put it at "
+    "../shared/data/ml-100k beside the checkout, or run `raytower data download ml-100k --dest DIR`"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never touch the user's cache; one cache per test session (shared by its tests)."""
+    if "RAYTOWER_CACHE" not in os.environ:
+        os.environ["RAYTOWER_CACHE"] = str(tmp_path_factory.mktemp("raytower-cache"))
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    env = os.environ.get("RAYTOWER_ML100K")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "ml-100k"
+    if not (path / "u.data").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{ML100K_HINT} (required under CI)")
+        pytest.skip(ML100K_HINT)
+    return path
+
+
+SMALL_SYNTHETIC = "synthetic:n_users=800,n_items=400,seed=7"
+
+
+@pytest.fixture(scope="session")
+def small_bundle():
+    from raytower.data import load_bundle
+
+    return load_bundle(SMALL_SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def small_pretrain_config():
+    from raytower.model.pretrain import PretrainConfig
+
+    return PretrainConfig(dim=32, item_layers=2, gnn_epochs=15, tower_epochs=6)
+
+
+@pytest.fixture(scope="session")
+def small_artifacts(small_bundle, small_pretrain_config):
+    from raytower.model.pretrain import pretrain
+
+    return pretrain(small_bundle, small_pretrain_config, progress=None)
+
+
+@pytest.fixture
+def small_config():
+    from raytower.train.config import TrainConfig
+
+    return TrainConfig(dim=32, item_layers=2, max_len=30, n_heads=2, batch_size=64, epochs=4,
+                       stage1_max_epochs=2, stage2_min_recall=0.0, stage2_max_loss=0.0)

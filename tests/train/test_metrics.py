@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import torch
+
+from raytower.train import metrics as M
+
+
+def _csr(lists):
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in lists])])
+    items = np.array([i for x in lists for i in x], dtype=np.int64)
+    return offsets, items
+
+
+def test_rank_counts_higher_unmasked_items_and_skips_padding():
+    items = torch.tensor([[9.0], [5.0], [4.0], [3.0], [2.0], [1.0]])  # row 0 = padding, highest
+    users = torch.ones(2, 1)
+    off, hist = _csr([[1], []])  # user 0 already saw item 1 (score 5)
+    ranks, top = M.rank_targets(users, items, np.array([3, 3]), off, hist)
+    assert ranks.tolist() == [1, 2]  # item 2 above it; for user 1 items 1 and 2
+    assert 0 not in top and 1 not in top[0]
+
+
+def test_ties_go_to_the_lower_item_id():
+    items = torch.tensor([[0.0], [1.0], [1.0], [1.0]])
+    ranks, _ = M.rank_targets(torch.ones(3, 1), items, np.array([1, 2, 3]), *_csr([[], [], []]))
+    assert ranks.tolist() == [0, 1, 2]
+
+
+def test_chunked_ranking_equals_one_pass():
+    g = torch.Generator().manual_seed(0)
+    items = torch.randn(1001, 8, generator=g)
+    users = torch.randn(50, 8, generator=g)
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, 1001, 50)
+    off, hist = _csr([rng.choice(np.arange(1, 1001), 20, replace=False).tolist() for _ in range(50)])
+    r1, t1 = M.rank_targets(users, items, targets, off, hist)
+    r2, t2 = M.rank_targets(users, items, targets, off, hist, item_chunk=97)
+    assert (r1 == r2).all()
+    assert (np.sort(t1, 1) == np.sort(t2, 1)).all()
+    # brute force
+    scores = (users @ items.T).numpy()
+    scores[:, 0] = -np.inf
+    for k in range(50):
+        s = scores[k].copy()
+        s[hist[off[k]:off[k + 1]]] = -np.inf
+        assert r1[k] == (s > scores[k, targets[k]]).sum()
+
+
+def test_recall_and_ndcg_from_ranks():
+    m = M.ranking_metrics(np.array([0, 5, 50, 500]))
+    assert m["recall@10"] == 0.5 and m["recall@100"] == 0.75
+    assert math.isclose(m["ndcg@10"], (1 + 1 / math.log2(7)) / 4)
+
+
+def test_effective_rank_of_identity_and_rank_one():
+    assert math.isclose(M.effective_rank(torch.eye(16)), 16, rel_tol=1e-4)
+    assert M.effective_rank(torch.ones(50, 16)) < 1.01
+
+
+def test_uniformity_is_lower_for_spread_vectors():
+    spread = torch.nn.functional.normalize(torch.randn(500, 16), dim=-1)
+    clumped = torch.nn.functional.normalize(torch.ones(500, 16) + 0.01 * torch.randn(500, 16), dim=-1)
+    assert M.uniformity(spread) < M.uniformity(clumped)
+
+
+def test_tail_is_the_items_outside_the_top_fifth():
+    counts = np.array([0, 100, 50, 10, 5, 1, 1, 1, 1, 1, 1])
+    tail = M.tail_items(counts)
+    assert not tail[0] and not tail[1] and not tail[2]
+    assert tail[3:].all()
+
+
+def test_popularity_reproduces_the_ml100k_reference(ml100k_dir):
+    from raytower.data import load_bundle
+    from raytower.train.loop import popularity_metrics
+
+    b = load_bundle(str(ml100k_dir))
+    val, test = popularity_metrics(b, "val"), popularity_metrics(b, "test")
+    assert round(test["recall@100"], 3) == 0.317
+    assert round(test["recall@10"], 3) == 0.086
+    assert round(val["recall@100"], 3) == 0.348
