@@ -46,10 +46,13 @@ def rank_targets(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.n
         scores[rows_all[sel], cols_all[sel] - c0] = float("-inf")
         ids = torch.arange(c0, c1, device=device)
         t = tgt_score[:, None]
-        ranks += (scores > t).sum(1) + ((scores == t) & (ids[None, :] < tgt[:, None])).sum(1)
+        # The target never outranks itself (its score here and in tgt_score may differ by an ulp).
+        others = ids[None, :] != tgt[:, None]
+        ranks += ((scores > t) & others).sum(1) + ((scores == t) & (ids[None, :] < tgt[:, None])).sum(1)
         val, idx = torch.cat([top_val, scores], 1), torch.cat([top_idx, ids.expand(b, -1)], 1)
         top_val, pos = val.topk(min(k, val.shape[1]), dim=1)
         top_idx = idx.gather(1, pos)
+    top_idx[torch.isinf(top_val)] = 0  # fewer unmasked items than k: no masked item sneaks in
     return ranks.cpu().numpy(), top_idx.cpu().numpy()
 
 
@@ -73,7 +76,7 @@ def summarize(ranks: np.ndarray, top: np.ndarray, users: np.ndarray, targets: np
     tail = tail_mask[targets]
     if tail.any():
         out["tail_recall@100"] = float((ranks[tail] < 100).mean())
-    out["coverage@100"] = float(len(np.unique(top[:, :100])) / n_items)
+    out["coverage@100"] = float(len(np.setdiff1d(np.unique(top[:, :100]), [0])) / n_items)
     out["n_users"] = int(len(ranks))
     return out
 

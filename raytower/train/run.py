@@ -20,19 +20,20 @@ from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
 from raytower.train.loop import Curriculum
 
-# Stable TensorBoard names: the same in `raytower train` and in every search trial.
+# Stable TensorBoard names: the same in `raytower train` and in every search trial. TensorBoard
+# tags allow [A-Za-z0-9_./-] only, hence "recall_at_100" for the metric "val/recall@100".
 SCALARS = {
     "curriculum/stage": "stage",
     "curriculum/tau": "tau",
     "curriculum/lambda": "lambda",
     "loss/train": "loss",
     "loss/random_guess": "loss_random",
-    "val/recall@10": "val/recall@10",
-    "val/recall@100": "val/recall@100",
-    "val/ndcg@10": "val/ndcg@10",
-    "val/cold_recall@100": "val/cold/recall@100",
-    "val/coverage@100": "val/coverage@100",
-    "val/tail_recall@100": "val/tail_recall@100",
+    "val/recall_at_10": "val/recall@10",
+    "val/recall_at_100": "val/recall@100",
+    "val/ndcg_at_10": "val/ndcg@10",
+    "val/cold_recall_at_100": "val/cold/recall@100",
+    "val/coverage_at_100": "val/coverage@100",
+    "val/tail_recall_at_100": "val/tail_recall@100",
     "fusion/gate_mean": "gate_mean",
     "fusion/gate_mean_train": "gate_mean_train",
     "fusion/gate_mean_cold": "gate_mean_cold",

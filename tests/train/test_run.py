@@ -46,7 +46,7 @@ def test_tensorboard_scalars_read_back_with_tensorboards_reader(trained):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"curriculum/tau", "curriculum/lambda", "curriculum/stage", "loss/train", "loss/random_guess",
-            "val/recall@100", "collapse/effective_rank", "fusion/expert_0"} <= tags
+            "val/recall_at_100", "collapse/effective_rank", "fusion/expert_0"} <= tags
     taus = [e.value for e in acc.Scalars("curriculum/tau")]
     assert [e.step for e in acc.Scalars("curriculum/tau")] == [1, 2, 3]
     assert taus[0] > taus[1] > taus[2]  # annealing shows up
