@@ -111,6 +111,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from raytower.tune.search import SearchSettings, run_search
+
+    settings = SearchSettings(
+        space=args.space, num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
+        address=args.address, executor=args.executor, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
+        max_concurrent=args.max_concurrent, seed=args.seed, time_budget_s=args.time_budget,
+        grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
+        searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
+        chance_patience=args.chance_patience, resume=args.resume,
+    )
+    doc = run_search(settings, data=args.data, prepare_options=prepare_options(args))
+    print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
+    print(f"retrain it: raytower train --config {Path(args.out) / 'best_config.json'} --data {args.data}")
+    return 0
+
+
+def cmd_best(args) -> int:
+    import json
+
+    from raytower.tune.results import export_results
+
+    doc = export_results(args.dir)
+    if args.output:
+        from raytower._io import write_json
+
+        write_json(args.output, doc)
+        print(f"wrote {args.output}")
+    else:
+        print(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -142,6 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (fix it for reproducible runs; default: torch's choice)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "tune", help="search the curriculum's knobs with Ray Tune + Optuna (TPE) + ASHA",
+        description="Search the curriculum's knobs. Writes OUT/best_config.json, OUT/trials.parquet and "
+                    "the Optuna study (OUT/optuna.db). --resume continues an interrupted search in OUT; "
+                    "it restores Ray Tune's experiment state, which Tune stores as pickles: resume only "
+                    "directories raytower itself wrote.")
+    add_data_args(p)
+    p.add_argument("--space", default="search_spaces/default.yaml", metavar="YAML", help="search space (default %(default)s)")
+    p.add_argument("--num-samples", type=_positive_int, default=20, help="trials (default %(default)s)")
+    p.add_argument("--max-epochs", type=_positive_int, default=30, help="epochs of a trial that is never stopped")
+    p.add_argument("--out", default="runs/search", metavar="DIR", help="experiment directory (default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster ('auto' on a cluster node, or host:port); default: a private local Ray")
+    p.add_argument("--executor", choices=["auto", "function", "train"], default="auto",
+                   help="function: the loop runs in the Tune trial (one CPU worker, least overhead); "
+                        "train: a Ray Train TorchTrainer per trial (DDP, GPUs); auto: train when GPUs or "
+                        "several workers are asked for")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    p.add_argument("--workers-per-trial", type=_positive_int, default=1, help="DDP workers (executor train)")
+    p.add_argument("--max-concurrent", type=_positive_int, default=None, help="default: as many as resources allow")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials after this")
+    p.add_argument("--grace-period", type=_positive_int, default=None,
+                   help="ASHA's first rung in epochs (default: after the latest Stage 2 switch + 3)")
+    p.add_argument("--reduction-factor", type=int, default=2)
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
+    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--no-truthful-pruning", action="store_true",
+                   help="tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED")
+    p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
+    p.add_argument("--chance-patience", type=_positive_int, default=3,
+                   help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("best", help="re-export best_config.json from a finished or interrupted search")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here too (default: print)")
+    p.set_defaults(func=cmd_best)
     return parser
 
 

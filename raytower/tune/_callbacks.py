@@ -1,0 +1,139 @@
+"""What raytower adds to Ray Tune: stop reasons, truthful pruning, per-trial bookkeeping.
+
+* ``CurriculumStopper`` ends a trial that diverged (NaN/inf loss), sits at chance (loss at or above
+  its random-guess loss for ``chance_patience`` epochs once the logQ warm-up is over and the
+  temperature has decayed once) or whose item vectors collapsed (effective rank under
+  ``collapse_frac`` x dim after Stage 2 starts).
+* ``RecordingASHA`` is Ray's ASHA that also writes down which trials it stopped, and when.
+* ``TruthfulOptunaSearch`` tells Optuna what happened: a trial that ASHA or the stopper ended is
+  PRUNED (its intermediate values are in the study, keyed by epoch), a diverged one FAILED, and a
+  finished one COMPLETE with its best validation value. Ray's OptunaSearch would record an
+  early-stopped trial as COMPLETE with its low-fidelity value, which misleads TPE.
+
+All three share one ``StopLog`` in the driver process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from raytower._io import write_json
+
+METRIC = "val/recall@100"
+TIME_ATTR = "epoch"  # training_iteration restarts at 1 when Tune restarts a trial; epoch does not
+
+
+@dataclass
+class StopLog:
+    """trial_id -> (reason, epoch) for every trial ended before its last epoch.
+
+    Kept in ``stops.json`` beside the experiment too, so a resumed search and ``raytower best``
+    on an interrupted directory know why each trial ended.
+    """
+
+    path: str | None = None
+    reasons: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.path and os.path.exists(self.path):
+            with open(self.path) as f:
+                self.reasons = {k: (v[0], int(v[1])) for k, v in json.load(f).items()}
+
+    def record(self, trial_id: str, reason: str, epoch: int) -> None:
+        if trial_id in self.reasons:
+            return
+        self.reasons[trial_id] = (reason, int(epoch))
+        if self.path:
+            write_json(self.path, self.reasons)
+
+    def reason(self, trial_id: str) -> str | None:
+        r = self.reasons.get(trial_id)
+        return r[0] if r else None
+
+
+class CurriculumStopper(tune.Stopper):
+    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.1):
+        self.log = log
+        self.chance_patience = chance_patience
+        self.collapse_frac = collapse_frac
+        self._at_chance: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        epoch = int(result.get(TIME_ATTR, 0))
+        if result.get("diverged") or not math.isfinite(result.get("loss", 0.0)):
+            self.log.record(trial_id, "diverged", epoch)
+            return True
+        cfg = result.get("config", {})
+        warm = epoch > int(cfg.get("logq_warmup_epochs", 0)) and result.get("tau", 0) < cfg.get("temp_start", math.inf)
+        if warm and result["loss"] >= result["loss_random"]:
+            self._at_chance[trial_id] = self._at_chance.get(trial_id, 0) + 1
+        else:
+            self._at_chance[trial_id] = 0
+        if self._at_chance[trial_id] >= self.chance_patience:
+            self.log.record(trial_id, "chance", epoch)
+            return True
+        dim = cfg.get("dim")
+        if result.get("stage") == 2 and dim and result.get("effective_rank", math.inf) < self.collapse_frac * dim:
+            self.log.record(trial_id, "collapsed", epoch)
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class RecordingASHA(ASHAScheduler):
+    def __init__(self, log: StopLog, **kwargs):
+        super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
+        self.log = log
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < self._max_t:
+            self.log.record(trial.trial_id, "asha", result.get(TIME_ATTR, 0))
+        return decision
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, *args, log: StopLog, truthful: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log
+        self.truthful = truthful
+        self._best: dict[str, float] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self._best[trial_id] = max(value, self._best.get(trial_id, -math.inf))
+        # Keyed by epoch, not training_iteration, so a resumed trial does not rewrite step 1.
+        self._ot_trials[trial_id].report(value, int(result.get(TIME_ATTR, result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        from optuna.trial import TrialState
+
+        reason = self.log.reason(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        if error or reason == "diverged":
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif reason in ("asha", "chance", "collapsed"):
+            if self.truthful:
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            else:  # what Ray's OptunaSearch does: COMPLETE with the last, low-fidelity value
+                self._ot_study.tell(ot_trial, (result or {}).get(self.metric), state=TrialState.COMPLETE)
+        elif trial_id in self._best:
+            self._ot_study.tell(ot_trial, self._best[trial_id], state=TrialState.COMPLETE)
+        else:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,225 @@
+"""The search: prepare once, build the Tuner, run it, export the best configuration.
+
+    settings = SearchSettings(space="search_spaces/quick.yaml", num_samples=8, max_epochs=6, out="runs/s")
+    result = run_search(settings, data="synthetic")
+
+Layout of the experiment directory (``out``):
+
+    setup.json            what every trial shares: bundle and pretraining artifact paths
+    optuna.db             the Optuna study (SQLite; any RDB URL with --storage)
+    stops.json            why each early-stopped trial ended (asha, chance, collapsed, diverged)
+    tune/                 Ray Tune's experiment: one directory per trial (checkpoints, TensorBoard)
+    train/                Ray Train runs (executor "train" only)
+    trials.parquet        one row per trial
+    best_config.json      the chosen configuration, its validation and (once) test figures
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raytower._io import write_json
+from raytower.errors import ConfigError, RaytowerError
+from raytower.tune.space import SearchSpace, load_space
+
+EXPERIMENT = "tune"
+STUDY = "raytower"
+
+
+@dataclass
+class SearchSettings:
+    space: str = "search_spaces/default.yaml"
+    num_samples: int = 20
+    max_epochs: int = 30
+    out: str = "runs/search"
+    address: str | None = None  # None: a private local Ray; "auto" or host:port: join a cluster
+    executor: str = "auto"  # auto | function | train
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    max_concurrent: int | None = None
+    seed: int = 0
+    time_budget_s: float | None = None
+    grace_period: int | None = None  # default: after the latest Stage 2 switch plus 3 epochs
+    reduction_factor: int = 2
+    scheduler: str = "asha"  # asha | none
+    searcher: str = "tpe"  # tpe | random
+    truthful_pruning: bool = True
+    storage: str | None = None  # Optuna RDB URL; default sqlite in out/
+    chance_patience: int = 3
+    collapse_frac: float = 0.1
+    resume: bool = False
+    threads_per_trial: int | None = None
+
+    def validate(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if self.executor not in ("auto", "function", "train"):
+            raise ConfigError(f"--executor must be auto, function or train, got {self.executor!r}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.workers_per_trial < 1:
+            raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --workers-per-trial >= 1")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+
+    @property
+    def resolved_executor(self) -> str:
+        if self.executor != "auto":
+            return self.executor
+        # One CPU worker: the Tune function is the same loop without a Train run's start-up cost.
+        return "train" if self.gpus_per_trial > 0 or self.workers_per_trial > 1 else "function"
+
+
+def default_grace_period(space: SearchSpace, max_epochs: int) -> int:
+    """ASHA's first rung must come after the latest possible Stage 2 switch and the logQ ramp's
+    start, plus a few epochs, or the Stage 2 and logQ knobs cannot change which trials survive."""
+    fixed = space.config({})
+    stage1 = int(fixed.stage1_max_epochs)
+    warmup = max([int(k.high) for k in space.knobs if k.name == "logq_warmup_epochs"] or [fixed.logq_warmup_epochs])
+    return max(1, min(max_epochs, max(stage1, warmup) + 3))
+
+
+# --- setup: everything the trials share, done once before the first trial -----------------------
+
+
+def prepare_shared(space: SearchSpace, bundle, out: Path, log=print) -> dict[str, Any]:
+    from raytower.model.pretrain import PretrainConfig, pretrain
+
+    shapes = set()
+    dims = _values(space, "dim")
+    layers = _values(space, "item_layers")
+    for d in dims:
+        for l in layers:
+            shapes.add((int(d), int(l)))
+    artifacts = {}
+    for d, l in sorted(shapes):
+        log(f"pretraining LightGCN + item tower for dim={d}, item_layers={l} (cached per data set)")
+        art = pretrain(bundle, PretrainConfig(dim=d, item_layers=l), progress=log)
+        artifacts[f"{d}-{l}"] = str(art.path)
+    return {"bundle": str(bundle.path), "artifacts": artifacts, "train_storage": str(out / "train")}
+
+
+def _values(space: SearchSpace, name: str) -> list:
+    for k in space.knobs:
+        if k.name == name:
+            if k.distribution != "categorical":
+                raise ConfigError(f"{name} changes the pretrained artifacts: search it as categorical", space.source)
+            return list(k.choices)
+    return [getattr(space.config({}), name)]
+
+
+# --- the search ------------------------------------------------------------------------------------
+
+
+def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print) -> dict:
+    settings.validate()
+    space = load_space(settings.space)  # a malformed space fails here, before Ray starts
+    out = Path(settings.out).resolve()
+    _check_output_dir(out, settings.resume)
+    from raytower.data import load_bundle
+
+    bundle = load_bundle(data, prepare_options, progress=True)
+    setup = prepare_shared(space, bundle, out, log)
+    setup["threads"] = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
+    setup["workers"] = settings.workers_per_trial
+    setup["use_gpu"] = settings.gpus_per_trial > 0
+    write_json(out / "setup.json", {"settings": asdict(settings), "data": data, "setup": setup,
+                                    "dataset": _dataset_info(bundle)})
+    grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
+
+    import ray
+
+    _init_ray(settings)
+    try:
+        results, stops = _fit(settings, space, setup, grace, out)
+    finally:
+        ray.shutdown()
+    from raytower.tune.results import export_results
+
+    return export_results(out, log=log)
+
+
+def _dataset_info(bundle) -> dict:
+    return {"name": bundle.name, "fingerprint": bundle.fingerprint, "n_users": bundle.n_users,
+            "n_items": bundle.n_items, "n_interactions": bundle.manifest["n_interactions"]}
+
+
+def _check_output_dir(out: Path, resume: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError("cannot create the output directory: a file is in the way", out) from None
+    except PermissionError:
+        raise ConfigError("cannot create the output directory: permission denied", out) from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError("output directory is not writable", out)
+    exists = (out / EXPERIMENT).exists()
+    if resume and not exists:
+        raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
+    if exists and not resume:
+        raise ConfigError("a search already ran here: pass --resume to continue it, or choose another --out", out)
+
+
+def _init_ray(settings: SearchSettings) -> None:
+    import ray
+
+    # The Train V2 placement-group cleaner talks to the State API: keep the dashboard on,
+    # bound to loopback. address="local" so a stray RAY_ADDRESS is not joined by accident.
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 resources={"raytower_driver": 1000}, log_to_driver=True)
+
+
+def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, out: Path):
+    import optuna
+    from ray import tune
+
+    from raytower.tune._callbacks import METRIC, CurriculumStopper, RecordingASHA, StopLog, TruthfulOptunaSearch
+    from trainables.curriculum import function_trainable, train_driver
+
+    stops = StopLog(str(out / "stops.json"))
+    storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(storage_url)
+    sampler = (optuna.samplers.TPESampler(seed=settings.seed) if settings.searcher == "tpe"
+               else optuna.samplers.RandomSampler(seed=settings.seed))
+    searcher = TruthfulOptunaSearch(
+        space=space.define_by_run, metric=METRIC, mode="max", sampler=sampler, storage=storage,
+        study_name=STUDY, points_to_evaluate=list(space.start_from) or None,
+        log=stops, truthful=settings.truthful_pruning,
+    )
+    scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=grace,
+                               reduction_factor=settings.reduction_factor)
+                 if settings.scheduler == "asha" else None)
+    executor = settings.resolved_executor
+    if executor == "function":
+        trainable = tune.with_resources(function_trainable, {"cpu": settings.cpus_per_trial,
+                                                             "gpu": settings.gpus_per_trial})
+    else:
+        # The driver holds no CPU (its workers do): a driver on a CPU would starve them.
+        trainable = tune.with_resources(train_driver, {"cpu": 0, "raytower_driver": 1})
+        setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial, **({"GPU": settings.gpus_per_trial / settings.workers_per_trial} if settings.gpus_per_trial else {})}
+    param_space = {"_setup": setup, "epochs": settings.max_epochs}
+    stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac)
+    run_config = tune.RunConfig(
+        name=EXPERIMENT, storage_path=str(out), stop=stopper,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                checkpoint_score_order="max"),
+        failure_config=tune.FailureConfig(max_failures=2),
+    )
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
+                                    max_concurrent_trials=settings.max_concurrent,
+                                    time_budget_s=settings.time_budget_s),
+        run_config=run_config,
+    )
+    return tuner.fit(), stops

@@ -1,0 +1,152 @@
+"""The curriculum as a Ray trainable: one loop, two executors.
+
+    run_trial(config, report, state)     the loop: Curriculum.step() once per epoch, then report
+    function_trainable(config)           executor "function": the loop inside the Tune trial itself
+    train_driver(config)                 executor "train": the Tune trial builds a Train V2
+      -> train_loop_per_worker(config)   TorchTrainer whose workers run the same loop (DDP, GPUs)
+
+Both report the same metrics and checkpoints (a directory holding ``state.pt``: the trainable
+state only; the bundle and pretraining artifacts are referenced by path in ``config["_setup"]``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from raytower.data import Bundle
+from raytower.errors import ConfigError
+from raytower.model.pretrain import Artifacts
+from raytower.train.config import TrainConfig
+from raytower.train.loop import Curriculum
+from raytower.train.run import SCALARS, tensorboard_scalars
+
+SETUP_KEY = "_setup"
+STATE_FILE = "state.pt"
+
+
+def trial_config(config: dict) -> TrainConfig:
+    return TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def load_state(checkpoint) -> dict | None:
+    """A checkpoint's state, loaded without unpickling code (weights_only)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        path = Path(d) / STATE_FILE
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:
+            raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
+
+
+def run_trial(config: dict, report: Callable[[dict, dict], None], state: dict | None,
+              rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None) -> None:
+    """Run the curriculum from ``state`` (or the start) to the last epoch, reporting every epoch."""
+    setup = config[SETUP_KEY]
+    torch.set_num_threads(int(setup.get("threads", 1)))
+    cfg = trial_config(config)
+    bundle = Bundle(setup["bundle"])
+    artifacts = Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"])
+    run = Curriculum(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
+    if state is not None:
+        run.load_state_dict(state)
+    writer = None
+    if tb_dir and rank == 0:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(tb_dir)
+    best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
+    try:
+        while not run.done:
+            row = run.step()
+            best = max(best, row["val/recall@100"])
+            row["best/val/recall@100"] = best
+            row["diverged"] = float(not math.isfinite(row["loss"]))
+            if writer:
+                for name, value in tensorboard_scalars(row).items():
+                    writer.add_scalar(name, value, row["epoch"])
+                writer.flush()
+            report(row, run.state_dict())
+            if row["diverged"]:
+                return  # nothing to learn past a NaN; the stopper records the reason
+    finally:
+        if writer:
+            writer.close()
+
+
+def _reporter(report_fn, checkpoint_cls, rank: int = 0):
+    def report(row: dict, state: dict) -> None:
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:  # one copy of the state per epoch, from the first worker
+                torch.save(state, os.path.join(d, STATE_FILE))
+                report_fn(metrics, checkpoint=checkpoint_cls.from_directory(d))
+            else:
+                report_fn(metrics)
+
+    return report
+
+
+# --- executor "function": the loop runs in the Tune trial --------------------------------------
+
+
+def function_trainable(config: dict) -> None:
+    from ray import tune
+
+    state = load_state(tune.get_checkpoint())
+    run_trial(config, _reporter(tune.report, tune.Checkpoint), state,
+              tb_dir=tune.get_context().get_trial_dir())
+
+
+# --- executor "train": a Train V2 TorchTrainer per trial ----------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = str(ray.train.torch.get_device()) if config[SETUP_KEY].get("use_gpu") else "cpu"
+    state = load_state(ray.train.get_checkpoint())
+    run_trial(config, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
+              rank=rank, world_size=world, device=device, tb_dir=config[SETUP_KEY].get("_trial_dir"))
+
+
+def train_driver(config: dict) -> None:
+    """A Tune trial that drives a TorchTrainer and forwards its reports to Tune."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    ctx = tune.get_context()
+    setup = config[SETUP_KEY]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**config, SETUP_KEY: {**setup, "_trial_dir": ctx.get_trial_dir()}},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(setup.get("workers", 1)), use_gpu=bool(setup.get("use_gpu")),
+            resources_per_worker=setup.get("resources_per_worker"),
+        ),
+        run_config=ray.train.RunConfig(
+            # A stable name per trial: a restarted trial finds its own Train run and resumes it.
+            name=f"train-{ctx.get_trial_id()}",
+            storage_path=setup["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=int(setup.get("worker_max_failures", 2))),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val/recall@100", checkpoint_score_order="max"),
+        ),
+    )
+    trainer.fit()
+
+
+__all__ = ["SCALARS", "function_trainable", "run_trial", "train_driver", "train_loop_per_worker"]
