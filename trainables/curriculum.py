@@ -6,7 +6,8 @@
       -> train_loop_per_worker(config)   TorchTrainer whose workers run the same loop (DDP, GPUs)
 
 Both report the same metrics and checkpoints (a directory holding ``state.pt``: the trainable
-state only; the bundle and pretraining artifacts are referenced by path in ``config["_setup"]``).
+state only). ``setup`` (bound with ``tune.with_parameters``, so it stays out of the trial's config)
+names what every trial shares: the bundle and the pretraining artifacts, by path.
 """
 
 from __future__ import annotations
@@ -26,12 +27,7 @@ from raytower.train.config import TrainConfig
 from raytower.train.loop import Curriculum
 from raytower.train.run import SCALARS, tensorboard_scalars
 
-SETUP_KEY = "_setup"
 STATE_FILE = "state.pt"
-
-
-def trial_config(config: dict) -> TrainConfig:
-    return TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def load_state(checkpoint) -> dict | None:
@@ -46,12 +42,11 @@ def load_state(checkpoint) -> dict | None:
             raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
 
 
-def run_trial(config: dict, report: Callable[[dict, dict], None], state: dict | None,
+def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], state: dict | None,
               rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None) -> None:
     """Run the curriculum from ``state`` (or the start) to the last epoch, reporting every epoch."""
-    setup = config[SETUP_KEY]
     torch.set_num_threads(int(setup.get("threads", 1)))
-    cfg = trial_config(config)
+    cfg = TrainConfig.from_dict(config)
     bundle = Bundle(setup["bundle"])
     artifacts = Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"])
     run = Curriculum(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
@@ -65,10 +60,11 @@ def run_trial(config: dict, report: Callable[[dict, dict], None], state: dict | 
     best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
     try:
         while not run.done:
-            row = run.step()
-            best = max(best, row["val/recall@100"])
-            row["best/val/recall@100"] = best
-            row["diverged"] = float(not math.isfinite(row["loss"]))
+            step = run.step()
+            best = max(best, step["val/recall@100"])
+            # The first keys are the columns of Ray's progress table.
+            row = {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
+                   "best/val/recall@100": best, **step, "diverged": float(not math.isfinite(step["loss"]))}
             if writer:
                 for name, value in tensorboard_scalars(row).items():
                     writer.add_scalar(name, value, row["epoch"])
@@ -97,30 +93,31 @@ def _reporter(report_fn, checkpoint_cls, rank: int = 0):
 # --- executor "function": the loop runs in the Tune trial --------------------------------------
 
 
-def function_trainable(config: dict) -> None:
+def function_trainable(config: dict, setup: dict) -> None:
     from ray import tune
 
     state = load_state(tune.get_checkpoint())
-    run_trial(config, _reporter(tune.report, tune.Checkpoint), state,
+    run_trial(config, setup, _reporter(tune.report, tune.Checkpoint), state,
               tb_dir=tune.get_context().get_trial_dir())
 
 
 # --- executor "train": a Train V2 TorchTrainer per trial ----------------------------------------
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    config, setup = loop_config["config"], loop_config["setup"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = str(ray.train.torch.get_device()) if config[SETUP_KEY].get("use_gpu") else "cpu"
+    device = str(ray.train.torch.get_device()) if setup.get("use_gpu") else "cpu"
     state = load_state(ray.train.get_checkpoint())
-    run_trial(config, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
-              rank=rank, world_size=world, device=device, tb_dir=config[SETUP_KEY].get("_trial_dir"))
+    run_trial(config, setup, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
+              rank=rank, world_size=world, device=device, tb_dir=loop_config["trial_dir"])
 
 
-def train_driver(config: dict) -> None:
+def train_driver(config: dict, setup: dict) -> None:
     """A Tune trial that drives a TorchTrainer and forwards its reports to Tune."""
     import ray.train
     from ray import tune
@@ -128,10 +125,9 @@ def train_driver(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
-    setup = config[SETUP_KEY]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**config, SETUP_KEY: {**setup, "_trial_dir": ctx.get_trial_dir()}},
+        train_loop_config={"config": config, "setup": setup, "trial_dir": ctx.get_trial_dir()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(setup.get("workers", 1)), use_gpu=bool(setup.get("use_gpu")),
             resources_per_worker=setup.get("resources_per_worker"),

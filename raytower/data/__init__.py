@@ -11,6 +11,7 @@ The bundle is keyed by a content fingerprint, so the second call is a cache hit.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,9 @@ def load_bundle(
     options = options or PrepareOptions()
     spec = str(spec)
     if is_bundle(Path(spec)):  # an already-prepared bundle directory is a source too
-        return Bundle(spec)
+        bundle = Bundle(spec)
+        bundle.cache_hit = True  # nothing was prepared
+        return bundle
     name, key, read = _resolve(spec)
     fp = fingerprint(key, options)
     dest = Path(out) if out else cache_root() / "bundles" / f"{name}-{fp}"
@@ -128,8 +131,12 @@ def load_bundle(
 
 
 def _progress_bar(enabled: bool, name: str):
-    """A stage-by-stage progress bar on stderr (reading, filtering, ..., writing)."""
-    if not enabled:
+    """A stage-by-stage progress bar on stderr (reading, filtering, ..., writing).
+
+    Only on a terminal: redirected, its carriage-return redraws would land in the log around the
+    one-line error message.
+    """
+    if not enabled or not sys.stderr.isatty():
         return lambda msg: None
     from tqdm import tqdm
 
@@ -169,6 +176,7 @@ def summary_rows(manifest: dict) -> list[tuple[str, str]]:
         "below_min_rating": "rows below min rating (dropped)",
         "duplicates_collapsed": "exact duplicates (collapsed)",
         "k_core_items_dropped": "items dropped by k-core",
+        "k_core_users_dropped": "users dropped by k-core",
         "short_users_dropped": f"users with < {manifest['options']['min_user_interactions']} interactions (dropped)",
     }
     rows += [(labels.get(k, k), f"{v:,}") for k, v in f.items()]

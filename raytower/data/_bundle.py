@@ -33,6 +33,8 @@ class EvalSet:
 class Bundle:
     """Read-only view of a bundle directory written by ``prepare``."""
 
+    cache_hit = False  # load_bundle sets it: True when nothing had to be prepared
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         mfile = self.path / "manifest.json"

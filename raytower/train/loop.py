@@ -244,18 +244,27 @@ class Curriculum:
 
     # --- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def user_vectors(self, split: str, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def user_vectors(self, split: str, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One user vector per evaluated user (the history's last position); the fusion gate too."""
         self.user_tower.eval()
         ev, inp = self.eval_sets[split], self.eval_inputs[split]
+        # Users in order of history length, each batch cropped to its longest history: most
+        # histories are far shorter than max_len, and attention costs grow with its square.
+        lens = np.minimum(np.diff(ev.hist_offsets), self.cfg.max_len)
+        order = torch.as_tensor(np.argsort(lens, kind="stable"), device=self.device)
         users = torch.as_tensor(ev.users, device=self.device)
-        vecs, gates = [], []
+        vecs = torch.empty(len(ev), self.cfg.dim, device=self.device)
+        gates = None
         for s in range(0, len(ev), batch):
-            vecs.append(self.user_tower(users[s:s + batch], inp[s:s + batch], self.meta[users[s:s + batch]], last_only=True)[:, 0])
+            rows = order[s:s + batch]
+            width = max(1, int(lens[rows.cpu().numpy()].max()))
+            u = users[rows]
+            vecs[rows] = self.user_tower(u, inp[rows, -width:], self.meta[u], last_only=True)[:, 0]
             g = self.user_tower.fusion.last_gate
             if g is not None:
-                gates.append(g[:, 0])
-        return torch.cat(vecs), (torch.cat(gates) if gates else None)
+                gates = gates if gates is not None else torch.empty(len(ev), g.shape[-1], device=self.device)
+                gates[rows] = g[:, 0]
+        return vecs, gates
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:

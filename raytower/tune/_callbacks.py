@@ -91,7 +91,8 @@ class CurriculumStopper(tune.Stopper):
 
 class RecordingASHA(ASHAScheduler):
     def __init__(self, log: StopLog, **kwargs):
-        super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="max", **kwargs)
+        # metric and mode come from TuneConfig (set_search_properties), like every scheduler's
+        super().__init__(time_attr=TIME_ATTR, **kwargs)
         self.log = log
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -107,6 +108,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self.log = log
         self.truthful = truthful
         self._best: dict[str, float] = {}
+        self._reported: dict[str, set[int]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -116,13 +118,19 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         self._best[trial_id] = max(value, self._best.get(trial_id, -math.inf))
         # Keyed by epoch, not training_iteration, so a resumed trial does not rewrite step 1.
-        self._ot_trials[trial_id].report(value, int(result.get(TIME_ATTR, result.get("training_iteration", 0))))
+        step = int(result.get(TIME_ATTR, result.get("training_iteration", 0)))
+        reported = self._reported.setdefault(trial_id, set())
+        if step not in reported:
+            reported.add(step)
+            self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         from optuna.trial import TrialState
 
+        if result:  # Tune hands a trial's last result to on_trial_complete only
+            self.on_trial_result(trial_id, result)
         reason = self.log.reason(trial_id)
         ot_trial = self._ot_trials[trial_id]
         if error or reason == "diverged":

@@ -16,6 +16,7 @@ import pandas as pd
 
 from raytower._io import atomic_path, write_json
 from raytower.errors import ConfigError
+from raytower.train.config import TrainConfig
 
 METRIC = "val/recall@100"
 REPORT_KEYS = ("val/recall@10", "val/recall@20", "val/recall@50", "val/recall@100", "val/ndcg@10",
@@ -38,7 +39,7 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
                 if "epoch" in r:
                     rows[int(r["epoch"])] = r  # a resumed trial re-reports from its checkpoint on
         history = [rows[e] for e in sorted(rows)]
-        trial_id = history[-1]["trial_id"] if history else d.name.split("_")[-2] if "_" in d.name else d.name
+        trial_id = history[-1]["trial_id"] if history else d.name.removeprefix("trial_")
         trials.append({"dir": d, "trial_id": trial_id, "params": params, "history": history,
                        "error": (d / "error.txt").is_file()})
     return trials
@@ -52,7 +53,7 @@ def trial_rows(exp: Path) -> pd.DataFrame:
     for t in read_trials(exp):
         h = t["history"]
         row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"].name}
-        row |= {f"param/{k}": v for k, v in t["params"].items() if not k.startswith("_")}
+        row |= {f"param/{k}": v for k, v in t["params"].items()}
         epochs = int(h[-1]["epoch"]) if h else 0
         row["epochs"] = epochs
         reason = stops.get(t["trial_id"], [None])[0]
@@ -104,7 +105,8 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     best = choose(df)
     setup = json.loads((exp / "setup.json").read_text())
     trial = next(t for t in read_trials(exp) if t["trial_id"] == best["trial_id"])
-    params = {k: v for k, v in trial["params"].items() if not k.startswith("_")}
+    # Every field, defaults included: a later change of a default cannot change the exported model.
+    params = TrainConfig.from_dict(trial["params"]).to_dict()
     test = _test_once(exp, trial, int(best["best_epoch"]), setup) if evaluate_test else None
     versions = _versions()
     doc = {
@@ -141,7 +143,6 @@ def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
 
     from raytower.data import Bundle
     from raytower.model.pretrain import Artifacts
-    from raytower.train.config import TrainConfig
     from raytower.train.loop import Curriculum
 
     state = _checkpoint_state([trial["dir"], exp / "train" / f"train-{trial['trial_id']}"], epoch)

@@ -179,6 +179,10 @@ def _init_ray(settings: SearchSettings) -> None:
                  resources={"raytower_driver": 1000}, log_to_driver=True)
 
 
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, out: Path):
     import optuna
     from ray import tune
@@ -201,16 +205,25 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
                  if settings.scheduler == "asha" else None)
     executor = settings.resolved_executor
     if executor == "function":
-        trainable = tune.with_resources(function_trainable, {"cpu": settings.cpus_per_trial,
-                                                             "gpu": settings.gpus_per_trial})
+        trainable = tune.with_resources(tune.with_parameters(function_trainable, setup=setup),
+                                        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     else:
+        setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial}
+        if settings.gpus_per_trial:
+            setup["resources_per_worker"]["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
         # The driver holds no CPU (its workers do): a driver on a CPU would starve them.
-        trainable = tune.with_resources(train_driver, {"cpu": 0, "raytower_driver": 1})
-        setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial, **({"GPU": settings.gpus_per_trial / settings.workers_per_trial} if settings.gpus_per_trial else {})}
-    param_space = {"_setup": setup, "epochs": settings.max_epochs}
+        trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup),
+                                        {"cpu": 0, "raytower_driver": 1})
+    param_space = {"epochs": settings.max_epochs}
     stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac)
+    # The trainable writes the curriculum's scalars to TensorBoard under stable names; Tune's own
+    # TBX logger would write a second copy of every metric. Keep its JSON and CSV loggers only.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=str(out), stop=stopper,
+        name=EXPERIMENT, storage_path=str(out), stop=stopper, verbose=1,
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),
@@ -219,7 +232,9 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
                                     max_concurrent_trials=settings.max_concurrent,
-                                    time_budget_s=settings.time_budget_s),
+                                    time_budget_s=settings.time_budget_s,
+                                    # metric/mode here (not on ASHA) so the progress table shows the best trial
+                                    metric=METRIC, mode="max", trial_dirname_creator=trial_dirname),
         run_config=run_config,
     )
     return tuner.fit(), stops

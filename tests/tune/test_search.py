@@ -1,0 +1,115 @@
+"""A real search: Ray on 127.0.0.1, Optuna in SQLite, ASHA stopping trials, both executors."""
+
+import json
+import math
+
+import optuna
+import pandas as pd
+import pytest
+
+from raytower.cli import main
+from tests.conftest import SMALL_SYNTHETIC
+
+pytestmark = pytest.mark.ray
+SPACE = "search_spaces/quick.yaml"
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "8", "--max-epochs", "6",
+               "--grace-period", "2", "--reduction-factor", "2", "--executor", "function", "--out", str(out), "--seed", "1"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trials(search):
+    return pd.read_parquet(search / "trials.parquet")
+
+
+def test_every_trial_is_in_trials_parquet_and_asha_stopped_some(trials):
+    assert len(trials) == 8
+    stopped = trials[trials.stop_reason == "asha"]
+    assert len(stopped) >= 1 and (stopped.epochs < 6).all()
+    assert (trials[trials.stop_reason == "completed"].epochs == 6).all()
+    assert set(trials.stop_reason) <= {"asha", "completed", "chance", "collapsed", "diverged"}
+
+
+def test_best_config_is_the_best_validation_among_finishers(search, trials):
+    best = json.loads((search / "best_config.json").read_text())
+    finishers = trials[trials.reached_final_rung]
+    top = finishers.loc[finishers["best/val/recall@100"].idxmax()]
+    assert best["trial_id"] == top.trial_id
+    assert best["selection"]["value"] == pytest.approx(top["best/val/recall@100"])
+    assert best["selection"]["split"] == "validation"
+    assert 0 < best["test"]["recall@100"] <= 1 and "recall@10" in best["test"]
+    assert best["dataset"]["fingerprint"] and best["versions"]["ray"] and best["versions"]["optuna"]
+    assert best["search"]["num_samples"] == 8 and best["params"]["epochs"] == 6
+
+
+def test_optuna_study_holds_every_trial_with_the_truth(search, trials):
+    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{search / 'optuna.db'}")
+    assert len(study.trials) == 8
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.RUNNING not in states
+    n_pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    assert n_pruned == (trials.stop_reason != "completed").sum()  # ASHA's stops are PRUNED, not COMPLETE
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(round(t.value, 6) for t in complete) == sorted(
+        round(v, 6) for v in trials[trials.stop_reason == "completed"]["best/val/recall@100"])
+    for t in study.trials:  # intermediate values are keyed by epoch
+        assert set(t.intermediate_values) == set(range(1, len(t.intermediate_values) + 1))
+    # the first trial is the space's start point
+    assert study.trials[0].params["fusion"] == "gated" and study.trials[0].params["unfreeze_depth"] == 2
+
+
+def test_trial_tensorboard_files_are_written_once_with_stable_names(search, trials):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = search / "tune" / trials.trial_dir.iloc[0]
+    files = list(d.glob("events.out.tfevents.*"))
+    assert len(files) == 1  # ours only: Tune's TBX logger is off
+    acc = EventAccumulator(str(d))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"curriculum/tau", "curriculum/lambda", "loss/train", "loss/random_guess", "val/recall_at_100",
+            "collapse/effective_rank"} <= tags
+    assert len(acc.Scalars("val/recall_at_100")) == trials.epochs.iloc[0]
+
+
+def test_retraining_best_config_reproduces_its_validation(search, tmp_path):
+    best = json.loads((search / "best_config.json").read_text())
+    rc = main(["train", "--config", str(search / "best_config.json"), "--data", SMALL_SYNTHETIC,
+               "--threads", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert abs(m["val"]["recall@100"] - best["selection"]["value"]) <= 0.02
+
+
+def test_best_reexports_the_same_choice(search, tmp_path, capsys):
+    before = json.loads((search / "best_config.json").read_text())
+    assert main(["best", str(search), "-o", str(tmp_path / "b.json")]) == 0
+    after = json.loads((tmp_path / "b.json").read_text())
+    assert after["trial_id"] == before["trial_id"] and after["test"] == before["test"]
+
+
+def test_a_second_search_in_the_same_dir_needs_resume(search, capsys):
+    rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--out", str(search)])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_train_executor_reports_the_same_metrics_and_checkpoints(search, trials, tmp_path):
+    out = tmp_path / "train-exec"
+    rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "1", "--max-epochs", "2",
+               "--scheduler", "none", "--executor", "train", "--out", str(out)])
+    assert rc == 0
+    t = pd.read_parquet(out / "trials.parquet")
+    assert len(t) == 1 and t.epochs.iloc[0] == 2 and t.stop_reason.iloc[0] == "completed"
+    rows_train = [json.loads(line) for line in (out / "tune" / t.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
+    rows_func = [json.loads(line) for line in (search / "tune" / trials.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
+    curriculum_keys = {k for k in rows_func[0] if "/" in k or k in ("loss", "loss_random", "tau", "lambda", "stage", "epoch")}
+    assert curriculum_keys <= set(rows_train[0])
+    assert len(list((out / "train").rglob("state.pt"))) == 2  # Train run's checkpoints, newest and best
+    best = json.loads((out / "best_config.json").read_text())
+    assert math.isfinite(best["test"]["recall@100"])
