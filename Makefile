@@ -20,8 +20,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/raytower data prepare --data synthetic
-	$(BIN)/raytower train --data synthetic --epochs 10 --threads 2 --out runs/demo
+	$(BIN)/raytower tune --data synthetic --space search_spaces/quick.yaml --num-samples 8 \
+		--max-epochs 6 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -121,7 +121,7 @@ def cmd_tune(args) -> int:
         max_concurrent=args.max_concurrent, seed=args.seed, time_budget_s=args.time_budget,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
-        chance_patience=args.chance_patience, resume=args.resume,
+        chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
     )
     doc = run_search(settings, data=args.data, prepare_options=prepare_options(args))
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
@@ -210,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
     p.add_argument("--chance-patience", type=_positive_int, default=3,
                    help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search in --out (only directories raytower wrote: "
+                        "Ray Tune restores its state from pickles)")
+    p.add_argument("--warm-start", metavar="DIR", default=None,
+                   help="seed TPE with the finished trials of an earlier search's study")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("best", help="re-export best_config.json from a finished or interrupted search")

@@ -55,6 +55,7 @@ class SearchSettings:
     chance_patience: int = 3
     collapse_frac: float = 0.1
     resume: bool = False
+    warm_start: str | None = None  # an earlier search directory whose finished trials TPE learns from
     threads_per_trial: int | None = None
 
     def validate(self) -> None:
@@ -179,6 +180,21 @@ def _init_ray(settings: SearchSettings) -> None:
                  resources={"raytower_driver": 1000}, log_to_driver=True)
 
 
+def _warm_start(searcher, earlier: Path) -> None:
+    """Give the new study the earlier study's finished trials (values and pruned histories)."""
+    import optuna
+
+    db = earlier / "optuna.db"
+    if not db.is_file():
+        raise ConfigError("--warm-start: no optuna.db in that directory", earlier)
+    try:
+        old = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+    except Exception as e:  # not a raytower study
+        raise ConfigError(f"--warm-start: cannot read the study ({type(e).__name__})", db) from None
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    searcher._ot_study.add_trials([t for t in old.trials if t.state in done])
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -228,6 +244,14 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),
     )
+    if settings.warm_start:
+        _warm_start(searcher, Path(settings.warm_start))
+    if settings.resume:
+        # Restores the searcher (TPE state, the study's trial map) and every unfinished trial from
+        # its newest checkpoint. Tune keeps that state as pickles: only raytower's own directories.
+        tuner = tune.Tuner.restore(str(out / EXPERIMENT), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        return tuner.fit(), stops
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
