@@ -195,7 +195,9 @@ class Curriculum:
         pools of 32 batches, so a batch is cropped to little padding; the batch order is shuffled.
         A fresh generator per epoch makes a resumed run draw the same batches."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.train_users), generator=g)[self.rank::self.world_size].numpy()
+        order = torch.randperm(len(self.train_users), generator=g)
+        # Every DDP rank must take the same number of steps, or the last all-reduce hangs.
+        order = order[: len(order) - len(order) % self.world_size][self.rank::self.world_size].numpy()
         bs = self.cfg.batch_size
         batches = []
         for p in range(0, len(order), 32 * bs):
@@ -234,6 +236,13 @@ class Curriculum:
             gate = self.user_tower.fusion.last_gate
             if gate is not None and self.cfg.fusion == "gated":
                 tot["gate"] += gate[valid].mean().item() * n
+        if self.world_size > 1:  # every rank must see the same epoch loss: it can trigger Stage 2
+            import torch.distributed as dist
+
+            sums = torch.tensor([*tot.values(), n_rows], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            tot = dict(zip(tot, sums[:-1].tolist()))
+            n_rows = int(sums[-1].item())
         out = {k: v / max(n_rows, 1) for k, v in tot.items()}
         if self.cfg.fusion == "gated":
             out["gate_mean_train"] = out["gate"]
