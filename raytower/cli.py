@@ -145,6 +145,20 @@ def cmd_best(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from raytower.report import write_report
+
+    write_report(args.dir, top=args.top)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from raytower.report import compare
+
+    print(compare(args.dirs).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -221,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("-o", "--output", metavar="FILE", help="write here too (default: print)")
     p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("report", help="leaderboard and plots of a finished or interrupted search (DIR/report/)")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--top", type=_positive_int, default=15, help="leaderboard rows (default %(default)s)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="several searches side by side")
+    p.add_argument("dirs", metavar="DIR", nargs="+")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -65,3 +65,26 @@ def small_config():
 
     return TrainConfig(dim=32, item_layers=2, max_len=30, n_heads=2, batch_size=64, epochs=4,
                        stage1_max_epochs=2, stage2_min_recall=0.0, stage2_max_loss=0.0)
+
+
+# One real search (Ray on 127.0.0.1, Optuna in SQLite, ASHA) shared by the search and report tests.
+SEARCH_SPACE = "search_spaces/quick.yaml"
+
+
+@pytest.fixture(scope="session")
+def search(tmp_path_factory):
+    from raytower.cli import main
+
+    out = tmp_path_factory.mktemp("search")
+    rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", str(REPO / SEARCH_SPACE), "--num-samples", "8",
+               "--max-epochs", "6", "--grace-period", "2", "--reduction-factor", "2", "--executor", "function",
+               "--out", str(out), "--seed", "1"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trials(search):
+    import pandas as pd
+
+    return pd.read_parquet(search / "trials.parquet")

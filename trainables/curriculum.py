@@ -52,19 +52,22 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     run = Curriculum(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
     if state is not None:
         run.load_state_dict(state)
+    best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
+    if run.done and run.history:
+        # Restored after its last epoch (the driver died between the report and the end of the
+        # trial): report the last row again, or Tune sees a trial that ends without its metric.
+        report(_tune_row(run.history[-1], best), run.state_dict())
+        return
     writer = None
     if tb_dir and rank == 0:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(tb_dir)
-    best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
     try:
         while not run.done:
             step = run.step()
             best = max(best, step["val/recall@100"])
-            # The first keys are the columns of Ray's progress table.
-            row = {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
-                   "best/val/recall@100": best, **step, "diverged": float(not math.isfinite(step["loss"]))}
+            row = _tune_row(step, best)
             if writer:
                 for name, value in tensorboard_scalars(row).items():
                     writer.add_scalar(name, value, row["epoch"])
@@ -75,6 +78,12 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     finally:
         if writer:
             writer.close()
+
+
+def _tune_row(step: dict, best: float) -> dict:
+    # The first keys are the columns of Ray's progress table.
+    return {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
+            "best/val/recall@100": best, **step, "diverged": float(not math.isfinite(step["loss"]))}
 
 
 def _reporter(report_fn, checkpoint_cls, rank: int = 0):

@@ -148,6 +148,7 @@ class Curriculum:
             "effective_rank": val["_effective_rank"], "uniformity": val["_uniformity"],
             "gate_mean": val.get("_gate_mean", float("nan")),
             "gate_mean_cold": val.get("_gate_mean_cold", float("nan")),
+            "gate_mean_warm": val.get("_gate_mean_warm", float("nan")),
             **{k[1:]: v for k, v in val.items() if k.startswith("_expert")},
             "epoch_time_s": time.perf_counter() - t0, "epoch_cpu_s": time.process_time() - c0,
         }
@@ -296,6 +297,7 @@ class Curriculum:
             if self.cfg.fusion == "gated":
                 out["_gate_mean"] = float(gate.mean())
                 out["_gate_mean_cold"] = float(gate[cold].mean()) if cold.any() else float("nan")
+                out["_gate_mean_warm"] = float(gate[~cold].mean()) if (~cold).any() else float("nan")
             else:
                 for k, w in enumerate(gate.mean(0).tolist()):
                     out[f"_expert_{k}"] = w

@@ -37,6 +37,7 @@ SCALARS = {
     "fusion/gate_mean": "gate_mean",
     "fusion/gate_mean_train": "gate_mean_train",
     "fusion/gate_mean_cold": "gate_mean_cold",
+    "fusion/gate_mean_warm": "gate_mean_warm",
     "collapse/effective_rank": "effective_rank",
     "collapse/uniformity": "uniformity",
 }

@@ -176,8 +176,20 @@ def _init_ray(settings: SearchSettings) -> None:
     if settings.address:
         ray.init(address=settings.address, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+        # Train V2's placement-group cleaner finds the State API through RAY_API_SERVER_ADDRESS;
+        # pinning it to our own dashboard keeps it working when another Ray runs on the host.
+        port = _free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  resources={"raytower_driver": 1000}, log_to_driver=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _warm_start(searcher, earlier: Path) -> None:
@@ -195,6 +207,22 @@ def _warm_start(searcher, earlier: Path) -> None:
     searcher._ot_study.add_trials([t for t in old.trials if t.state in done])
 
 
+def _trainable(settings: SearchSettings, setup: dict, executor: str):
+    from ray import tune
+
+    from trainables.curriculum import function_trainable, train_driver
+
+    if executor == "function":
+        return tune.with_resources(tune.with_parameters(function_trainable, setup=setup),
+                                   {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial}
+    if settings.gpus_per_trial:
+        setup["resources_per_worker"]["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
+    # The trial is only the Train run's driver: it holds a raytower_driver slot, no CPU. Its
+    # workers get their own placement group; reserving their CPUs in the trial too deadlocks.
+    return tune.with_resources(tune.with_parameters(train_driver, setup=setup), {"cpu": 0, "raytower_driver": 1})
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -204,9 +232,18 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     from ray import tune
 
     from raytower.tune._callbacks import METRIC, CurriculumStopper, RecordingASHA, StopLog, TruthfulOptunaSearch
-    from trainables.curriculum import function_trainable, train_driver
 
     stops = StopLog(str(out / "stops.json"))
+    executor = settings.resolved_executor
+    trainable = _trainable(settings, setup, executor)
+    if settings.resume:
+        # Restores the searcher (TPE state, the study's trial map), the stopper and every unfinished
+        # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
+        # points into the study a second time. Tune keeps this state as pickles: resume only
+        # directories raytower wrote.
+        tuner = tune.Tuner.restore(str(out / EXPERIMENT), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        return tuner.fit(), stops
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
     sampler = (optuna.samplers.TPESampler(seed=settings.seed) if settings.searcher == "tpe"
@@ -219,17 +256,6 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=grace,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else None)
-    executor = settings.resolved_executor
-    if executor == "function":
-        trainable = tune.with_resources(tune.with_parameters(function_trainable, setup=setup),
-                                        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    else:
-        setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial}
-        if settings.gpus_per_trial:
-            setup["resources_per_worker"]["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
-        # The driver holds no CPU (its workers do): a driver on a CPU would starve them.
-        trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup),
-                                        {"cpu": 0, "raytower_driver": 1})
     param_space = {"epochs": settings.max_epochs}
     stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac)
     # The trainable writes the curriculum's scalars to TensorBoard under stable names; Tune's own
@@ -246,12 +272,6 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     )
     if settings.warm_start:
         _warm_start(searcher, Path(settings.warm_start))
-    if settings.resume:
-        # Restores the searcher (TPE state, the study's trial map) and every unfinished trial from
-        # its newest checkpoint. Tune keeps that state as pickles: only raytower's own directories.
-        tuner = tune.Tuner.restore(str(out / EXPERIMENT), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-        return tuner.fit(), stops
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,

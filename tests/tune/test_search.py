@@ -8,24 +8,10 @@ import pandas as pd
 import pytest
 
 from raytower.cli import main
+from tests.conftest import SEARCH_SPACE as SPACE
 from tests.conftest import SMALL_SYNTHETIC
 
 pytestmark = pytest.mark.ray
-SPACE = "search_spaces/quick.yaml"
-
-
-@pytest.fixture(scope="module")
-def search(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search")
-    rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "8", "--max-epochs", "6",
-               "--grace-period", "2", "--reduction-factor", "2", "--executor", "function", "--out", str(out), "--seed", "1"])
-    assert rc == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def trials(search):
-    return pd.read_parquet(search / "trials.parquet")
 
 
 def test_every_trial_is_in_trials_parquet_and_asha_stopped_some(trials):
@@ -102,8 +88,11 @@ def test_a_second_search_in_the_same_dir_needs_resume(search, capsys):
 def test_train_executor_reports_the_same_metrics_and_checkpoints(search, trials, tmp_path):
     out = tmp_path / "train-exec"
     rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "1", "--max-epochs", "2",
-               "--scheduler", "none", "--executor", "train", "--out", str(out)])
+               "--scheduler", "none", "--executor", "train", "--out", str(out), "--warm-start", str(search)])
     assert rc == 0
+    # --warm-start: the new study starts from the earlier study's finished trials
+    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len(study.trials) == 8 + 1
     t = pd.read_parquet(out / "trials.parquet")
     assert len(t) == 1 and t.epochs.iloc[0] == 2 and t.stop_reason.iloc[0] == "completed"
     rows_train = [json.loads(line) for line in (out / "tune" / t.trial_dir.iloc[0] / "result.json").read_text().splitlines()]

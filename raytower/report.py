@@ -1,0 +1,321 @@
+"""`raytower report` and `raytower compare`: a search's results as a leaderboard and pictures.
+
+Reads what a search wrote (trials.parquet or the trial directories, best_config.json, optuna.db,
+setup.json) and writes DIR/report/: PNG plots (matplotlib, Agg) and report.md tying them together.
+Works on a finished or an interrupted search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raytower._io import atomic_path
+from raytower.errors import ConfigError
+from raytower.tune.results import METRIC, read_trials, trial_rows
+
+KNOBS = ("temp_start", "anneal_rate", "logq_max", "unfreeze_depth", "lr_ratio")
+REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
+    "completed": ("tab:green", "o"), "asha": ("tab:orange", "x"), "chance": ("tab:gray", "v"),
+    "collapsed": ("tab:purple", "s"), "diverged": ("tab:red", "*"), "unfinished": ("tab:blue", ">"),
+    "error": ("black", "X"),
+}
+LEADERBOARD_COLUMNS = [
+    ("trial", "trial_id"), ("fusion", "param/fusion"), ("temp_start", "param/temp_start"),
+    ("anneal", "param/anneal_rate"), ("logq_max", "param/logq_max"), ("depth", "param/unfreeze_depth"),
+    ("lr_ratio", "param/lr_ratio"), ("val R@10", "best/val/recall@10"), ("val R@100", f"best/{METRIC}"),
+    ("val NDCG@10", "best/val/ndcg@10"), ("epochs", "epochs"), ("status", "status"), ("stop", "stop_reason"),
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict | None, dict]:
+    exp = Path(exp)
+    if not (exp / "setup.json").is_file() or not (exp / "tune").is_dir():
+        raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
+    df = trial_rows(exp)  # from the trial directories: also right for an interrupted search
+    if df.empty:
+        raise ConfigError("no trial has reported yet", exp)
+    histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in read_trials(exp) if t["history"]}
+    best = json.loads((exp / "best_config.json").read_text()) if (exp / "best_config.json").is_file() else None
+    setup = json.loads((exp / "setup.json").read_text())
+    return df, histories, best, setup
+
+
+def leaderboard(df: pd.DataFrame, top: int = 15) -> pd.DataFrame:
+    board = df.sort_values(f"best/{METRIC}", ascending=False, na_position="last").head(top)
+    cols = {label: board[key] if key in board else pd.Series([None] * len(board), index=board.index)
+            for label, key in LEADERBOARD_COLUMNS}
+    return pd.DataFrame(cols).reset_index(drop=True)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(board: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(board.columns) + " |", "|" + "---|" * len(board.columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in board.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+# --- pictures -------------------------------------------------------------------------------------
+
+
+def plot_learning_curves(df, histories, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for _, t in df.iterrows():
+        h = histories.get(t.trial_id)
+        if h is None or METRIC not in h:
+            continue
+        colour, marker = REASON_STYLE.get(t.stop_reason, ("tab:blue", "."))
+        ax.plot(h["epoch"], h[METRIC], color=colour, alpha=0.6, lw=1.2)
+        ax.plot(h["epoch"].iloc[-1], h[METRIC].iloc[-1], marker=marker, color=colour, ms=7, ls="none")
+        if t.stage_switch_epoch is not None and not pd.isna(t.stage_switch_epoch):
+            at = h[h["epoch"] == t.stage_switch_epoch]
+            if len(at):
+                ax.plot(at["epoch"], at[METRIC], marker="|", color="black", ms=12, ls="none")
+    handles = [plt.Line2D([], [], color=c, marker=m, ls="-", label=r) for r, (c, m) in REASON_STYLE.items()
+               if r in set(df.stop_reason)]
+    handles.append(plt.Line2D([], [], color="black", marker="|", ls="none", ms=12, label="Stage 2 starts"))
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set(xlabel="epoch", ylabel="validation Recall@100", title="Learning curves (marker: where each trial ended)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_loss_vs_random(df, histories, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for _, t in df.iterrows():
+        h = histories.get(t.trial_id)
+        if h is None or "loss" not in h:
+            continue
+        colour, _ = REASON_STYLE.get(t.stop_reason, ("tab:blue", "."))
+        ax.plot(h["epoch"], h["loss"], color=colour, alpha=0.7, lw=1.2)
+        ax.plot(h["epoch"], h["loss_random"], color=colour, alpha=0.5, lw=1, ls="--")
+    ax.plot([], [], color="black", label="train loss")
+    ax.plot([], [], color="black", ls="--", label="random-guess loss (same candidates and logQ)")
+    ax.legend(fontsize=8)
+    ax.set(xlabel="epoch", ylabel="in-batch softmax loss", title="Loss against the random-guess loss, per trial")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_knobs(df, path: Path, popularity: float | None) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    y = df[f"best/{METRIC}"].astype(float)
+    for ax, knob in zip(axes.flat, KNOBS):
+        col = f"param/{knob}"
+        if col in df:
+            x = pd.to_numeric(df[col], errors="coerce")
+            for reason, (colour, marker) in REASON_STYLE.items():
+                sel = (df.stop_reason == reason) & x.notna()
+                ax.scatter(x[sel], y[sel], c=colour, marker=marker, s=30, label=reason if sel.any() else None)
+            if knob in ("temp_start", "lr_ratio"):
+                ax.set_xscale("log")
+        ax.set(xlabel=knob, ylabel="best val Recall@100")
+        if popularity:
+            ax.axhline(popularity, color="gray", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+    ax = axes.flat[-1]
+    if "param/fusion" in df:
+        kinds = sorted(df["param/fusion"].dropna().unique())
+        data = [y[df["param/fusion"] == k].dropna().to_numpy() for k in kinds]
+        ax.boxplot(data, tick_labels=kinds)
+        for i, d in enumerate(data):
+            ax.scatter(np.full(len(d), i + 1), d, s=15, alpha=0.6)
+    ax.set(xlabel="fusion", ylabel="best val Recall@100")
+    if popularity:
+        ax.axhline(popularity, color="gray", ls=":", lw=1, label="popularity")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Effect of each knob (dotted: popularity baseline)")
+    _save(fig, path)
+
+
+def importance(exp: Path) -> tuple[dict, dict, str]:
+    """Optuna's own evaluator on the stored study. It uses COMPLETE trials only and parameters present
+    in all of them, so the conditional lr_ratio is evaluated apart, on trials with unfreeze_depth > 0."""
+    import optuna
+
+    db = exp / "optuna.db"
+    if not db.is_file():
+        return {}, {}, "no optuna.db"
+    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{db}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}, {}, f"{len(complete)} COMPLETE trial(s): importance needs at least 2"
+    common = set.intersection(*(set(t.params) for t in complete)) - {"lr_ratio"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main = optuna.importance.get_param_importances(study, params=sorted(common)) if common else {}
+        unfrozen = [t for t in complete if "lr_ratio" in t.params]
+        sub = {}
+        if len(unfrozen) >= 2:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            tmp = optuna.create_study(direction="maximize")
+            tmp.add_trials(unfrozen)
+            sub = optuna.importance.get_param_importances(tmp, params=sorted(set.intersection(*(set(t.params) for t in unfrozen))))
+    return main, sub, f"{len(complete)} COMPLETE trials"
+
+
+def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, imp, title in ((axes[0], main, "all COMPLETE trials (lr_ratio left out)"),
+                           (axes[1], sub, "COMPLETE trials with unfreeze_depth > 0")):
+        if imp:
+            names = list(imp)[::-1]
+            ax.barh(names, [imp[n] for n in names], color="tab:blue")
+        else:
+            ax.text(0.5, 0.5, "not enough trials", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xlabel="importance (Optuna's default evaluator)")
+    fig.suptitle(f"Parameter importance ({note}; only parameters present in every trial count)")
+    _save(fig, path)
+
+
+def plot_gates(df, histories, path: Path) -> bool:
+    """Mean gate per stage, cold-start against warm users, for gated (and moe expert weights)."""
+    plt = _plt()
+    rows = []
+    for _, t in df.iterrows():
+        h = histories.get(t.trial_id)
+        if h is None or t.get("param/fusion") != "gated" or "gate_mean" not in h:
+            continue
+        for stage, g in h.groupby("stage"):
+            rows.append({"trial": t.trial_id, "stage": int(stage), "warm": g.get("gate_mean_warm", g["gate_mean"]).mean(),
+                         "cold": g["gate_mean_cold"].mean(), "train": g["gate_mean_train"].mean()})
+    moe = {t.trial_id: histories[t.trial_id] for _, t in df.iterrows()
+           if t.get("param/fusion") == "moe" and t.trial_id in histories}
+    if not rows and not moe:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    if rows:
+        g = pd.DataFrame(rows).groupby("stage")[["train", "warm", "cold"]].mean()
+        g.plot.bar(ax=ax, rot=0)
+        ax.set(ylabel="mean gate g (weight on the sequence vector)", xlabel="stage",
+               title="Gated fusion: train positions vs evaluation, warm vs cold-start users")
+        ax.set_ylim(0, 1)
+    else:
+        ax.text(0.5, 0.5, "no gated trial", ha="center", va="center", transform=ax.transAxes)
+    ax = axes[1]
+    if moe:
+        means = pd.concat([h[[c for c in h if c.startswith("expert_")]].assign(stage=h["stage"]) for h in moe.values()])
+        means.groupby("stage").mean().plot.bar(ax=ax, rot=0)
+        ax.set(ylabel="mean expert weight", xlabel="stage", title="MoE fusion: expert weights per stage")
+    else:
+        ax.text(0.5, 0.5, "no moe trial", ha="center", va="center", transform=ax.transAxes)
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, format="png", dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
+    exp = Path(exp)
+    df, histories, best, setup = load_experiment(exp)
+    out = exp / "report"
+    out.mkdir(exist_ok=True)
+    board = leaderboard(df, top)
+    pop = _popularity(setup)
+    plot_learning_curves(df, histories, out / "learning_curves.png")
+    plot_loss_vs_random(df, histories, out / "loss_vs_random.png")
+    plot_knobs(df, out / "knobs.png", pop.get("val") if pop else None)
+    main, sub, note = importance(exp)
+    plot_importance(main, sub, note, out / "importance.png")
+    has_gates = plot_gates(df, histories, out / "gates.png")
+    log(board.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    md = [f"# Search report: {exp.name}", "",
+          f"Data: {setup['dataset']['name']} ({setup['dataset']['n_users']:,} users, {setup['dataset']['n_items']:,} items, "
+          f"fingerprint {setup['dataset']['fingerprint']}). Space: `{setup['settings']['space']}`, "
+          f"{len(df)} of {setup['settings']['num_samples']} trials, up to {setup['settings']['max_epochs']} epochs each. "
+          f"Stop reasons: {', '.join(f'{k} {v}' for k, v in df.stop_reason.value_counts().items())}.", ""]
+    if best:
+        t = best.get("test") or {}
+        md += ["## Chosen configuration", "",
+               f"Trial `{best['trial_id']}`: validation Recall@100 {best['selection']['value']:.4f} at epoch "
+               f"{best['selection']['epoch']} (chosen on validation); test, evaluated once after selection: "
+               f"Recall@100 {t.get('recall@100', float('nan')):.4f}, Recall@10 {t.get('recall@10', float('nan')):.4f}, "
+               f"NDCG@10 {t.get('ndcg@10', float('nan')):.4f}."]
+        if pop:
+            md += [f"Popularity, by the same code: validation Recall@100 {pop['val']:.4f}; test Recall@100 "
+                   f"{pop['test']:.4f}, Recall@10 {pop['test10']:.4f}."]
+        md += ["", "```json", json.dumps({k: v for k, v in best["params"].items()}, indent=1), "```", ""]
+    md += ["## Leaderboard (best validation epoch of each trial)", "", markdown_table(board), "",
+           "## Learning curves", "", "Validation Recall@100 per trial; the marker shows where and why each trial "
+           "ended (ASHA's stops are crosses), the black tick where Stage 2 began.", "", "![](learning_curves.png)", "",
+           "## Loss against the random-guess loss", "", "A trial whose solid line stays on or above its dashed "
+           "line is doing no better than chance.", "", "![](loss_vs_random.png)", "",
+           "## Effect of each knob", "", "![](knobs.png)", "",
+           "## Parameter importance", "", f"Optuna's own evaluator on the stored study ({note}). It uses only "
+           "COMPLETE trials and only parameters present in all of them, so the conditional `lr_ratio` is "
+           "evaluated apart, on the trials that unfroze the item tower.", "", "![](importance.png)", ""]
+    if has_gates:
+        md += ["## Gate behaviour", "", "Gated fusion: the mean gate (weight on the sequence vector against the "
+               "GNN vector) per stage, at training positions and at evaluation for warm and cold-start users. "
+               "MoE: mean expert weights per stage.", "", "![](gates.png)", ""]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(md))
+    log(f"wrote {out / 'report.md'}")
+    return out / "report.md"
+
+
+def _popularity(setup: dict) -> dict | None:
+    try:
+        from raytower.data import Bundle
+        from raytower.train.loop import popularity_metrics
+
+        b = Bundle(setup["setup"]["bundle"])
+        val, test = popularity_metrics(b, "val"), popularity_metrics(b, "test")
+        return {"val": val["recall@100"], "test": test["recall@100"], "test10": test["recall@10"]}
+    except Exception:  # the bundle may live on another machine (a cluster's head node)
+        return None
+
+
+def compare(dirs: list[str | Path]) -> pd.DataFrame:
+    rows = []
+    for d in dirs:
+        d = Path(d)
+        df, _, best, setup = load_experiment(d)
+        s = setup["settings"]
+        rows.append({
+            "search": d.name, "data": setup["dataset"]["name"], "trials": len(df),
+            "scheduler": s["scheduler"], "searcher": s["searcher"], "truthful": s["truthful_pruning"],
+            "best val R@100": df[f"best/{METRIC}"].max(),
+            "chosen val R@100": best["selection"]["value"] if best else None,
+            "test R@100": (best.get("test") or {}).get("recall@100") if best else None,
+            "test R@10": (best.get("test") or {}).get("recall@10") if best else None,
+            "trial-epochs": int(df["epochs"].sum()), "trial CPU s": float(df["cpu_time_s"].sum()),
+            "stopped early": int((df.stop_reason != "completed").sum()),
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,51 @@
+"""`raytower report` / `compare` on a real search (the search fixture of tests/tune)."""
+
+import struct
+
+import pandas as pd
+import pytest
+
+from raytower.cli import main
+
+pytestmark = pytest.mark.ray
+
+
+def _png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_report_writes_real_pictures_and_markdown(search, capsys):
+    assert main(["report", str(search)]) == 0
+    out = search / "report"
+    for name in ("learning_curves.png", "loss_vs_random.png", "knobs.png", "importance.png"):
+        w, h = _png_size(out / name)
+        assert 300 <= w <= 2000 and 200 <= h <= 1500, (name, w, h)
+    md = (out / "report.md").read_text()
+    assert "## Leaderboard" in md and "![](learning_curves.png)" in md and "Popularity" in md
+    assert "COMPLETE" in md  # the importance caveat is stated beside the picture
+
+
+def test_leaderboard_numbers_match_trials_parquet(search, trials):
+    from raytower.report import leaderboard, load_experiment
+
+    df, _, _, _ = load_experiment(search)
+    board = leaderboard(df, top=len(df))
+    top = trials.sort_values("best/val/recall@100", ascending=False)
+    assert list(board["trial"]) == list(top.trial_id)
+    assert board["val R@100"].tolist() == pytest.approx(top["best/val/recall@100"].tolist())
+    assert board["epochs"].tolist() == top.epochs.tolist()
+    assert board["stop"].tolist() == top.stop_reason.tolist()
+
+
+def test_compare_puts_searches_side_by_side(search, capsys):
+    assert main(["compare", str(search), str(search)]) == 0
+    text = capsys.readouterr().out
+    assert text.count(search.name) == 2 and "trial-epochs" in text
+
+
+def test_report_on_a_non_search_dir_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(tmp_path) in err
