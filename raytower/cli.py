@@ -83,9 +83,9 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from raytower.data._download import download
+    from raytower.data._download import cached_dataset, download
 
-    path = download(args.name, args.dest)
+    path = download(args.name, args.dest) if args.dest else cached_dataset(args.name)
     print(path)
     return 0
 

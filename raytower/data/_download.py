@@ -152,7 +152,7 @@ def _fetch(url: str, dest: Path, *, desc: str, progress: bool) -> str:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, desc=f"downloading {desc}", unit="B", unit_scale=True,
-                      unit_divisor=1024, disable=not progress, leave=False) as bar:
+                      unit_divisor=1024, disable=None if progress else True, leave=False) as bar:  # None: a terminal only
                 while chunk := resp.read(_CHUNK):
                     out.write(chunk)
                     h.update(chunk)
