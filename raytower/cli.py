@@ -159,6 +159,22 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from raytower.export import export_model
+
+    path = export_model(args.dir, args.out)
+    print(f"wrote {path} (user_tower.pt, item_vectors.npy, items.parquet, users.parquet, manifest.json)")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from raytower.export import ServedModel
+
+    top = ServedModel(args.model_dir).recommend(args.user, args.k)
+    print(top.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -244,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="several searches side by side")
     p.add_argument("dirs", metavar="DIR", nargs="+")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write the chosen model for serving (TorchScript user tower, item vectors)")
+    p.add_argument("dir", metavar="DIR", help="a search directory with best_config.json")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("recommend", help="top items for a user from an exported model")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--user", required=True, help="the user id as in the source data")
+    p.add_argument("-k", type=_positive_int, default=10)
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 
