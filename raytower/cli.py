@@ -20,6 +20,13 @@ DATA_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage block), like every other raytower error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v <= 0:
@@ -90,6 +97,25 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def _check_fingerprint(args, bundle) -> None:
+    """A best_config.json names the data it was chosen on; other data is a warning (--strict: an error)."""
+    if not args.config:
+        return
+    import json
+
+    try:
+        doc = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError):
+        return  # a YAML config, or already reported by TrainConfig.load
+    want = (doc.get("dataset") or {}).get("fingerprint") if isinstance(doc, dict) else None
+    if want and want != bundle.fingerprint:
+        msg = (f"{args.config}: chosen on data with fingerprint {want}, but --data {args.data} has fingerprint "
+               f"{bundle.fingerprint}")
+        if args.strict:
+            raise RaytowerError(msg)
+        print(f"raytower: warning: {msg}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from raytower.train.config import TrainConfig
 
@@ -103,6 +129,7 @@ def cmd_train(args) -> int:
         if not torch.cuda.is_available():
             raise RaytowerError("--device cuda: no CUDA device is available here")
     bundle = load_data(args)
+    _check_fingerprint(args, bundle)
     from raytower.train.run import train
 
     out = Path(args.out or f"runs/train-{bundle.name}")
@@ -122,6 +149,7 @@ def cmd_tune(args) -> int:
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
         chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
+        min_free_gb=args.min_free_gb,
     )
     doc = run_search(settings, data=args.data, prepare_options=prepare_options(args))
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
@@ -179,14 +207,14 @@ def cmd_recommend(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="raytower",
         description="Hyperparameter search for two-tower recommenders trained with a two-stage curriculum.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     data = sub.add_parser("data", help="download and prepare data sets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser)
     p = data_sub.add_parser("prepare", help="prepare a data source into a cached bundle and print its summary")
     add_data_args(p)
     p.add_argument("--out", dest="bundle_out", metavar="DIR", help="write the bundle here instead of the cache")
@@ -205,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (fix it for reproducible runs; default: torch's choice)")
+    p.add_argument("--strict", action="store_true",
+                   help="a best_config.json chosen on other data (another fingerprint) is an error, not a warning")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -240,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
     p.add_argument("--chance-patience", type=_positive_int, default=3,
                    help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
+    p.add_argument("--min-free-gb", type=float, default=1.0,
+                   help="refuse to start with less free disk than this under --out (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search in --out (only directories raytower wrote: "
                         "Ray Tune restores its state from pickles)")

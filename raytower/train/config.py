@@ -134,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
-        if isinstance(data, dict) and "params" in data and "selection" in data:
+        if isinstance(data, dict) and "selection" in data:  # a best_config.json
+            if not isinstance(data.get("params"), dict):
+                raise ConfigError("a best_config.json without its 'params' mapping", path)
             data = data["params"]
         return cls.from_dict(data if data is not None else {}, source=str(path))

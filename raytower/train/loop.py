@@ -320,6 +320,15 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        try:
+            self._load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            from raytower.errors import ConfigError
+
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"checkpoint does not fit this model ({first[:200]})") from None
+
+    def _load_state_dict(self, state: dict) -> None:
         self.user_tower.load_state_dict(state["user_tower"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         if state["stage"] == 2:

@@ -57,6 +57,7 @@ class SearchSettings:
     resume: bool = False
     warm_start: str | None = None  # an earlier search directory whose finished trials TPE learns from
     threads_per_trial: int | None = None
+    min_free_gb: float = 1.0
 
     def validate(self) -> None:
         if self.num_samples < 1:
@@ -123,7 +124,14 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     settings.validate()
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     out = Path(settings.out).resolve()
-    _check_output_dir(out, settings.resume)
+    _check_output_dir(out, settings.resume, settings.min_free_gb)
+    if not settings.address and settings.gpus_per_trial > 0:
+        import torch
+
+        if settings.gpus_per_trial > torch.cuda.device_count():
+            raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), so no trial could ever start")
+    out.mkdir(parents=True, exist_ok=True)
     from raytower.data import load_bundle
 
     bundle = load_bundle(data, prepare_options, progress=True)
@@ -152,15 +160,21 @@ def _dataset_info(bundle) -> dict:
             "n_items": bundle.n_items, "n_interactions": bundle.manifest["n_interactions"]}
 
 
-def _check_output_dir(out: Path, resume: bool) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError("cannot create the output directory: a file is in the way", out) from None
-    except PermissionError:
-        raise ConfigError("cannot create the output directory: permission denied", out) from None
-    if not os.access(out, os.W_OK):
-        raise ConfigError("output directory is not writable", out)
+def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None:
+    """Every check before anything is created: a bad --out fails now, not after an hour."""
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the output directory: {existing} is a file", out)
+    if not os.access(existing, os.W_OK):
+        raise ConfigError("cannot create the output directory: permission denied", out)
+    import shutil
+
+    free_gb = shutil.disk_usage(existing).free / 2**30
+    if free_gb < min_free_gb:
+        raise ConfigError(f"only {free_gb:.2f} GiB free, --min-free-gb is {min_free_gb:g}: checkpoints "
+                          "would fill the disk", out)
     exists = (out / EXPERIMENT).exists()
     if resume and not exists:
         raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)

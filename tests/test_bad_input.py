@@ -1,0 +1,119 @@
+"""Every user-facing command against malformed input: one line naming the file and the problem,
+exit status 2, no traceback, nothing partly written. A new case is one line of BAD_INPUT.
+
+(Data-file cases -- corrupt, truncated, empty, unknown layout -- are the same kind of table in
+tests/test_cli_data.py.)"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from raytower.cli import main
+from tests.conftest import REPO, SMALL_SYNTHETIC
+
+QUICK = str(REPO / "search_spaces" / "quick.yaml")
+
+
+def space(tmp, **knob):
+    doc = yaml.safe_load(Path(QUICK).read_text())
+    doc["search"].update(knob)
+    doc.pop("start_from", None)
+    p = tmp / "space.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(p)
+
+
+def text(tmp, name, content):
+    p = tmp / name
+    p.write_text(content)
+    return str(p)
+
+
+def tune(tmp, *extra, space_file=QUICK):
+    return ["tune", "--data", SMALL_SYNTHETIC, "--space", space_file, "--out", str(tmp / "out"), *extra]
+
+
+BEST_NO_PARAMS = json.dumps({"selection": {"value": 0.5}, "dataset": {}})
+# (argv builder, text the one-line error must contain)
+BAD_INPUT = [
+    (lambda t: tune(t, space_file=space(t, temperature={"distribution": "uniform", "low": 0.1, "high": 1})), "unknown knob"),
+    (lambda t: tune(t, space_file=space(t, anneal_rate={"distribution": "uniform", "low": 0.9, "high": 0.9})), "empty range"),
+    (lambda t: tune(t, space_file=space(t, anneal_rate={"distribution": "uniform", "low": 0.99, "high": 0.8})), "inverted range"),
+    (lambda t: tune(t, space_file=space(t, anneal_rate={"distribution": "gaussian", "low": 0.8, "high": 0.9})), "unknown distribution"),
+    (lambda t: tune(t, space_file=space(t, unfreeze_depth={"distribution": "uniform", "low": 0, "high": 2})), "integer field"),
+    (lambda t: tune(t, space_file=space(t, fusion={"distribution": "categorical", "choices": ["gated", "bilinear"]})), "unknown fusion type"),
+    (lambda t: tune(t, space_file=text(t, "s.yaml", "search: [unclosed")), "not valid YAML"),
+    (lambda t: tune(t, space_file=str(t / "missing.yaml")), "cannot read search space"),
+    (lambda t: tune(t, "--num-samples", "0"), "--num-samples"),
+    (lambda t: tune(t, "--max-epochs", "-2"), "--max-epochs"),
+    (lambda t: tune(t, "--gpus-per-trial", "64"), "GPU"),
+    (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
+    (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),
+    (lambda t: tune(t, "--resume"), "--resume"),
+    (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
+    (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
+    (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),
+    (lambda t: ["train", "--config", text(t, "c.json", '{"temp_start": 0.01, "temp_min": 0.1}')], "temp_min"),
+    (lambda t: ["train", "--config", text(t, "c.yaml", "fusion: [concat")], "not valid YAML"),
+    (lambda t: ["train", "--epochs", "-3"], "--epochs"),
+    (lambda t: ["train", "--device", "cuda"] if not torch.cuda.is_available() else ["train", "--epochs", "x"], "cuda"),
+    (lambda t: ["best", str(t)], "not a raytower search directory"),
+    (lambda t: ["report", str(t)], "not a raytower search directory"),
+    (lambda t: ["export", str(t), "--out", str(t / "model")], "best_config.json"),
+    (lambda t: ["recommend", str(t), "--user", "1"], "not an exported model"),
+    (lambda t: ["data", "prepare", "--data", str(t)], "unknown data layout"),
+]
+
+
+@pytest.mark.parametrize("build,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, build, message):
+    argv = build(tmp_path)
+    before = {p for p in tmp_path.rglob("*")}
+    code = run(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("raytower") and message in err, err
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing partly written
+
+
+def run(argv) -> int:
+    """main(), with argparse's flag errors (SystemExit) turned into their exit status."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_flag_errors_are_one_line_in_a_real_process(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "raytower.cli", "tune", "--num-samples", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--num-samples" in out.stderr
+
+
+def test_checkpoint_from_another_model_shape_is_refused(small_bundle, small_artifacts, small_config):
+    from raytower.errors import ConfigError
+    from raytower.train.loop import Curriculum
+
+    state = Curriculum(small_config, small_bundle, small_artifacts).state_dict()
+    other = Curriculum(small_config.replace(n_blocks=1), small_bundle, small_artifacts)
+    with pytest.raises(ConfigError, match="checkpoint does not fit this model"):
+        other.load_state_dict(state)
+
+
+def test_config_chosen_on_other_data_warns_and_strict_refuses(tmp_path, capsys):
+    best = {"selection": {"value": 0.5}, "dataset": {"fingerprint": "0000000000000000"},
+            "params": {"dim": 32, "item_layers": 2, "max_len": 30, "batch_size": 64, "epochs": 1}}
+    cfg = tmp_path / "best_config.json"
+    cfg.write_text(json.dumps(best))
+    assert main(["train", "--config", str(cfg), "--data", SMALL_SYNTHETIC, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "0000000000000000" in err and err.count("\n") == 1
+    assert main(["train", "--config", str(cfg), "--data", SMALL_SYNTHETIC, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "0000000000000000" in err
