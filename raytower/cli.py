@@ -203,6 +203,15 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from raytower.submit import submit
+
+    tune_args = list(args.tune_args)
+    if tune_args and tune_args[0] == "--":
+        tune_args = tune_args[1:]
+    return submit(args.address, tune_args, args.fetch_to, args.working_dir, args.timeout)
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -303,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the user id as in the source data")
     p.add_argument("-k", type=_positive_int, default=10)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("submit", help="run a search on a Ray cluster as a Ray Job; fetch best_config.json back",
+                       description="Submit `raytower tune ...` as a Ray Job (it joins the cluster with "
+                                   "--address auto), follow its logs, and on success copy best_config.json and "
+                                   "trials.parquet from its --out (which must be on shared storage) to --fetch-to. "
+                                   "The token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent.")
+    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+                   help="the Jobs API (default %(default)s: `ray dashboard cluster.yaml` tunnels it here)")
+    p.add_argument("--fetch-to", metavar="DIR", default=None, help="copy the results here when the job succeeds")
+    p.add_argument("--working-dir", metavar="DIR", default=None, help="upload this directory as the job's working_dir")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the job after this")
+    p.add_argument("tune_args", nargs=argparse.REMAINDER, metavar="-- tune ...", help="the tune command and its flags")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -195,6 +195,7 @@ def _init_ray(settings: SearchSettings) -> None:
         port = _free_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 _node_ip_address="127.0.0.1",  # a private Ray talks over loopback only
                  resources={"raytower_driver": 1000}, log_to_driver=True)
 
 

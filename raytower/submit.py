@@ -1,0 +1,98 @@
+"""`raytower submit`: run a search on a Ray cluster as a Ray Job and fetch its results back.
+
+    raytower submit --address http://127.0.0.1:8265 --fetch-to results/ -- tune --data ml-100k --out /shared/runs/s1
+
+The Jobs API runs the entrypoint on the head node (`raytower tune ... --address auto`), streams its
+logs here, and has no file download: on success the results are copied from the experiment
+directory, which must be on storage this machine sees too (a shared filesystem; on AWS, use
+`ray rsync-down cluster.yaml /shared/runs/s1 results/`). The auth token is sent as a bearer header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from raytower.errors import RaytowerError
+
+RESULT_FILES = ("best_config.json", "trials.parquet")
+
+
+def auth_token() -> str | None:
+    """The cluster's token: RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def entrypoint(tune_args: list[str]) -> tuple[str, Path]:
+    """The job's command, joining the cluster (--address auto), and the experiment directory."""
+    if not tune_args or tune_args[0] != "tune":
+        raise RaytowerError("submit runs a search: give the tune command after --, e.g. -- tune --data ml-100k --out DIR")
+    args = list(tune_args)
+    if "--out" not in args:
+        raise RaytowerError("submit needs --out DIR on storage both the cluster and this machine see")
+    out = Path(args[args.index("--out") + 1])
+    if "--address" not in args:
+        args += ["--address", "auto"]
+    return shlex.join(["raytower", *args]), out
+
+
+def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir: str | None = None,
+           timeout_s: float | None = None, log=print) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    command, out = entrypoint(tune_args)
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        client = JobSubmissionClient(address, headers=headers)
+    except Exception as e:  # unreachable, refused, 401
+        raise RaytowerError(f"cannot reach the Ray Jobs API at {address} ({str(e).splitlines()[0][:200]})") from None
+    runtime_env = {"working_dir": working_dir, "excludes": [".venv", "runs", ".cache", ".git"]} if working_dir else None
+    deadline = time.time() + 300
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:
+            # A freshly started head answers 500 "No available agent" until its job agent is up.
+            if "try again" not in str(e) or time.time() > deadline:
+                raise RaytowerError(f"the Jobs API at {address} refused the job ({str(e).splitlines()[0][:200]})") from None
+            time.sleep(2)
+    log(f"submitted {job_id}: {command}")
+
+    async def follow():
+        async for chunk in client.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(asyncio.wait_for(follow(), timeout_s) if timeout_s else follow())
+    except (asyncio.TimeoutError, TimeoutError):
+        client.stop_job(job_id)
+        raise RaytowerError(f"job {job_id} ran past {timeout_s:g} s and was stopped") from None
+    deadline = time.time() + 60
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        raise RaytowerError(f"job {job_id} ended {status}: {(info.message or '').splitlines()[0][:300] if info.message else ''}")
+    if fetch_to:
+        dest = Path(fetch_to)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RESULT_FILES:
+            src = out / name
+            if not src.is_file():
+                raise RaytowerError(f"{name} is not visible here: fetch it with `ray rsync-down cluster.yaml {out} {dest}`", src)
+            shutil.copy2(src, dest / name)
+        log(f"fetched {', '.join(RESULT_FILES)} into {dest}")
+    return 0
