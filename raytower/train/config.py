@@ -128,6 +128,8 @@ class TrainConfig:
             text = path.read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config ({e.strerror})", path) from None
+        except UnicodeDecodeError:
+            raise ConfigError("not a text file (a JSON or YAML config was expected)", path) from None
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except json.JSONDecodeError as e:

@@ -103,6 +103,8 @@ def load_space(path: str | Path) -> SearchSpace:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read search space ({e.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (a YAML search space was expected)", path) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
