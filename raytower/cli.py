@@ -149,7 +149,7 @@ def cmd_tune(args) -> int:
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
         chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
-        min_free_gb=args.min_free_gb,
+        min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial,
     )
     doc = run_search(settings, data=args.data, prepare_options=prepare_options(args))
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "train: a Ray Train TorchTrainer per trial (DDP, GPUs); auto: train when GPUs or "
                         "several workers are asked for")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--threads-per-trial", type=_positive_int, default=None,
+                   help="torch threads in each trial (default: --cpus-per-trial, at least 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
     p.add_argument("--workers-per-trial", type=_positive_int, default=1, help="DDP workers (executor train)")
     p.add_argument("--max-concurrent", type=_positive_int, default=None, help="default: as many as resources allow")

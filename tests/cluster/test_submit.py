@@ -40,14 +40,23 @@ def head(tmp_path_factory):
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    dash = _free_port()
-    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    dash, gcs = _free_port(), _free_port()
+    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                     '--resources={"raytower_driver": 100}', "--disable-usage-stats"], env=env, check=True,
                    capture_output=True)
     token = (home / ".ray" / "auth_token").read_text().strip()
     yield {"env": env, "url": f"http://127.0.0.1:{dash}", "port": dash, "token": token, "home": home}
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+    _stop_cluster(gcs)
+
+
+def _stop_cluster(gcs_port: int) -> None:
+    """Kill this cluster's processes only: `ray stop` would end every Ray on the machine."""
+    marks = (f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
+    procs = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
 
 
 def _get(url, token=None):
