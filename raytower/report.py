@@ -97,6 +97,9 @@ def plot_learning_curves(df, histories, path: Path) -> None:
                if r in set(df.stop_reason)]
     handles.append(plt.Line2D([], [], color="black", marker="|", ls="none", ms=12, label="Stage 2 starts"))
     ax.legend(handles=handles, fontsize=8, loc="lower right")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="validation Recall@100", title="Learning curves (marker: where each trial ended)")
     ax.grid(alpha=0.3)
     _save(fig, path)
