@@ -38,7 +38,10 @@ def head(tmp_path_factory):
     # As on a real cluster (cluster.yaml mounts it): the token exists before `ray start`.
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
+    # As cluster.yaml's setup does: the environment with raytower in it is on the nodes' PATH, so a
+    # job's `raytower tune ...` entrypoint resolves.
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     dash, gcs = _free_port(), _free_port()
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
