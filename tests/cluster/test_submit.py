@@ -46,20 +46,17 @@ def head(tmp_path_factory):
     dash, gcs = _free_port(), _free_port()
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                    # free ports, not Ray's fixed defaults, for everything else that listens
+                    f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+                    f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
                     '--resources={"raytower_driver": 100}', "--disable-usage-stats"], env=env, check=True,
                    capture_output=True)
     token = (home / ".ray" / "auth_token").read_text().strip()
     yield {"env": env, "url": f"http://127.0.0.1:{dash}", "port": dash, "token": token, "home": home}
-    _stop_cluster(gcs)
-
-
-def _stop_cluster(gcs_port: int) -> None:
-    """Kill this cluster's processes only: `ray stop` would end every Ray on the machine."""
-    marks = (f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}")
-    procs = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
-    for p in procs:
-        p.kill()
-    psutil.wait_procs(procs, timeout=30)
+    # `ray stop` ends every Ray on the machine: fine in CI, where the tests run one at a time. Killing
+    # only this cluster's processes by port missed some of them (monitors, agents), whose fixed
+    # ports then broke the next cluster's job agent.
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
 
 
 def _get(url, token=None):
