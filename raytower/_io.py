@@ -50,6 +50,18 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_user_text(path: str | os.PathLike, what: str) -> str:
+    """A text file a user hands us (config, search space), or a one-line ConfigError naming it."""
+    from raytower.errors import ConfigError
+
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} ({e.strerror})", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"not a text file (a {what} was expected)", path) from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from raytower._io import read_user_text
 from raytower.errors import ConfigError
 
 FUSION_TYPES = ("concat", "gated", "moe")
@@ -124,12 +125,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> "TrainConfig":
         """A JSON or YAML file of config fields, or a ``best_config.json`` (its "params" are used)."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config ({e.strerror})", path) from None
-        except UnicodeDecodeError:
-            raise ConfigError("not a text file (a JSON or YAML config was expected)", path) from None
+        text = read_user_text(path, "JSON or YAML config")
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except json.JSONDecodeError as e:

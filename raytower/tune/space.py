@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from raytower._io import read_user_text
 from raytower.errors import ConfigError
 from raytower.train.config import TrainConfig
 
@@ -99,12 +100,7 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read search space ({e.strerror})", path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a text file (a YAML search space was expected)", path) from None
+    text = read_user_text(path, "search space")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
