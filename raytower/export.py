@@ -38,23 +38,14 @@ class ServingUserTower(nn.Module):
 
 def load_chosen(exp: Path) -> tuple[Curriculum, dict]:
     """The chosen trial's best-epoch model, from a search directory's best_config.json."""
-    from raytower.data import Bundle
-    from raytower.model.pretrain import Artifacts
-    from raytower.train.config import TrainConfig
-    from raytower.tune.results import _checkpoint_state
+    from raytower.tune.results import trial_model
 
     best_file = exp / "best_config.json"
     if not best_file.is_file():
         raise ConfigError("no best_config.json: run `raytower best DIR` first", exp)
     best = json.loads(best_file.read_text())
     setup = json.loads((exp / "setup.json").read_text())["setup"]
-    tid, epoch = best["trial_id"], int(best["selection"]["epoch"])
-    state = _checkpoint_state([exp / "tune" / f"trial_{tid}", exp / "train" / f"train-{tid}"], epoch)
-    if state is None:
-        raise ConfigError(f"the checkpoint of trial {tid} at epoch {epoch} is missing", exp)
-    cfg = TrainConfig.from_dict(state["config"])
-    run = Curriculum(cfg, Bundle(setup["bundle"]), Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
-    run.load_state_dict(state)
+    run = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]), setup)
     return run, best
 
 

@@ -141,21 +141,26 @@ def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
             return done["test"]
     import torch
 
-    from raytower.data import Bundle
-    from raytower.model.pretrain import Artifacts
-    from raytower.train.loop import Curriculum
-
-    state = _checkpoint_state([trial["dir"], exp / "train" / f"train-{trial['trial_id']}"], epoch)
-    if state is None:
-        raise ConfigError(f"the checkpoint of trial {trial['trial_id']} at epoch {epoch} is missing", trial["dir"])
-    cfg = TrainConfig.from_dict(state["config"])
-    shared = setup["setup"]
-    run = Curriculum(cfg, Bundle(shared["bundle"]), Artifacts.load(shared["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
-    run.load_state_dict(state)
+    run = trial_model(exp, trial["trial_id"], epoch, setup["setup"])
     with torch.no_grad():
         test = {k: v for k, v in run.evaluate("test").items() if not k.startswith("_")}
     write_json(cache, {"key": key, "test": test})
     return test
+
+
+def trial_model(exp: Path, trial_id: str, epoch: int, shared: dict):
+    """A trial's model at ``epoch``, rebuilt from its kept checkpoint and the search's shared artifacts."""
+    from raytower.data import Bundle
+    from raytower.model.pretrain import Artifacts
+    from raytower.train.loop import Curriculum
+
+    state = _checkpoint_state([exp / "tune" / f"trial_{trial_id}", exp / "train" / f"train-{trial_id}"], epoch)
+    if state is None:
+        raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
+    cfg = TrainConfig.from_dict(state["config"])
+    run = Curriculum(cfg, Bundle(shared["bundle"]), Artifacts.load(shared["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
+    run.load_state_dict(state)
+    return run
 
 
 def _checkpoint_state(dirs: list[Path], epoch: int) -> dict | None:

@@ -147,7 +147,7 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 
     _init_ray(settings)
     try:
-        results, stops = _fit(settings, space, setup, grace, out)
+        _fit(settings, space, setup, grace, out)
     finally:
         ray.shutdown()
     from raytower.tune.results import export_results
