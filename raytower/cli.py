@@ -139,7 +139,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from raytower.tune.search import SearchSettings, run_search
+    from raytower.tune.search import SearchInterrupted, SearchSettings, run_search
 
     settings = SearchSettings(
         space=args.space, num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
@@ -151,10 +151,21 @@ def cmd_tune(args) -> int:
         chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
         min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial,
     )
-    doc = run_search(settings, data=args.data, prepare_options=prepare_options(args))
+    try:
+        run_search(settings, data=args.data, prepare_options=prepare_options(args))
+    except SearchInterrupted as e:
+        print(f"raytower: {e}", file=sys.stderr)
+        print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
+        return 130
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
     print(f"retrain it: raytower train --config {Path(args.out) / 'best_config.json'} --data {args.data}")
     return 0
+
+
+def _resume_command(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["raytower", *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_best(args) -> int:
@@ -332,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except RaytowerError as e:
@@ -340,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("raytower: interrupted", file=sys.stderr)
+        if args.func is cmd_tune and (Path(args.out) / "tune").is_dir():
+            print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
         return 130
 
 

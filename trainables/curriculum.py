@@ -43,7 +43,8 @@ def load_state(checkpoint) -> dict | None:
 
 
 def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], state: dict | None,
-              rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None) -> None:
+              rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None,
+              report_again_when_done: bool = True) -> None:
     """Run the curriculum from ``state`` (or the start) to the last epoch, reporting every epoch."""
     torch.set_num_threads(int(setup.get("threads", 1)))
     cfg = TrainConfig.from_dict(config)
@@ -54,9 +55,11 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
         run.load_state_dict(state)
     best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
     if run.done and run.history:
-        # Restored after its last epoch (the driver died between the report and the end of the
-        # trial): report the last row again, or Tune sees a trial that ends without its metric.
-        report(_tune_row(run.history[-1], best), run.state_dict())
+        # Restored after its last epoch. A Tune trial (the driver died between the report and the
+        # end of the trial) must report its last row again, or Tune sees a trial that ends without
+        # its metric. A restarted Train worker must not: its run already forwarded that row.
+        if report_again_when_done:
+            report(_tune_row(run.history[-1], best), run.state_dict())
         return
     writer = None
     if tb_dir and rank == 0:
@@ -123,7 +126,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = str(ray.train.torch.get_device()) if setup.get("use_gpu") else "cpu"
     state = load_state(ray.train.get_checkpoint())
     run_trial(config, setup, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
-              rank=rank, world_size=world, device=device, tb_dir=loop_config["trial_dir"])
+              rank=rank, world_size=world, device=device, tb_dir=loop_config["trial_dir"],
+              report_again_when_done=False)
 
 
 def train_driver(config: dict, setup: dict) -> None:

@@ -10,7 +10,9 @@
   finished one COMPLETE with its best validation value. Ray's OptunaSearch would record an
   early-stopped trial as COMPLETE with its low-fidelity value, which misleads TPE.
 
-All three share one ``StopLog`` in the driver process.
+All three share one ``StopLog`` in the driver process. ``DriverMemory`` writes down the search
+driver's resident memory each time a trial ends (Ray has an open report of it growing with the
+number of trials), into ``driver_memory.json``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ class StopLog:
     def reason(self, trial_id: str) -> str | None:
         r = self.reasons.get(trial_id)
         return r[0] if r else None
+
+
+class DriverMemory(tune.Callback):
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[dict] = []
+        if os.path.exists(path):  # a resumed search goes on counting
+            with open(path) as f:
+                self.rows = json.load(f)
+
+    def _ended(self, trial) -> None:
+        import psutil
+
+        self.rows.append({"trials_ended": len(self.rows) + 1, "trial_id": trial.trial_id,
+                          "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)})
+        write_json(self.path, self.rows)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
 
 
 class CurriculumStopper(tune.Stopper):
@@ -109,6 +133,25 @@ class TruthfulOptunaSearch(OptunaSearch):
         self.truthful = truthful
         self._best: dict[str, float] = {}
         self._reported: dict[str, set[int]] = {}
+
+    def restore(self, checkpoint_path: str) -> None:
+        # The study may hold trials asked for after Tune's last save (the driver died in between):
+        # RUNNING, with no Tune trial behind them. The next suggestions take them over, params and
+        # all, so the resumed study ends with num_samples trials and none left dangling.
+        super().restore(checkpoint_path)
+        from optuna.trial import TrialState
+
+        mine = {t._trial_id for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self._orphans = [t._trial_id for t in running if t._trial_id not in mine]
+
+    def suggest(self, trial_id: str):
+        orphans = getattr(self, "_orphans", None)
+        if orphans and trial_id not in self._ot_trials:
+            import optuna
+
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -45,10 +45,30 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
     return trials
 
 
+def tune_statuses(exp: Path) -> dict[str, str]:
+    """trial_id -> Tune's status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) as of Tune's last save.
+
+    Read from the newest ``experiment_state-*.json``, which Tune also writes when it is interrupted,
+    before it stops the running trials (so they show as RUNNING there, not TERMINATED)."""
+    states = sorted((exp / "tune").glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+        out = {}
+        for entry in data["trial_data"]:
+            t = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+            out[str(t["trial_id"])] = str(t["status"])
+        return out
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {}  # a state file cut short by a kill: fall back to what the trial files say
+
+
 def trial_rows(exp: Path) -> pd.DataFrame:
     setup = json.loads((exp / "setup.json").read_text())
     max_epochs = setup["settings"]["max_epochs"]
     stops = json.loads((exp / "stops.json").read_text()) if (exp / "stops.json").is_file() else {}
+    statuses = tune_statuses(exp)
     rows = []
     for t in read_trials(exp):
         h = t["history"]
@@ -57,8 +77,16 @@ def trial_rows(exp: Path) -> pd.DataFrame:
         epochs = int(h[-1]["epoch"]) if h else 0
         row["epochs"] = epochs
         reason = stops.get(t["trial_id"], [None])[0]
+        tune_status = statuses.get(t["trial_id"])
         if reason is None:
-            reason = "error" if t["error"] else ("completed" if epochs >= max_epochs else "unfinished")
+            if t["error"] or tune_status == "ERROR":
+                reason = "error"
+            elif epochs >= max_epochs:
+                reason = "completed"
+            elif tune_status == "TERMINATED":
+                reason = "time_budget"  # Tune ended it, and neither ASHA nor the stopper did
+            else:
+                reason = "unfinished"
         row["stop_reason"] = reason
         row["status"] = {"completed": "COMPLETE", "unfinished": "RUNNING", "error": "ERROR",
                          "diverged": "FAILED"}.get(reason, "PRUNED")
@@ -107,7 +135,10 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     trial = next(t for t in read_trials(exp) if t["trial_id"] == best["trial_id"])
     # Every field, defaults included: a later change of a default cannot change the exported model.
     params = TrainConfig.from_dict(trial["params"]).to_dict()
-    test = _test_once(exp, trial, int(best["best_epoch"]), setup) if evaluate_test else None
+    finished = search_finished(df, setup)
+    # Test is touched once, for the configuration the whole search chose: an interrupted search's
+    # leader may still lose to a trial the resume finishes.
+    test = _test_once(exp, trial, int(best["best_epoch"]), setup) if evaluate_test and finished else None
     versions = _versions()
     doc = {
         "params": params,
@@ -122,13 +153,26 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
         "search": {k: setup["settings"][k] for k in ("space", "num_samples", "max_epochs", "seed", "executor",
                                                         "scheduler", "searcher", "truthful_pruning", "grace_period",
                                                         "reduction_factor")},
+        "finished": finished,
         "trials": {"total": int(len(df)), **{str(k): int(v) for k, v in df["stop_reason"].value_counts().items()}},
         "versions": versions,
     }
     write_json(exp / "best_config.json", doc)
+    if not finished:
+        log(f"the search is unfinished ({int((df['stop_reason'] != 'unfinished').sum())} of "
+            f"{setup['settings']['num_samples']} trials ended): the leader so far is below; test figures "
+            "come once, when the search ends")
     log(f"best trial {best['trial_id']}: val Recall@100 {doc['selection']['value']:.4f} at epoch {doc['selection']['epoch']}"
         + (f"; test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}" if test else ""))
     return doc
+
+
+def search_finished(df: pd.DataFrame, setup: dict) -> bool:
+    """Every trial ended, and all num_samples of them started (or the time budget ran out)."""
+    if (df["stop_reason"] == "unfinished").any():
+        return False
+    return len(df) >= int(setup["settings"]["num_samples"]) or (df["stop_reason"] == "time_budget").any() \
+        or bool(setup.get("time_budget_spent"))
 
 
 def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:

@@ -8,6 +8,7 @@ Layout of the experiment directory (``out``):
     setup.json            what every trial shares: bundle and pretraining artifact paths
     optuna.db             the Optuna study (SQLite; any RDB URL with --storage)
     stops.json            why each early-stopped trial ended (asha, chance, collapsed, diverged)
+    driver_memory.json    the search driver's resident memory each time a trial ended
     tune/                 Ray Tune's experiment: one directory per trial (checkpoints, TensorBoard)
     train/                Ray Train runs (executor "train" only)
     trials.parquet        one row per trial
@@ -30,6 +31,14 @@ from raytower.tune.space import SearchSpace, load_space
 
 EXPERIMENT = "tune"
 STUDY = "raytower"
+
+
+class SearchInterrupted(Exception):
+    """Ctrl-C (or SIGUSR1) stopped the search; Tune saved it, and ``--resume`` continues it."""
+
+    def __init__(self, out: Path, ended: int, total: int):
+        self.out, self.ended, self.total = out, ended, total
+        super().__init__(f"interrupted: {ended} of {total} trials ended; the search is saved in {out}")
 
 
 @dataclass
@@ -146,13 +155,44 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     import ray
 
     _init_ray(settings)
+    start = time.monotonic()
     try:
         _fit(settings, space, setup, grace, out)
     finally:
         ray.shutdown()
-    from raytower.tune.results import export_results
+    from raytower.tune.results import export_results, tune_statuses
 
+    statuses = tune_statuses(out)
+    budget_spent = settings.time_budget_s is not None and time.monotonic() - start >= settings.time_budget_s
+    ended = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
+    if ended < len(statuses) or (len(statuses) < settings.num_samples and not budget_spent):
+        # Tune catches the first Ctrl-C itself, saves the experiment and returns: what ended is
+        # exported (without test figures), and --resume picks up the rest.
+        try:
+            export_results(out, log=log)
+        except ConfigError:
+            pass  # no trial had reported yet
+        raise SearchInterrupted(out, ended, settings.num_samples)
+    if budget_spent:
+        write_json(out / "setup.json", {**json.loads((out / "setup.json").read_text()), "time_budget_spent": True})
+    _close_study(settings.storage or f"sqlite:///{out / 'optuna.db'}", log)
     return export_results(out, log=log)
+
+
+def _close_study(storage_url: str, log=print) -> None:
+    """No trial stays RUNNING in the study once the search has ended.
+
+    A driver killed just after the searcher asked Optuna for a trial, and before Tune saved that
+    trial, leaves it RUNNING in the study with no Tune trial behind it. The resumed searcher reuses
+    such trials (TruthfulOptunaSearch.restore); any left over are closed as FAIL here."""
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY, storage=optuna.storages.RDBStorage(storage_url))
+    left = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in left:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    if left:
+        log(f"closed {len(left)} Optuna trial(s) left RUNNING by an earlier interruption as FAIL")
 
 
 def _dataset_info(bundle) -> dict:
@@ -195,7 +235,9 @@ def _init_ray(settings: SearchSettings) -> None:
         port = _free_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 _node_ip_address="127.0.0.1",  # a private Ray talks over loopback only
+                 # No _node_ip_address: ray.init rewrites 127.0.0.1 to the host's address anyway
+                 # (services.resolve_ip_for_localhost), and GCS and raylet listen on every
+                 # interface. Token authentication (Ray's default) is what guards those ports.
                  resources={"raytower_driver": 1000}, log_to_driver=True)
 
 
@@ -246,7 +288,8 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     import optuna
     from ray import tune
 
-    from raytower.tune._callbacks import METRIC, CurriculumStopper, RecordingASHA, StopLog, TruthfulOptunaSearch
+    from raytower.tune._callbacks import (METRIC, CurriculumStopper, DriverMemory, RecordingASHA, StopLog,
+                                          TruthfulOptunaSearch)
 
     stops = StopLog(str(out / "stops.json"))
     executor = settings.resolved_executor
@@ -280,7 +323,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
 
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(out), stop=stopper, verbose=1,
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),

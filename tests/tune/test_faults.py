@@ -1,0 +1,188 @@
+"""Faults injected for real: a killed driver, Ctrl-C, a killed Train worker, a diverging trial.
+
+Second tier: each test runs its own search (a `raytower tune` process or an in-process one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+import pytest
+
+from raytower.cli import main
+from tests.conftest import REPO, SMALL_SYNTHETIC
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+RAYTOWER = str(Path(sys.executable).with_name("raytower"))
+QUICK = str(REPO / "search_spaces" / "quick.yaml")
+FINAL = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def _tune_args(out: Path, samples: int, epochs: int, *extra: str) -> list[str]:
+    return ["tune", "--data", SMALL_SYNTHETIC, "--space", QUICK, "--num-samples", str(samples),
+            "--max-epochs", str(epochs), "--executor", "function", "--seed", "3", "--out", str(out), *extra]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([RAYTOWER, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _reported_epochs(out: Path) -> dict[str, list[int]]:
+    """Every epoch each trial reported to Tune, duplicates included, in order."""
+    seen = {}
+    for f in (out / "tune").glob("trial_*/result.json"):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(int(json.loads(line)["epoch"]))
+            except (ValueError, KeyError):
+                pass  # the line a kill cut short
+        seen[f.parent.name.removeprefix("trial_")] = rows
+    return seen
+
+
+def _wait_until(condition, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the search ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _mid_search(out: Path, epochs: int):
+    """One trial has ended and another is past its second epoch: the moment to strike."""
+    def check():
+        seen = _reported_epochs(out)
+        done = [t for t, e in seen.items() if e and e[-1] == epochs]
+        running = [t for t, e in seen.items() if e and 2 <= e[-1] < epochs]
+        return (done, running) if done and running else None
+    return check
+
+
+def _study(out: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}").trials
+
+
+def _assert_whole(out: Path, samples: int, epochs: int) -> pd.DataFrame:
+    """Every trial once in trials.parquet and in the study, each with a final state, and the best
+    config the best finisher."""
+    df = pd.read_parquet(out / "trials.parquet")
+    assert len(df) == samples and df["trial_id"].is_unique
+    assert "unfinished" not in set(df["stop_reason"])
+    study = _study(out)
+    assert len(study) == samples
+    assert {t.state.name for t in study} <= set(FINAL)
+    best = json.loads((out / "best_config.json").read_text())
+    finishers = df[df["reached_final_rung"]]
+    assert best["trial_id"] == finishers.loc[finishers["best/val/recall@100"].idxmax(), "trial_id"]
+    assert best["finished"] is True and best["test"]["recall@100"] > 0
+    for trial_id, seen in _reported_epochs(out).items():
+        assert sorted(set(seen)) == list(range(1, max(seen) + 1)), f"trial {trial_id} lost epochs: {seen}"
+    return df
+
+
+def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
+    out, samples, epochs = tmp_path / "exp", 6, 8
+    args = _tune_args(out, samples, epochs, "--scheduler", "none")
+    proc = _start(args, tmp_path / "first.log")
+    done, running = _wait_until(_mid_search(out, epochs), 600, proc, "a trial ended and another ran")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no warning
+    proc.wait()
+    before = _reported_epochs(out)
+
+    # The interrupted directory already gives its leader, but not test figures: test is touched
+    # once, for what the whole search chooses.
+    assert main(["best", str(out)]) == 0
+    interim = json.loads((out / "best_config.json").read_text())
+    assert interim["finished"] is False and interim["test"] is None
+    assert interim["trial_id"] in done
+    assert any(t.state.name == "RUNNING" for t in _study(out))  # what the kill left dangling
+
+    resumed = subprocess.run([RAYTOWER, *args, "--resume"], capture_output=True, text=True, timeout=900,
+                             env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _assert_whole(out, samples, epochs)
+    after = _reported_epochs(out)
+    for t in done:  # finished trials are kept, not run again
+        assert after[t] == before[t]
+    for t in running:  # unfinished ones resumed from their checkpoints, not from epoch 1
+        assert after[t].count(1) == 1 and after[t][-1] == epochs
+
+
+def test_ctrl_c_saves_the_search_and_says_how_to_resume(tmp_path):
+    out, samples, epochs = tmp_path / "exp", 4, 8
+    args = _tune_args(out, samples, epochs, "--scheduler", "none")
+    log = tmp_path / "first.log"
+    proc = _start(args, log)
+    _wait_until(_mid_search(out, epochs), 600, proc, "a trial ended and another ran")
+    ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    text = log.read_text()
+    assert "interrupted:" in text and "resume it with: raytower tune" in text and "--resume" in text
+    assert "Traceback" not in text
+    _, left = psutil.wait_procs(ray_processes, timeout=30)  # Ray went down with it
+    assert not left, [p.cmdline()[:2] for p in left]
+    df = pd.read_parquet(out / "trials.parquet")  # what finished is saved
+    assert (df["stop_reason"] == "completed").any() and (df["stop_reason"] == "unfinished").any()
+
+    assert main([*args, "--resume"]) == 0
+    _assert_whole(out, samples, epochs)
+
+
+def _train_worker_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
+    out, epochs = tmp_path / "exp", 10
+    args = [*_tune_args(out, 1, epochs, "--scheduler", "none"), "--executor", "train"]
+    proc = _start(args, tmp_path / "tune.log")
+    _wait_until(lambda: any(len(e) >= 1 for e in _reported_epochs(out).values()), 600, proc,
+                "an epoch was reported")
+    victims = _train_worker_pids()
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGKILL)
+    (at_kill,) = _reported_epochs(out).values()
+    assert at_kill[-1] < epochs  # the kill landed mid-trial
+    assert proc.wait(timeout=600) == 0, (tmp_path / "tune.log").read_text()[-3000:]
+    (seen,) = _reported_epochs(out).values()
+    assert seen == list(range(1, epochs + 1))  # nothing lost, nothing reported twice
+    assert victims[0] not in _train_worker_pids()
+    log = (tmp_path / "tune.log").read_text()
+    assert "RayTrainWorker" in log or "restart" in log.lower()  # Ray Train did see the failure
+    df = pd.read_parquet(out / "trials.parquet")
+    assert df.loc[0, "stop_reason"] == "completed"
+
+
+def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path):
+    space = tmp_path / "space.yaml"
+    # 1e-39 is a float32 subnormal: logits / tau overflow to inf, and the loss is NaN at once.
+    space.write_text("fixed: {dim: 32, item_layers: 2, max_len: 50, stage1_max_epochs: 2, temp_min: 1.0e-40}\n"
+                     "search:\n  temp_start: {distribution: categorical, choices: [1.0e-39, 0.5]}\n"
+                     "start_from: [{temp_start: 1.0e-39}, {temp_start: 0.5}]\n")
+    out = tmp_path / "exp"
+    assert main(["tune", "--data", SMALL_SYNTHETIC, "--space", str(space), "--num-samples", "2",
+                 "--max-epochs", "3", "--scheduler", "none", "--executor", "function", "--out", str(out)]) == 0
+    df = pd.read_parquet(out / "trials.parquet").set_index("param/temp_start")
+    assert df.loc[1e-39, "stop_reason"] == "diverged" and df.loc[1e-39, "epochs"] == 1
+    assert df.loc[0.5, "stop_reason"] == "completed"
+    states = {t.params["temp_start"]: t.state.name for t in _study(out)}
+    assert states == {1e-39: "FAIL", 0.5: "COMPLETE"}
+    assert json.loads((out / "best_config.json").read_text())["params"]["temp_start"] == 0.5
