@@ -112,11 +112,22 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
     assert interim["finished"] is False and interim["test"] is None
     assert interim["trial_id"] in done
     assert any(t.state.name == "RUNNING" for t in _study(out))  # what the kill left dangling
+    # A kill between the searcher asking Optuna for a trial and Tune saving that trial leaves it
+    # RUNNING in the study with no Tune trial behind it. Make one such orphan for sure.
+    from raytower.tune.space import load_space
+
+    assert len(before) < samples
+    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
+    orphan = study.ask()
+    load_space(QUICK).define_by_run(orphan)  # samples its params, as the searcher's suggest does
+    assert orphan.params
 
     resumed = subprocess.run([RAYTOWER, *args, "--resume"], capture_output=True, text=True, timeout=900,
                              env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_whole(out, samples, epochs)
+    taken_over = _study(out)[orphan.number]  # the resumed searcher ran it instead of asking anew
+    assert taken_over.state.name in FINAL and taken_over.params == orphan.params
     after = _reported_epochs(out)
     for t in done:  # finished trials are kept, not run again
         assert after[t] == before[t]
