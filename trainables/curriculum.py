@@ -90,8 +90,13 @@ def _tune_row(step: dict, best: float) -> dict:
 
 
 def _reporter(report_fn, checkpoint_cls, rank: int = 0):
+    import ray
+
+    # Which Ray node ran each epoch: on a cluster, where a trial went after losing its node.
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(row: dict, state: dict) -> None:
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))} | {"node_id": node_id}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:  # one copy of the state per epoch, from the first worker
                 torch.save(state, os.path.join(d, STATE_FILE))

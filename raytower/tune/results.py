@@ -97,6 +97,7 @@ def trial_rows(exp: Path) -> pd.DataFrame:
         for k in REPORT_KEYS:
             row[f"best/{k}"] = best.get(k) if best else None
             row[f"final/{k}"] = h[-1].get(k) if h else None
+        row["nodes"] = list(dict.fromkeys(r["node_id"] for r in h if r.get("node_id")))  # in the order used
         row["stage_switch_epoch"] = next((int(r["epoch"]) for r in h if r.get("stage") == 2), None)
         row["wall_time_s"] = float(sum(r.get("epoch_time_s", 0.0) for r in h))
         row["cpu_time_s"] = float(sum(r.get("epoch_cpu_s", 0.0) for r in h))
