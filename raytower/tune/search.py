@@ -140,6 +140,15 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         if settings.gpus_per_trial > torch.cuda.device_count():
             raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has "
                               f"{torch.cuda.device_count()} GPU(s), so no trial could ever start")
+    import ray
+
+    if settings.address:
+        _init_ray(settings)  # join the cluster first: a trial it can never place fails now, not later
+        try:
+            _check_cluster_fits(settings)
+        except BaseException:
+            ray.shutdown()
+            raise
     out.mkdir(parents=True, exist_ok=True)
     from raytower.data import load_bundle
 
@@ -152,9 +161,8 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
                                     "dataset": _dataset_info(bundle)})
     grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
 
-    import ray
-
-    _init_ray(settings)
+    if not settings.address:
+        _init_ray(settings)
     start = time.monotonic()
     try:
         _fit(settings, space, setup, grace, out)
@@ -239,6 +247,38 @@ def _init_ray(settings: SearchSettings) -> None:
                  # (services.resolve_ip_for_localhost), and GCS and raylet listen on every
                  # interface. Token authentication (Ray's default) is what guards those ports.
                  resources={"raytower_driver": 1000}, log_to_driver=True)
+
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster's config on the head
+
+
+def _check_cluster_fits(settings: SearchSettings) -> None:
+    """A trial's worker must fit on some node: a live one, or one the autoscaler may add (its node
+    types, from the config `ray up` copied to the head). Otherwise its trials would pend forever."""
+    import ray
+
+    need_gpu = settings.gpus_per_trial / settings.workers_per_trial
+    need_cpu = settings.cpus_per_trial
+    offers = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
+    bootstrap = Path(os.path.expanduser(BOOTSTRAP_CONFIG))
+    if bootstrap.is_file():
+        import yaml
+
+        try:
+            types = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types") or {}
+            for t in types.values():
+                res = t.get("resources") or {}
+                if "CPU" not in res and "GPU" not in res:
+                    return  # `ray up` could not detect this type's resources: it might fit
+                offers.append((res.get("CPU", math.inf), res.get("GPU", 0)))
+        except (yaml.YAMLError, AttributeError):
+            pass  # not ours to judge; the live nodes still count
+    if not any(cpu >= need_cpu and gpu >= need_gpu for cpu, gpu in offers):
+        most_gpu = max((g for _, g in offers), default=0)
+        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} --cpus-per-trial {need_cpu:g}: no node "
+                          f"of the cluster at {settings.address} (live, or a node type its autoscaler may add) "
+                          f"offers {need_cpu:g} CPU and {need_gpu:g} GPU per worker (most GPUs on a node: "
+                          f"{most_gpu:g}), so no trial could ever start")
 
 
 def _free_port() -> int:
