@@ -148,6 +148,7 @@ def cmd_tune(args) -> int:
         max_concurrent=args.max_concurrent, seed=args.seed, time_budget_s=args.time_budget,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
+        storage_path=args.storage_path,
         chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
         min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial,
     )
@@ -290,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-truthful-pruning", action="store_true",
                    help="tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED")
     p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
+    p.add_argument("--storage-path", default=None, metavar="URI",
+                   help="where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., "
+                        "or a directory every node mounts (default: OUT). The search goes in URI/<name of OUT>; "
+                        "the Optuna study stays in OUT and is copied there at the end")
     p.add_argument("--chance-patience", type=_positive_int, default=3,
                    help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
     p.add_argument("--min-free-gb", type=float, default=1.0,

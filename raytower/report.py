@@ -17,7 +17,7 @@ import pandas as pd
 
 from raytower._io import atomic_path
 from raytower.errors import ConfigError
-from raytower.tune.results import METRIC, read_trials, trial_rows
+from raytower.tune.results import METRIC, is_search_dir, read_trials, trial_rows
 
 KNOBS = ("temp_start", "anneal_rate", "logq_max", "unfreeze_depth", "lr_ratio")
 REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
@@ -44,7 +44,7 @@ def _plt():
 
 def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict | None, dict]:
     exp = Path(exp)
-    if not (exp / "setup.json").is_file() or not (exp / "tune").is_dir():
+    if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
     df = trial_rows(exp)  # from the trial directories: also right for an interrupted search
     if df.empty:

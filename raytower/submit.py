@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,21 @@ def entrypoint(tune_args: list[str]) -> tuple[str, Path]:
         raise RaytowerError("submit runs a search: give the tune command after --, e.g. -- tune --data ml-100k --out DIR")
     args = list(tune_args)
     if "--out" not in args:
-        raise RaytowerError("submit needs --out DIR on storage both the cluster and this machine see")
+        raise RaytowerError("submit needs --out DIR (a directory on the head; with --storage-path URI the results "
+                            "are fetched from URI/<name of DIR>)")
     out = Path(args[args.index("--out") + 1])
     if "--address" not in args:
         args += ["--address", "auto"]
     return shlex.join(["raytower", *args]), out
+
+
+def results_location(tune_args: list[str], out: Path) -> str:
+    """Where the finished search's results can be read from here: its storage path, else --out."""
+    from raytower.tune._storage import experiment_uri
+
+    args = list(tune_args)
+    storage = args[args.index("--storage-path") + 1] if "--storage-path" in args else None
+    return experiment_uri(out, storage)
 
 
 def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir: str | None = None,
@@ -87,12 +96,14 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
         info = client.get_job_info(job_id)
         raise RaytowerError(f"job {job_id} ended {status}: {(info.message or '').splitlines()[0][:300] if info.message else ''}")
     if fetch_to:
+        from raytower.tune._storage import ExperimentStore
+
         dest = Path(fetch_to)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in RESULT_FILES:
-            src = out / name
-            if not src.is_file():
-                raise RaytowerError(f"{name} is not visible here: fetch it with `ray rsync-down cluster.yaml {out} {dest}`", src)
-            shutil.copy2(src, dest / name)
-        log(f"fetched {', '.join(RESULT_FILES)} into {dest}")
+        where = results_location(tune_args, out)
+        missing = ExperimentStore(where).fetch(RESULT_FILES, dest)
+        if missing:
+            raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on storage "
+                                f"this machine reads (s3://...), or fetch with `ray rsync-down cluster.yaml {out} {dest}`",
+                                where)
+        log(f"fetched {', '.join(RESULT_FILES)} from {where} into {dest}")
     return 0

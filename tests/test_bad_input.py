@@ -55,6 +55,7 @@ BAD_INPUT = [
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),
     (lambda t: tune(t, "--resume"), "--resume"),
+    (lambda t: tune(t, "--storage-path", "nosuchscheme://bucket/runs"), "--storage-path: cannot open it"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
     (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),

@@ -17,6 +17,7 @@ import pandas as pd
 from raytower._io import atomic_path, write_json
 from raytower.errors import ConfigError
 from raytower.train.config import TrainConfig
+from raytower.tune._storage import ExperimentStore
 
 METRIC = "val/recall@100"
 REPORT_KEYS = ("val/recall@10", "val/recall@20", "val/recall@50", "val/recall@100", "val/ndcg@10",
@@ -24,24 +25,34 @@ REPORT_KEYS = ("val/recall@10", "val/recall@20", "val/recall@50", "val/recall@10
                "gate_mean", "effective_rank", "stage")
 
 
+def is_search_dir(exp: Path) -> bool:
+    try:
+        return (exp / "setup.json").is_file() and ExperimentStore.of(exp).is_dir("tune")
+    except (ValueError, KeyError, TypeError):
+        return False  # setup.json that raytower did not write
+
+
 def read_trials(exp: Path) -> list[dict[str, Any]]:
     """One record per trial directory: its config and its per-epoch results (deduplicated by epoch)."""
+    store = ExperimentStore.of(exp)
     trials = []
-    for d in sorted(p for p in (exp / "tune").glob("*") if p.is_dir() and (p / "params.json").is_file()):
-        params = json.loads((d / "params.json").read_text())
+    for name in store.subdirs("tune"):
+        params_text = store.read_text(f"tune/{name}/params.json")
+        if params_text is None:
+            continue
+        params = json.loads(params_text)
         rows: dict[int, dict] = {}
-        if (d / "result.json").is_file():
-            for line in (d / "result.json").read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                if "epoch" in r:
-                    rows[int(r["epoch"])] = r  # a resumed trial re-reports from its checkpoint on
+        for line in (store.read_text(f"tune/{name}/result.json") or "").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if "epoch" in r:
+                rows[int(r["epoch"])] = r  # a resumed trial re-reports from its checkpoint on
         history = [rows[e] for e in sorted(rows)]
-        trial_id = history[-1]["trial_id"] if history else d.name.removeprefix("trial_")
-        trials.append({"dir": d, "trial_id": trial_id, "params": params, "history": history,
-                       "error": (d / "error.txt").is_file()})
+        trial_id = history[-1]["trial_id"] if history else name.removeprefix("trial_")
+        trials.append({"dir": name, "trial_id": trial_id, "params": params, "history": history,
+                       "error": store.is_file(f"tune/{name}/error.txt")})
     return trials
 
 
@@ -50,11 +61,13 @@ def tune_statuses(exp: Path) -> dict[str, str]:
 
     Read from the newest ``experiment_state-*.json``, which Tune also writes when it is interrupted,
     before it stops the running trials (so they show as RUNNING there, not TERMINATED)."""
-    states = sorted((exp / "tune").glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    store = ExperimentStore.of(exp)
+    states = sorted((mtime, rel) for rel, mtime in store.files("tune")
+                    if rel.rsplit("/", 1)[-1].startswith("experiment_state-") and rel.endswith(".json"))
     if not states:
         return {}
     try:
-        data = json.loads(states[-1].read_text())
+        data = json.loads(store.read_text(states[-1][1]) or "")
         out = {}
         for entry in data["trial_data"]:
             t = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
@@ -72,7 +85,7 @@ def trial_rows(exp: Path) -> pd.DataFrame:
     rows = []
     for t in read_trials(exp):
         h = t["history"]
-        row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"].name}
+        row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"]}
         row |= {f"param/{k}": v for k, v in t["params"].items()}
         epochs = int(h[-1]["epoch"]) if h else 0
         row["epochs"] = epochs
@@ -124,7 +137,7 @@ def choose(df: pd.DataFrame) -> pd.Series:
 def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> dict:
     """Write trials.parquet and best_config.json (atomically); return the best config document."""
     exp = Path(exp)
-    if not (exp / "setup.json").is_file() or not (exp / "tune").is_dir():
+    if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
     df = trial_rows(exp)
     if df.empty:
@@ -199,7 +212,7 @@ def trial_model(exp: Path, trial_id: str, epoch: int, shared: dict):
     from raytower.model.pretrain import Artifacts
     from raytower.train.loop import Curriculum
 
-    state = _checkpoint_state([exp / "tune" / f"trial_{trial_id}", exp / "train" / f"train-{trial_id}"], epoch)
+    state = _checkpoint_state(ExperimentStore.of(exp), [f"tune/trial_{trial_id}", f"train/train-{trial_id}"], epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
     cfg = TrainConfig.from_dict(state["config"])
@@ -208,12 +221,14 @@ def trial_model(exp: Path, trial_id: str, epoch: int, shared: dict):
     return run
 
 
-def _checkpoint_state(dirs: list[Path], epoch: int) -> dict | None:
+def _checkpoint_state(store: ExperimentStore, dirs: list[str], epoch: int) -> dict | None:
     """The kept checkpoint of ``epoch``: in the Tune trial (executor function) or its Train run."""
+    import io
+
     import torch
 
-    for state_file in sorted(f for d in dirs if d.is_dir() for f in d.rglob("state.pt")):
-        state = torch.load(state_file, weights_only=True, map_location="cpu")
+    for rel in sorted(rel for d in dirs for rel, _ in store.files(d, recursive=True) if rel.endswith("/state.pt")):
+        state = torch.load(io.BytesIO(store.read_bytes(rel) or b""), weights_only=True, map_location="cpu")
         if int(state["epoch"]) == epoch:
             return state
     return None

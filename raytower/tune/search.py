@@ -27,6 +27,7 @@ from typing import Any
 
 from raytower._io import write_json
 from raytower.errors import ConfigError, RaytowerError
+from raytower.tune._storage import ExperimentStore, experiment_uri, open_uri
 from raytower.tune.space import SearchSpace, load_space
 
 EXPERIMENT = "tune"
@@ -61,6 +62,7 @@ class SearchSettings:
     searcher: str = "tpe"  # tpe | random
     truthful_pruning: bool = True
     storage: str | None = None  # Optuna RDB URL; default sqlite in out/
+    storage_path: str | None = None  # Tune and Train state (s3://, gs://, a shared mount); default out/
     chance_patience: int = 3
     collapse_frac: float = 0.1
     resume: bool = False
@@ -114,7 +116,7 @@ def prepare_shared(space: SearchSpace, bundle, out: Path, log=print) -> dict[str
         log(f"pretraining LightGCN + item tower for dim={d}, item_layers={l} (cached per data set)")
         art = pretrain(bundle, PretrainConfig(dim=d, item_layers=l), progress=log)
         artifacts[f"{d}-{l}"] = str(art.path)
-    return {"bundle": str(bundle.path), "artifacts": artifacts, "train_storage": str(out / "train")}
+    return {"bundle": str(bundle.path), "artifacts": artifacts}
 
 
 def _values(space: SearchSpace, name: str) -> list:
@@ -134,6 +136,14 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     out = Path(settings.out).resolve()
     _check_output_dir(out, settings.resume, settings.min_free_gb)
+    if settings.resume and not settings.storage_path and (out / "setup.json").is_file():
+        # resume where the search keeps its Tune state, even if the flag was left off this time
+        settings.storage_path = json.loads((out / "setup.json").read_text())["settings"].get("storage_path")
+    if settings.storage_path:
+        open_uri(settings.storage_path)  # an unknown scheme fails now
+        if not settings.resume and ExperimentStore(experiment_uri(out, settings.storage_path)).is_dir(EXPERIMENT):
+            raise ConfigError(f"already holds a search named {out.name!r}: choose another --out name",
+                              experiment_uri(out, settings.storage_path))
     if not settings.address and settings.gpus_per_trial > 0:
         import torch
 
@@ -154,6 +164,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 
     bundle = load_bundle(data, prepare_options, progress=True)
     setup = prepare_shared(space, bundle, out, log)
+    uri = experiment_uri(out, settings.storage_path)
+    setup["experiment_uri"] = uri
+    setup["train_storage"] = uri.rstrip("/") + "/train"
     setup["threads"] = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
     setup["workers"] = settings.workers_per_trial
     setup["use_gpu"] = settings.gpus_per_trial > 0
@@ -184,7 +197,13 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     if budget_spent:
         write_json(out / "setup.json", {**json.loads((out / "setup.json").read_text()), "time_budget_spent": True})
     _close_study(settings.storage or f"sqlite:///{out / 'optuna.db'}", log)
-    return export_results(out, log=log)
+    doc = export_results(out, log=log)
+    if settings.storage_path:
+        # The SQLite study lived on the driver's disk (never on object storage or a network
+        # filesystem); a copy goes beside the Tune state now that nothing writes to it.
+        copied = ExperimentStore(uri).publish(out)
+        log(f"copied {', '.join(copied)} to {uri}")
+    return doc
 
 
 def _close_study(storage_url: str, log=print) -> None:
@@ -223,7 +242,7 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
     if free_gb < min_free_gb:
         raise ConfigError(f"only {free_gb:.2f} GiB free, --min-free-gb is {min_free_gb:g}: checkpoints "
                           "would fill the disk", out)
-    exists = (out / EXPERIMENT).exists()
+    exists = (out / EXPERIMENT).exists() or (out / "setup.json").exists()
     if resume and not exists:
         raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
     if exists and not resume:
@@ -339,8 +358,8 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
         # points into the study a second time. Tune keeps this state as pickles: resume only
         # directories raytower wrote.
-        tuner = tune.Tuner.restore(str(out / EXPERIMENT), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(f"{setup['experiment_uri'].rstrip('/')}/{EXPERIMENT}", trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True)
         return tuner.fit(), stops
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
@@ -362,7 +381,9 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=str(out), stop=stopper, verbose=1,
+        name=EXPERIMENT, storage_path=setup["experiment_uri"], stop=stopper, verbose=1,
+        # Trial directories (TensorBoard files) go to the storage path too, not only checkpoints.
+        sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                 checkpoint_score_order="max"),

@@ -99,13 +99,15 @@ def _reported(out: Path) -> dict[str, list[dict]]:
 
 
 def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
-    out, fetched, epochs = tmp_path / "exp", tmp_path / "fetched", 12
+    # --out on the head's disk (the study); trial state on storage every node sees, as S3 would be
+    out, shared, fetched, epochs = tmp_path / "exp", tmp_path / "shared", tmp_path / "fetched", 12
+    state = shared / "exp"
     env = {**cluster.env, "RAY_AUTH_TOKEN": cluster.token}
     submit = subprocess.Popen(
         [RAYTOWER, "submit", "--address", cluster.url, "--fetch-to", str(fetched), "--timeout", "900", "--",
          "tune", "--data", SMALL_SYNTHETIC, "--space", str(REPO / "search_spaces" / "quick.yaml"),
          "--executor", "train", "--num-samples", "2", "--max-epochs", str(epochs), "--scheduler", "none",
-         "--out", str(out)],
+         "--out", str(out), "--storage-path", str(shared)],
         env=env, stdout=(tmp_path / "submit.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         a = cluster.node_ids["a"]
@@ -113,12 +115,12 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
         victim_trial = None
         while victim_trial is None:  # a trial two epochs into its run on node a
             assert time.monotonic() < deadline and submit.poll() is None, (tmp_path / "submit.log").read_text()[-3000:]
-            for trial, rows in _reported(out).items() if (out / "tune").is_dir() else []:
+            for trial, rows in _reported(state).items() if (state / "tune").is_dir() else []:
                 if len(rows) >= 2 and rows[-1]["node_id"] == a and rows[-1]["epoch"] < epochs - 3:
                     victim_trial = trial
             time.sleep(0.2)
         cluster.raylet("a").kill()  # the node is gone, as a reclaimed spot instance would be
-        at_kill = [r["epoch"] for r in _reported(out)[victim_trial]]
+        at_kill = [r["epoch"] for r in _reported(state)[victim_trial]]
         cluster.add_worker("c")  # what the autoscaler does for the pending work
         assert submit.wait(timeout=900) == 0, (tmp_path / "submit.log").read_text()[-3000:]
     finally:
@@ -130,10 +132,11 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     df = pd.read_parquet(fetched / "trials.parquet").set_index("trial_id")
     assert len(df) == 2 and (df["stop_reason"] == "completed").all()
     workers = set(cluster.node_ids.values())
-    for trial, rows in _reported(out).items():
+    assert not (out / "tune").exists() and (state / "optuna.db").is_file()  # the study, copied at the end
+    for trial, rows in _reported(state).items():
         assert {r["node_id"] for r in rows} <= workers  # no training on the head
     # The trial that lost its node went on elsewhere, from its checkpoint: no epoch lost or repeated.
-    rows = _reported(out)[victim_trial]
+    rows = _reported(state)[victim_trial]
     seen = [r["epoch"] for r in rows]
     assert at_kill[-1] < epochs and seen == list(range(1, epochs + 1)), (at_kill, seen)
     nodes = list(df.loc[victim_trial, "nodes"])
