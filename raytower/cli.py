@@ -291,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-truthful-pruning", action="store_true",
                    help="tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED")
     p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
-    p.add_argument("--storage-path", default=None, metavar="URI",
+    p.add_argument("--storage-path", default=os.environ.get("RAYTOWER_STORAGE") or None, metavar="URI",
                    help="where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., "
-                        "or a directory every node mounts (default: OUT). The search goes in URI/<name of OUT>; "
+                        "or a directory every node mounts (default: $RAYTOWER_STORAGE, else OUT). The search goes "
+                        "in URI/<name of OUT>; "
                         "the Optuna study stays in OUT and is copied there at the end")
     p.add_argument("--chance-patience", type=_positive_int, default=3,
                    help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
