@@ -54,6 +54,7 @@ BAD_INPUT = [
     (lambda t: tune(t, "--gpus-per-trial", "64"), "GPU"),
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),
+    (lambda t: ["tune", "--space", QUICK, "--out", f"/dev/shm/raytower-test-{t.name}"], "object store"),
     (lambda t: tune(t, "--resume"), "--resume"),
     (lambda t: tune(t, "--storage-path", "nosuchscheme://bucket/runs"), "--storage-path: cannot open it"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),

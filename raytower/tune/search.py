@@ -229,6 +229,9 @@ def _dataset_info(bundle) -> dict:
 
 def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None:
     """Every check before anything is created: a bad --out fails now, not after an hour."""
+    if out == Path("/dev/shm") or Path("/dev/shm") in out.parents:
+        raise ConfigError("--out is in /dev/shm, which holds Ray's object store: checkpoints there would "
+                          "starve it; choose a directory on disk", out)
     existing = out
     while not existing.exists():
         existing = existing.parent
