@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("raytower: interrupted", file=sys.stderr)
-        if args.func is cmd_tune and (Path(args.out) / "tune").is_dir():
+        if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
             print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
         return 130
 

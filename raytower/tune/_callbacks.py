@@ -44,11 +44,17 @@ class StopLog:
     reasons: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
+        # Tuner.restore unpickles the scheduler's, stopper's and searcher's copies as they were
+        # when first saved: the file, not memory, is what every copy agrees on.
         if self.path and os.path.exists(self.path):
             with open(self.path) as f:
-                self.reasons = {k: (v[0], int(v[1])) for k, v in json.load(f).items()}
+                self.reasons = {**{k: (v[0], int(v[1])) for k, v in json.load(f).items()}, **self.reasons}
 
     def record(self, trial_id: str, reason: str, epoch: int) -> None:
+        self._load()
         if trial_id in self.reasons:
             return
         self.reasons[trial_id] = (reason, int(epoch))
@@ -56,6 +62,8 @@ class StopLog:
             write_json(self.path, self.reasons)
 
     def reason(self, trial_id: str) -> str | None:
+        if trial_id not in self.reasons:
+            self._load()
         r = self.reasons.get(trial_id)
         return r[0] if r else None
 
@@ -70,6 +78,10 @@ class DriverMemory(tune.Callback):
 
     def _ended(self, trial) -> None:
         import psutil
+
+        if os.path.exists(self.path):  # an unpickled copy after --resume starts from its first save
+            with open(self.path) as f:
+                self.rows = json.load(f)
 
         self.rows.append({"trials_ended": len(self.rows) + 1, "trial_id": trial.trial_id,
                           "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)})

@@ -23,7 +23,7 @@ PUBLISHED = ("best_config.json", "trials.parquet", "optuna.db", "stops.json", "s
 def experiment_uri(out: Path, storage_path: str | None) -> str:
     """The root under which Ray writes ``tune/`` and ``train/`` for the search in ``out``."""
     if not storage_path:
-        return str(out)
+        return str(Path(out).resolve())
     return storage_path.rstrip("/") + "/" + out.name  # one folder per search in a shared bucket
 
 
@@ -44,7 +44,7 @@ class ExperimentStore:
     @classmethod
     def of(cls, exp: Path) -> "ExperimentStore":
         setup = json.loads((Path(exp) / "setup.json").read_text())
-        return cls(setup["setup"].get("experiment_uri") or str(exp))
+        return cls(setup["setup"].get("experiment_uri") or str(Path(exp).resolve()))
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root

@@ -165,7 +165,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     bundle = load_bundle(data, prepare_options, progress=True)
     setup = prepare_shared(space, bundle, out, log)
     uri = experiment_uri(out, settings.storage_path)
-    setup["experiment_uri"] = uri
+    # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
+    # so a moved or rsync'ed directory still reads.
+    setup["experiment_uri"] = uri if settings.storage_path else None
     setup["train_storage"] = uri.rstrip("/") + "/train"
     setup["threads"] = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
     setup["workers"] = settings.workers_per_trial
@@ -361,7 +363,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
         # points into the study a second time. Tune keeps this state as pickles: resume only
         # directories raytower wrote.
-        tuner = tune.Tuner.restore(f"{setup['experiment_uri'].rstrip('/')}/{EXPERIMENT}", trainable=trainable,
+        tuner = tune.Tuner.restore(f"{(setup['experiment_uri'] or str(out)).rstrip('/')}/{EXPERIMENT}", trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
         return tuner.fit(), stops
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
@@ -384,7 +386,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=setup["experiment_uri"], stop=stopper, verbose=1,
+        name=EXPERIMENT, storage_path=setup["experiment_uri"] or str(out), stop=stopper, verbose=1,
         # Trial directories (TensorBoard files) go to the storage path too, not only checkpoints.
         sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))],

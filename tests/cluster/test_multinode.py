@@ -19,7 +19,6 @@ import pandas as pd
 import psutil
 import pytest
 
-from raytower.cli import main
 from tests.conftest import REPO, SMALL_SYNTHETIC
 from tests.cluster.test_submit import RAY, _free_port
 
@@ -143,14 +142,15 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     assert nodes[0] == a and len(nodes) >= 2 and a not in nodes[1:]
 
 
-def test_more_gpus_than_any_node_offers_fails_before_the_search(cluster, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(cluster.home))  # the token file
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+def test_more_gpus_than_any_node_offers_fails_before_the_search(cluster, tmp_path):
     out = tmp_path / "never"
-    rc = main(["tune", "--address", f"127.0.0.1:{cluster.gcs}", "--data", SMALL_SYNTHETIC,
-               "--space", str(REPO / "search_spaces" / "quick.yaml"), "--executor", "train",
-               "--gpus-per-trial", "1", "--num-samples", "1", "--max-epochs", "1", "--out", str(out)])
-    err = capsys.readouterr().err
+    # A fresh process, as a user's: this test process has run other Ray clients before.
+    done = subprocess.run(
+        [RAYTOWER, "tune", "--address", f"127.0.0.1:{cluster.gcs}", "--data", SMALL_SYNTHETIC,
+         "--space", str(REPO / "search_spaces" / "quick.yaml"), "--executor", "train",
+         "--gpus-per-trial", "1", "--num-samples", "1", "--max-epochs", "1", "--out", str(out)],
+        env=cluster.env, capture_output=True, text=True, timeout=300)
+    err = done.stderr
     last = err.strip().splitlines()[-1]  # Ray logs its connection above it
-    assert rc == 2 and last.startswith("raytower: error:") and "--gpus-per-trial 1" in last
+    assert done.returncode == 2 and last.startswith("raytower: error:") and "--gpus-per-trial 1" in last, err[-2000:]
     assert "no trial could ever start" in last and "Traceback" not in err and not out.exists()
