@@ -62,12 +62,14 @@ def tune_statuses(exp: Path) -> dict[str, str]:
     Read from the newest ``experiment_state-*.json``, which Tune also writes when it is interrupted,
     before it stops the running trials (so they show as RUNNING there, not TERMINATED)."""
     store = ExperimentStore.of(exp)
-    states = sorted((mtime, rel) for rel, mtime in store.files("tune")
+    # The newest by the start time in its name: on a local storage path Ray rewrites the older
+    # session's file at the end too, so modification times do not tell them apart.
+    states = sorted(rel for rel, _ in store.files("tune")
                     if rel.rsplit("/", 1)[-1].startswith("experiment_state-") and rel.endswith(".json"))
     if not states:
         return {}
     try:
-        data = json.loads(store.read_text(states[-1][1]) or "")
+        data = json.loads(store.read_text(states[-1]) or "")
         out = {}
         for entry in data["trial_data"]:
             t = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
