@@ -46,10 +46,11 @@ def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], d
     exp = Path(exp)
     if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
-    df = trial_rows(exp)  # from the trial directories: also right for an interrupted search
+    trials = read_trials(exp)
+    df = trial_rows(exp, trials)  # from the trial directories: also right for an interrupted search
     if df.empty:
         raise ConfigError("no trial has reported yet", exp)
-    histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in read_trials(exp) if t["history"]}
+    histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in trials if t["history"]}
     best = json.loads((exp / "best_config.json").read_text()) if (exp / "best_config.json").is_file() else None
     setup = json.loads((exp / "setup.json").read_text())
     return df, histories, best, setup

@@ -9,6 +9,23 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def reported_rows(exp: Path) -> dict[str, list[dict]]:
+    """Every row each trial reported to Tune (its result.json under ``exp/tune``), duplicates
+    included, in order; a line a kill cut short is skipped."""
+    import json
+
+    seen = {}
+    for f in (exp / "tune").glob("trial_*/result.json"):
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        seen[f.parent.name.removeprefix("trial_")] = rows
+    return seen
 ML100K_HINT = (
     "MovieLens 100K not found: set RAYTOWER_ML100K to an unpacked ml-100k directory, put it at "
     "../shared/data/ml-100k beside the checkout, or run `raytower data download ml-100k --dest DIR`"

@@ -71,21 +71,18 @@ class StopLog:
 class DriverMemory(tune.Callback):
     def __init__(self, path: str):
         self.path = path
-        self.rows: list[dict] = []
-        if os.path.exists(path):  # a resumed search goes on counting
-            with open(path) as f:
-                self.rows = json.load(f)
 
     def _ended(self, trial) -> None:
         import psutil
 
-        if os.path.exists(self.path):  # an unpickled copy after --resume starts from its first save
+        # The file is the only state: a copy unpickled by --resume goes on counting from it.
+        rows = []
+        if os.path.exists(self.path):
             with open(self.path) as f:
-                self.rows = json.load(f)
-
-        self.rows.append({"trials_ended": len(self.rows) + 1, "trial_id": trial.trial_id,
-                          "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)})
-        write_json(self.path, self.rows)
+                rows = json.load(f)
+        rows.append({"trials_ended": len(rows) + 1, "trial_id": trial.trial_id,
+                     "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1)})
+        write_json(self.path, rows)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial)

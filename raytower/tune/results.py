@@ -79,13 +79,14 @@ def tune_statuses(exp: Path) -> dict[str, str]:
         return {}  # a state file cut short by a kill: fall back to what the trial files say
 
 
-def trial_rows(exp: Path) -> pd.DataFrame:
+def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per trial; ``trials`` is ``read_trials(exp)`` when the caller already has it."""
     setup = json.loads((exp / "setup.json").read_text())
     max_epochs = setup["settings"]["max_epochs"]
     stops = json.loads((exp / "stops.json").read_text()) if (exp / "stops.json").is_file() else {}
     statuses = tune_statuses(exp)
     rows = []
-    for t in read_trials(exp):
+    for t in read_trials(exp) if trials is None else trials:
         h = t["history"]
         row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"]}
         row |= {f"param/{k}": v for k, v in t["params"].items()}
@@ -141,14 +142,15 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     exp = Path(exp)
     if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
-    df = trial_rows(exp)
+    trials = read_trials(exp)
+    df = trial_rows(exp, trials)
     if df.empty:
         raise ConfigError("no trial has started in this search", exp)
     with atomic_path(exp / "trials.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     best = choose(df)
     setup = json.loads((exp / "setup.json").read_text())
-    trial = next(t for t in read_trials(exp) if t["trial_id"] == best["trial_id"])
+    trial = next(t for t in trials if t["trial_id"] == best["trial_id"])
     # Every field, defaults included: a later change of a default cannot change the exported model.
     params = TrainConfig.from_dict(trial["params"]).to_dict()
     finished = search_finished(df, setup)

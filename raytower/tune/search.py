@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from raytower._io import write_json
-from raytower.errors import ConfigError, RaytowerError
-from raytower.tune._storage import ExperimentStore, experiment_uri, open_uri
+from raytower.errors import ConfigError
+from raytower.tune._storage import ExperimentStore, experiment_uri
 from raytower.tune.space import SearchSpace, load_space
 
 EXPERIMENT = "tune"
@@ -139,11 +139,11 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     if settings.resume and not settings.storage_path and (out / "setup.json").is_file():
         # resume where the search keeps its Tune state, even if the flag was left off this time
         settings.storage_path = json.loads((out / "setup.json").read_text())["settings"].get("storage_path")
+    uri = experiment_uri(out, settings.storage_path)
     if settings.storage_path:
-        open_uri(settings.storage_path)  # an unknown scheme fails now
-        if not settings.resume and ExperimentStore(experiment_uri(out, settings.storage_path)).is_dir(EXPERIMENT):
-            raise ConfigError(f"already holds a search named {out.name!r}: choose another --out name",
-                              experiment_uri(out, settings.storage_path))
+        store = ExperimentStore(uri)  # an unknown scheme fails now
+        if not settings.resume and store.is_dir(EXPERIMENT):
+            raise ConfigError(f"already holds a search named {out.name!r}: choose another --out name", uri)
     if not settings.address and settings.gpus_per_trial > 0:
         import torch
 
@@ -164,7 +164,6 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 
     bundle = load_bundle(data, prepare_options, progress=True)
     setup = prepare_shared(space, bundle, out, log)
-    uri = experiment_uri(out, settings.storage_path)
     # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
     # so a moved or rsync'ed directory still reads.
     setup["experiment_uri"] = uri if settings.storage_path else None
@@ -180,7 +179,7 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         _init_ray(settings)
     start = time.monotonic()
     try:
-        _fit(settings, space, setup, grace, out)
+        _fit(settings, space, setup, grace, out, uri)
     finally:
         ray.shutdown()
     from raytower.tune.results import export_results, tune_statuses
@@ -203,7 +202,7 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     if settings.storage_path:
         # The SQLite study lived on the driver's disk (never on object storage or a network
         # filesystem); a copy goes beside the Tune state now that nothing writes to it.
-        copied = ExperimentStore(uri).publish(out)
+        copied = store.publish(out)
         log(f"copied {', '.join(copied)} to {uri}")
     return doc
 
@@ -348,7 +347,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, out: Path):
+def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, out: Path, uri: str):
     import optuna
     from ray import tune
 
@@ -363,8 +362,8 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
         # points into the study a second time. Tune keeps this state as pickles: resume only
         # directories raytower wrote.
-        tuner = tune.Tuner.restore(f"{(setup['experiment_uri'] or str(out)).rstrip('/')}/{EXPERIMENT}", trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(f"{uri.rstrip('/')}/{EXPERIMENT}", trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
         return tuner.fit(), stops
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
@@ -386,7 +385,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=setup["experiment_uri"] or str(out), stop=stopper, verbose=1,
+        name=EXPERIMENT, storage_path=uri, stop=stopper, verbose=1,
         # Trial directories (TensorBoard files) go to the storage path too, not only checkpoints.
         sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))],

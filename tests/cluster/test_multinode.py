@@ -19,7 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.conftest import REPO, SMALL_SYNTHETIC
+from tests.conftest import REPO, SMALL_SYNTHETIC, reported_rows
 from tests.cluster.test_submit import RAY, _free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -84,19 +84,6 @@ def cluster(tmp_path_factory):
         subprocess.run([RAY, "stop", "--force"], env=c.env, capture_output=True)
 
 
-def _reported(out: Path) -> dict[str, list[dict]]:
-    seen = {}
-    for f in (out / "tune").glob("trial_*/result.json"):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-        seen[f.parent.name.removeprefix("trial_")] = rows
-    return seen
-
-
 def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     # --out on the head's disk (the study); trial state on storage every node sees, as S3 would be
     out, shared, fetched, epochs = tmp_path / "exp", tmp_path / "shared", tmp_path / "fetched", 12
@@ -114,12 +101,12 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
         victim_trial = None
         while victim_trial is None:  # a trial two epochs into its run on node a
             assert time.monotonic() < deadline and submit.poll() is None, (tmp_path / "submit.log").read_text()[-3000:]
-            for trial, rows in _reported(state).items() if (state / "tune").is_dir() else []:
+            for trial, rows in reported_rows(state).items() if (state / "tune").is_dir() else []:
                 if len(rows) >= 2 and rows[-1]["node_id"] == a and rows[-1]["epoch"] < epochs - 3:
                     victim_trial = trial
             time.sleep(0.2)
         cluster.raylet("a").kill()  # the node is gone, as a reclaimed spot instance would be
-        at_kill = [r["epoch"] for r in _reported(state)[victim_trial]]
+        at_kill = [r["epoch"] for r in reported_rows(state)[victim_trial]]
         cluster.add_worker("c")  # what the autoscaler does for the pending work
         assert submit.wait(timeout=900) == 0, (tmp_path / "submit.log").read_text()[-3000:]
     finally:
@@ -132,10 +119,10 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     assert len(df) == 2 and (df["stop_reason"] == "completed").all()
     workers = set(cluster.node_ids.values())
     assert not (out / "tune").exists() and (state / "optuna.db").is_file()  # the study, copied at the end
-    for trial, rows in _reported(state).items():
+    for trial, rows in reported_rows(state).items():
         assert {r["node_id"] for r in rows} <= workers  # no training on the head
     # The trial that lost its node went on elsewhere, from its checkpoint: no epoch lost or repeated.
-    rows = _reported(state)[victim_trial]
+    rows = reported_rows(state)[victim_trial]
     seen = [r["epoch"] for r in rows]
     assert at_kill[-1] < epochs and seen == list(range(1, epochs + 1)), (at_kill, seen)
     nodes = list(df.loc[victim_trial, "nodes"])

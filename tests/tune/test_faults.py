@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from raytower.cli import main
-from tests.conftest import REPO, SMALL_SYNTHETIC
+from tests.conftest import REPO, SMALL_SYNTHETIC, reported_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAYTOWER = str(Path(sys.executable).with_name("raytower"))
@@ -40,16 +40,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 
 def _reported_epochs(out: Path) -> dict[str, list[int]]:
     """Every epoch each trial reported to Tune, duplicates included, in order."""
-    seen = {}
-    for f in (out / "tune").glob("trial_*/result.json"):
-        rows = []
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(int(json.loads(line)["epoch"]))
-            except (ValueError, KeyError):
-                pass  # the line a kill cut short
-        seen[f.parent.name.removeprefix("trial_")] = rows
-    return seen
+    return {t: [int(r["epoch"]) for r in rows if "epoch" in r] for t, rows in reported_rows(out).items()}
 
 
 def _wait_until(condition, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
@@ -74,8 +65,8 @@ def _mid_search(out: Path, epochs: int):
     return check
 
 
-def _study(out: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}").trials
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
 
 
 def _assert_whole(out: Path, samples: int, epochs: int) -> pd.DataFrame:
@@ -84,7 +75,7 @@ def _assert_whole(out: Path, samples: int, epochs: int) -> pd.DataFrame:
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) == samples and df["trial_id"].is_unique
     assert "unfinished" not in set(df["stop_reason"])
-    study = _study(out)
+    study = _study(out).trials
     assert len(study) == samples
     assert {t.state.name for t in study} <= set(FINAL)
     best = json.loads((out / "best_config.json").read_text())
@@ -111,14 +102,13 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
     interim = json.loads((out / "best_config.json").read_text())
     assert interim["finished"] is False and interim["test"] is None
     assert interim["trial_id"] in done
-    assert any(t.state.name == "RUNNING" for t in _study(out))  # what the kill left dangling
+    assert any(t.state.name == "RUNNING" for t in _study(out).trials)  # what the kill left dangling
     # A kill between the searcher asking Optuna for a trial and Tune saving that trial leaves it
     # RUNNING in the study with no Tune trial behind it. Make one such orphan for sure.
     from raytower.tune.space import load_space
 
     assert len(before) < samples
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
-    orphan = study.ask()
+    orphan = _study(out).ask()
     load_space(QUICK).define_by_run(orphan)  # samples its params, as the searcher's suggest does
     assert orphan.params
 
@@ -126,7 +116,7 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
                              env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_whole(out, samples, epochs)
-    taken_over = _study(out)[orphan.number]  # the resumed searcher ran it instead of asking anew
+    taken_over = _study(out).trials[orphan.number]  # the resumed searcher ran it instead of asking anew
     assert taken_over.state.name in FINAL and taken_over.params == orphan.params
     after = _reported_epochs(out)
     for t in done:  # finished trials are kept, not run again
@@ -194,6 +184,6 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path):
     df = pd.read_parquet(out / "trials.parquet").set_index("param/temp_start")
     assert df.loc[1e-39, "stop_reason"] == "diverged" and df.loc[1e-39, "epochs"] == 1
     assert df.loc[0.5, "stop_reason"] == "completed"
-    states = {t.params["temp_start"]: t.state.name for t in _study(out)}
+    states = {t.params["temp_start"]: t.state.name for t in _study(out).trials}
     assert states == {1e-39: "FAIL", 0.5: "COMPLETE"}
     assert json.loads((out / "best_config.json").read_text())["params"]["temp_start"] == 0.5
