@@ -38,6 +38,8 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
            "--executor", "function", "--out", str(out), *ARMS[arm]]
     if args.grace_period:
         cmd += ["--grace-period", str(args.grace_period)]
+    if args.reduction_factor and "asha" in arm:
+        cmd += ["--reduction-factor", str(args.reduction_factor)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -60,6 +62,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--max-epochs", type=int, default=20)
     p.add_argument("--grace-period", type=int, default=None)
+    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA's (default: raytower tune's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--work", default="/tmp/raytower-bench-search")

@@ -30,26 +30,37 @@ def auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _given(args: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def _parse_tune(tune_args: list[str]):
+    """The tune flags, read by the parser the job itself will use: a bad flag fails here, before submitting."""
+    from raytower.cli import build_parser
+
+    return build_parser().parse_args(tune_args)
+
+
 def entrypoint(tune_args: list[str]) -> tuple[str, Path]:
     """The job's command, joining the cluster (--address auto), and the experiment directory."""
     if not tune_args or tune_args[0] != "tune":
         raise RaytowerError("submit runs a search: give the tune command after --, e.g. -- tune --data ml-100k --out DIR")
     args = list(tune_args)
-    if "--out" not in args:
+    if not _given(args, "--out"):
         raise RaytowerError("submit needs --out DIR (a directory on the head; with --storage-path URI the results "
                             "are fetched from URI/<name of DIR>)")
-    out = Path(args[args.index("--out") + 1])
-    if "--address" not in args:
+    flags = _parse_tune(args)
+    if flags.address is None:
         args += ["--address", "auto"]
-    return shlex.join(["raytower", *args]), out
+    return shlex.join(["raytower", *args]), Path(flags.out)
 
 
 def results_location(tune_args: list[str], out: Path) -> str:
     """Where the finished search's results can be read from here: its storage path, else --out."""
     from raytower.tune._storage import experiment_uri
 
-    args = list(tune_args)
-    storage = args[args.index("--storage-path") + 1] if "--storage-path" in args else None
+    # only a storage path given on the command line: RAYTOWER_STORAGE here says nothing of the head's
+    storage = _parse_tune(list(tune_args)).storage_path if _given(tune_args, "--storage-path") else None
     return experiment_uri(out, storage)
 
 

@@ -38,6 +38,14 @@ def tune(tmp, *extra, space_file=QUICK):
     return ["tune", "--data", SMALL_SYNTHETIC, "--space", space_file, "--out", str(tmp / "out"), *extra]
 
 
+def local_search(tmp):
+    """What a search without --storage-path leaves in --out, as far as --resume reads it."""
+    out = tmp / "out"
+    (out / "tune").mkdir(parents=True)
+    (out / "setup.json").write_text(json.dumps({"settings": {"storage_path": None}}))
+    return tmp
+
+
 BEST_NO_PARAMS = json.dumps({"selection": {"value": 0.5}, "dataset": {}})
 # (argv builder, text the one-line error must contain)
 BAD_INPUT = [
@@ -57,6 +65,10 @@ BAD_INPUT = [
     (lambda t: ["tune", "--space", QUICK, "--out", f"/dev/shm/raytower-test-{t.name}"], "object store"),
     (lambda t: tune(t, "--resume"), "--resume"),
     (lambda t: tune(t, "--storage-path", "nosuchscheme://bucket/runs"), "--storage-path: cannot open it"),
+    # an S3 endpoint nobody listens on: curl's connection refused, in one line, in seconds
+    (lambda t: tune(t, "--storage-path", "s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"),
+     "--storage-path: cannot reach it"),
+    (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it with that storage path"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
     (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),

@@ -24,7 +24,9 @@ def experiment_uri(out: Path, storage_path: str | None) -> str:
     """The root under which Ray writes ``tune/`` and ``train/`` for the search in ``out``."""
     if not storage_path:
         return str(Path(out).resolve())
-    return storage_path.rstrip("/") + "/" + out.name  # one folder per search in a shared bucket
+    # one folder per search in a shared bucket; options such as ?endpoint_override= stay at the end
+    base, sep, query = storage_path.partition("?")
+    return base.rstrip("/") + "/" + out.name + sep + query
 
 
 def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -49,23 +51,31 @@ class ExperimentStore:
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
+    def _info(self, what):
+        # Missing credentials, an unknown bucket or no network: one line naming the storage path,
+        # not an Arrow traceback in the middle of a search.
+        try:
+            return self.fs.get_file_info(what)
+        except OSError as e:
+            raise ConfigError(f"--storage-path: cannot reach it ({str(e).splitlines()[0]})", self.uri) from None
+
     def is_dir(self, rel: str) -> bool:
-        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.Directory
+        return self._info(self._path(rel)).type == pafs.FileType.Directory
 
     def is_file(self, rel: str) -> bool:
-        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+        return self._info(self._path(rel)).type == pafs.FileType.File
 
     def subdirs(self, rel: str) -> list[str]:
         if not self.is_dir(rel):
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path(rel)))
+        infos = self._info(pafs.FileSelector(self._path(rel)))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def files(self, rel: str, recursive: bool = False) -> list[tuple[str, float]]:
         """(path relative to the store's root, modification time) of the files under ``rel``."""
         if not self.is_dir(rel):
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path(rel), recursive=recursive))
+        infos = self._info(pafs.FileSelector(self._path(rel), recursive=recursive))
         return [(i.path[len(self.root) + 1:], i.mtime.timestamp() if i.mtime else 0.0)
                 for i in infos if i.type == pafs.FileType.File]
 

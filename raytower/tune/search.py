@@ -136,9 +136,15 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     out = Path(settings.out).resolve()
     _check_output_dir(out, settings.resume, settings.min_free_gb)
-    if settings.resume and not settings.storage_path and (out / "setup.json").is_file():
+    previous = json.loads((out / "setup.json").read_text()) if settings.resume and (out / "setup.json").is_file() else {}
+    if previous:
         # resume where the search keeps its Tune state, even if the flag was left off this time
-        settings.storage_path = json.loads((out / "setup.json").read_text())["settings"].get("storage_path")
+        recorded = previous["settings"].get("storage_path")
+        if settings.storage_path and settings.storage_path != recorded:
+            raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state in "
+                              f"{recorded or 'its --out directory'}; resume it with that storage path",
+                              out / "setup.json")
+        settings.storage_path = recorded
     uri = experiment_uri(out, settings.storage_path)
     if settings.storage_path:
         store = ExperimentStore(uri)  # an unknown scheme fails now
@@ -155,7 +161,7 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     if settings.address:
         _init_ray(settings)  # join the cluster first: a trial it can never place fails now, not later
         try:
-            _check_cluster_fits(settings)
+            _check_cluster_fits(settings, _cluster_offers())
         except BaseException:
             ray.shutdown()
             raise
@@ -171,8 +177,11 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     setup["threads"] = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
     setup["workers"] = settings.workers_per_trial
     setup["use_gpu"] = settings.gpus_per_trial > 0
+    # Wall time is summed over sessions: whether Tune restarts the budget on --resume or not, a
+    # search that ended short of num_samples after the budget was spent ended for the budget.
+    elapsed_before = float(previous.get("elapsed_s", 0.0))
     write_json(out / "setup.json", {"settings": asdict(settings), "data": data, "setup": setup,
-                                    "dataset": _dataset_info(bundle)})
+                                    "dataset": _dataset_info(bundle), "elapsed_s": elapsed_before})
     grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
 
     if not settings.address:
@@ -185,7 +194,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     from raytower.tune.results import export_results, tune_statuses
 
     statuses = tune_statuses(out)
-    budget_spent = settings.time_budget_s is not None and time.monotonic() - start >= settings.time_budget_s
+    elapsed = elapsed_before + time.monotonic() - start
+    write_json(out / "setup.json", {**json.loads((out / "setup.json").read_text()), "elapsed_s": round(elapsed, 1)})
+    budget_spent = settings.time_budget_s is not None and elapsed >= settings.time_budget_s
     ended = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
     if ended < len(statuses) or (len(statuses) < settings.num_samples and not budget_spent):
         # Tune catches the first Ctrl-C itself, saves the experiment and returns: what ended is
@@ -275,14 +286,12 @@ def _init_ray(settings: SearchSettings) -> None:
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster's config on the head
 
 
-def _check_cluster_fits(settings: SearchSettings) -> None:
-    """A trial's worker must fit on some node: a live one, or one the autoscaler may add (its node
-    types, from the config `ray up` copied to the head). Otherwise its trials would pend forever."""
+def _cluster_offers() -> list[dict[str, float]] | None:
+    """The resources of each live node and of each node type the autoscaler may add (from the
+    config `ray up` copied to the head); None when a node type's resources are unknown."""
     import ray
 
-    need_gpu = settings.gpus_per_trial / settings.workers_per_trial
-    need_cpu = settings.cpus_per_trial
-    offers = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
+    offers = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
     bootstrap = Path(os.path.expanduser(BOOTSTRAP_CONFIG))
     if bootstrap.is_file():
         import yaml
@@ -292,16 +301,29 @@ def _check_cluster_fits(settings: SearchSettings) -> None:
             for t in types.values():
                 res = t.get("resources") or {}
                 if "CPU" not in res and "GPU" not in res:
-                    return  # `ray up` could not detect this type's resources: it might fit
-                offers.append((res.get("CPU", math.inf), res.get("GPU", 0)))
+                    return None  # `ray up` could not detect this type's resources: it might fit
+                offers.append({"CPU": math.inf, **res})
         except (yaml.YAMLError, AttributeError):
             pass  # not ours to judge; the live nodes still count
-    if not any(cpu >= need_cpu and gpu >= need_gpu for cpu, gpu in offers):
-        most_gpu = max((g for _, g in offers), default=0)
-        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} --cpus-per-trial {need_cpu:g}: no node "
-                          f"of the cluster at {settings.address} (live, or a node type its autoscaler may add) "
+    return offers
+
+
+def _check_cluster_fits(settings: SearchSettings, offers: list[dict[str, float]] | None) -> None:
+    """A trial's worker must fit on some node, and with the train executor its driver too (the
+    raytower_driver resource). Otherwise its trials would pend forever."""
+    if offers is None:
+        return
+    where = f"no node of the cluster at {settings.address} (live, or a node type its autoscaler may add)"
+    need_gpu = settings.gpus_per_trial / settings.workers_per_trial
+    need_cpu = settings.cpus_per_trial
+    if not any(o.get("CPU", 0) >= need_cpu and o.get("GPU", 0) >= need_gpu for o in offers):
+        most_gpu = max((o.get("GPU", 0) for o in offers), default=0)
+        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} --cpus-per-trial {need_cpu:g}: {where} "
                           f"offers {need_cpu:g} CPU and {need_gpu:g} GPU per worker (most GPUs on a node: "
                           f"{most_gpu:g}), so no trial could ever start")
+    if settings.resolved_executor == "train" and not any(o.get("raytower_driver", 0) >= 1 for o in offers):
+        raise ConfigError(f"--executor train: {where} offers the raytower_driver resource its trial drivers run "
+                          "on; start the head with --resources='{\"raytower_driver\": 64}' as cluster.yaml does")
 
 
 def _free_port() -> int:
@@ -343,6 +365,11 @@ def _trainable(settings: SearchSettings, setup: dict, executor: str):
     return tune.with_resources(tune.with_parameters(train_driver, setup=setup), {"cpu": 0, "raytower_driver": 1})
 
 
+def startup_trials(num_samples: int) -> int:
+    """TPE's random start-up trials: a quarter of the search, at least 4, at most Optuna's 10."""
+    return min(10, max(4, num_samples // 4))
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -367,7 +394,10 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         return tuner.fit(), stops
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
-    sampler = (optuna.samplers.TPESampler(seed=settings.seed) if settings.searcher == "tpe"
+    # Optuna's 10 random start-up trials are half of a 20-trial search; a quarter of the budget
+    # (the start points among them) leaves TPE most of it.
+    sampler = (optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials(settings.num_samples))
+               if settings.searcher == "tpe"
                else optuna.samplers.RandomSampler(seed=settings.seed))
     searcher = TruthfulOptunaSearch(
         space=space.define_by_run, metric=METRIC, mode="max", sampler=sampler, storage=storage,

@@ -1,0 +1,38 @@
+"""Which searches a cluster can never run, decided before the first trial from the nodes' resources
+(live nodes and the autoscaler's node types). The same check against a real multi-node cluster is
+in tests/cluster/test_multinode.py."""
+
+import pytest
+
+from raytower.errors import ConfigError
+from raytower.tune.search import SearchSettings, _check_cluster_fits
+
+HEAD = {"CPU": 0.0, "raytower_driver": 64.0}
+CPU_WORKER = {"CPU": 2.0}
+GPU_TYPE = {"CPU": 8.0, "GPU": 1.0}
+
+
+def settings(**kw):
+    return SearchSettings(space="search_spaces/quick.yaml", out="unused", address="127.0.0.1:6379", **kw)
+
+
+def test_a_cluster_like_cluster_yaml_fits_both_executors():
+    _check_cluster_fits(settings(executor="function"), [HEAD, CPU_WORKER])
+    _check_cluster_fits(settings(executor="train", gpus_per_trial=1), [HEAD, CPU_WORKER, GPU_TYPE])
+
+
+def test_more_gpus_per_worker_than_any_node_has_is_refused():
+    with pytest.raises(ConfigError, match="no trial could ever start"):
+        _check_cluster_fits(settings(gpus_per_trial=2), [HEAD, CPU_WORKER, GPU_TYPE])
+    # split over two workers, each needs one GPU: it fits
+    _check_cluster_fits(settings(gpus_per_trial=2, workers_per_trial=2), [HEAD, GPU_TYPE])
+
+
+def test_train_executor_needs_a_node_with_the_driver_resource():
+    with pytest.raises(ConfigError, match="raytower_driver"):
+        _check_cluster_fits(settings(executor="train"), [{"CPU": 4.0}])
+    _check_cluster_fits(settings(executor="function"), [{"CPU": 4.0}])  # function trials need no driver slot
+
+
+def test_unknown_node_type_resources_are_not_judged():
+    _check_cluster_fits(settings(executor="train", gpus_per_trial=8), None)
