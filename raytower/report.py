@@ -28,7 +28,7 @@ REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
 LEADERBOARD_COLUMNS = [
     ("trial", "trial_id"), ("fusion", "param/fusion"), ("temp_start", "param/temp_start"),
     ("anneal", "param/anneal_rate"), ("logq_max", "param/logq_max"), ("depth", "param/unfreeze_depth"),
-    ("lr_ratio", "param/lr_ratio"), ("val R@10", "best/val/recall@10"), ("val R@100", f"best/{METRIC}"),
+    ("lr_ratio", "param/lr_ratio"), ("lr", "param/lr"), ("val R@10", "best/val/recall@10"), ("val R@100", f"best/{METRIC}"),
     ("val NDCG@10", "best/val/ndcg@10"), ("epochs", "epochs"), ("status", "status"), ("stop", "stop_reason"),
 ]
 
@@ -75,6 +75,78 @@ def markdown_table(board: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(board.columns) + " |", "|" + "---|" * len(board.columns)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in board.itertuples(index=False)]
     return "\n".join(lines)
+
+
+# --- at a glance: the pictures' main points, in words ------------------------------------------------
+
+
+def _schedule(params: dict) -> str:
+    """The chosen curriculum in words, from its config."""
+    t0, rate, tmin = params["temp_start"], params["anneal_rate"], params.get("temp_min", 0.05)
+    if rate < 1 and t0 > tmin:
+        floor = math.ceil(math.log(tmin / t0) / math.log(rate))
+        temp = f"temperature {t0:.3g}, times {rate:.3g} each epoch, down to its floor {tmin:g} by epoch {floor}"
+    else:
+        temp = f"temperature {t0:.3g}, held"
+    w, q, r = params.get("logq_warmup_epochs", 0), params.get("logq_max", 0.0), params.get("logq_ramp_epochs", 1)
+    logq = "no logQ correction" if q == 0 else \
+        (f"logQ off for {w} epoch(s), then ramped to {q:.3g} over {r}" if w else f"logQ ramped from the start to {q:.3g} over {r} epoch(s)")
+    d = params.get("unfreeze_depth", 0)
+    stage2 = "the item tower kept frozen" if not d else \
+        f"the top {d} item-tower piece(s) unfrozen in Stage 2 at {params['lr_ratio']:.3g} x the LR"
+    return f"{params['fusion']} fusion; {temp}; {logq}; {stage2}; LR {params['lr']:.3g}"
+
+
+def _median_by(done: pd.DataFrame, col: str, label) -> str:
+    parts = []
+    for value, g in done.groupby(col):
+        y = g[f"best/{METRIC}"].astype(float)
+        parts.append(f"{label(value)} {y.median():.3f} (n={len(g)})")
+    return ", ".join(parts)
+
+
+def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importance: dict) -> list[str]:
+    """Bullet points a reader can check against the table and the pictures below them."""
+    lines = []
+    y = f"best/{METRIC}"
+    if best:
+        lines.append(f"**Chosen:** trial `{best['trial_id']}`, {_schedule(best['params'])}.")
+    searched = {c[len("param/"):] for c in df.columns if c.startswith("param/")}
+    done = df[df["reached_final_rung"] & df[y].notna()]
+    if len(done):
+        by = []
+        if "fusion" in searched:
+            by.append(f"by fusion: {_median_by(done, 'param/fusion', str)}")
+        if "unfreeze_depth" in searched:
+            unfrozen = done.assign(unfrozen=pd.to_numeric(done["param/unfreeze_depth"]) > 0)
+            by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen", lambda u: "unfrozen" if u else "kept frozen"))
+        lines.append(f"**Trials that ran all {int(df['epochs'].max())} epochs: {len(done)} of {len(df)}.** "
+                     + (f"Their median best validation Recall@100 {'; '.join(by)}." if by else ""))
+        if {"temp_start", "anneal_rate"} <= searched:
+            top = done.sort_values(y, ascending=False).head(3)
+            lines.append(f"**The best finishers** started at temperature {', '.join(f'{v:.3g}' for v in top['param/temp_start'])} "
+                         f"and annealed by {', '.join(f'{v:.3g}' for v in top['param/anneal_rate'])} per epoch "
+                         f"(tried: {df['param/temp_start'].min():.3g} to {df['param/temp_start'].max():.3g}).")
+    stopped = df[df.stop_reason == "asha"]
+    if len(stopped):
+        at = ", ".join(f"{n} at epoch {e}" for e, n in stopped["epochs"].value_counts().sort_index().items())
+        kinds = ("; fusion " + ", ".join(f"{k} {v}" for k, v in stopped["param/fusion"].value_counts().items())
+                 if "fusion" in searched else "")
+        lines.append(f"**ASHA stopped {len(stopped)} trial(s)** ({at}{kinds}). An early-stopped trial's best is "
+                     "a low-fidelity figure, so the choice is made among the finishers.")
+    for reason, meaning in (("diverged", "loss turned NaN or inf"), ("chance", "loss stayed at or above chance"),
+                            ("collapsed", "item vectors collapsed")):
+        bad = df[df.stop_reason == reason]
+        lines.append(f"**{reason.capitalize()}** ({meaning}): "
+                     + (", ".join(f"`{t.trial_id}` at epoch {t.epochs}" for t in bad.itertuples()) or "none") + ".")
+    if pop:
+        above = (df[y].astype(float) > pop["val"]).sum()
+        lines.append(f"**Against popularity** (validation Recall@100 {pop['val']:.3f}): {above} of {len(df)} trials beat it.")
+    if importance:
+        (k1, v1), *rest = importance.items()
+        lines.append(f"**Most important knob** by Optuna's evaluator: `{k1}` ({v1:.2f} of the total)"
+                     + (f", then `{rest[0][0]}` ({rest[0][1]:.2f})" if rest else "") + ".")
+    return lines
 
 
 # --- pictures -------------------------------------------------------------------------------------
@@ -224,9 +296,19 @@ def plot_gates(df, histories, path: Path) -> bool:
         ax.text(0.5, 0.5, "no gated trial", ha="center", va="center", transform=ax.transAxes)
     ax = axes[1]
     if moe:
-        means = pd.concat([h[[c for c in h if c.startswith("expert_")]].assign(stage=h["stage"]) for h in moe.values()])
-        means.groupby("stage").mean().plot.bar(ax=ax, rot=0)
-        ax.set(ylabel="mean expert weight", xlabel="stage", title="MoE fusion: expert weights per stage")
+        # one bar per (stage, users) for each expert: does the mixture route cold-start users elsewhere?
+        hist = pd.concat(list(moe.values()))
+        experts = sorted({int(c.split("_")[1]) for c in hist if c.startswith("expert_")})
+        table = {}
+        for stage, g in hist.groupby("stage"):
+            for users in ("warm", "cold"):
+                cols = [f"expert_{k}_{users}" for k in experts]
+                if all(c in g for c in cols):
+                    table[f"stage {int(stage)}, {users}"] = [g[c].mean() for c in cols]
+            if not any(k.startswith(f"stage {int(stage)}") for k in table):  # runs before the cold/warm split
+                table[f"stage {int(stage)}"] = [g[f"expert_{k}"].mean() for k in experts]
+        pd.DataFrame(table, index=[f"expert {k}" for k in experts]).plot.bar(ax=ax, rot=0)
+        ax.set(ylabel="mean expert weight", title="MoE fusion: expert weights per stage, warm vs cold-start users")
     else:
         ax.text(0.5, 0.5, "no moe trial", ha="center", va="center", transform=ax.transAxes)
     _save(fig, path)
@@ -263,7 +345,8 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
           f"Data: {setup['dataset']['name']} ({setup['dataset']['n_users']:,} users, {setup['dataset']['n_items']:,} items, "
           f"fingerprint {setup['dataset']['fingerprint']}). Space: `{setup['settings']['space']}`, "
           f"{len(df)} of {setup['settings']['num_samples']} trials, up to {setup['settings']['max_epochs']} epochs each. "
-          f"Stop reasons: {', '.join(f'{k} {v}' for k, v in df.stop_reason.value_counts().items())}.", ""]
+          f"Stop reasons: {', '.join(f'{k} {v}' for k, v in df.stop_reason.value_counts().items())}.", "",
+          "## At a glance", ""] + [f"- {line}" for line in at_a_glance(df, best, pop, main)] + [""]
     if best:
         t = best.get("test") or {}
         md += ["## Chosen configuration", "",
@@ -287,7 +370,7 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
     if has_gates:
         md += ["## Gate behaviour", "", "Gated fusion: the mean gate (weight on the sequence vector against the "
                "GNN vector) per stage, at training positions and at evaluation for warm and cold-start users. "
-               "MoE: mean expert weights per stage.", "", "![](gates.png)", ""]
+               "MoE: each expert's mean weight per stage, for warm and cold-start users at evaluation.", "", "![](gates.png)", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(md))
     log(f"wrote {out / 'report.md'}")

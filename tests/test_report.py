@@ -16,10 +16,13 @@ def _png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
-def test_report_writes_real_pictures_and_markdown(search, capsys):
+def test_report_writes_real_pictures_and_markdown(search, trials, capsys):
     assert main(["report", str(search)]) == 0
     out = search / "report"
-    for name in ("learning_curves.png", "loss_vs_random.png", "knobs.png", "importance.png"):
+    pictures = ["learning_curves.png", "loss_vs_random.png", "knobs.png", "importance.png"]
+    if trials["param/fusion"].isin(["gated", "moe"]).any():
+        pictures.append("gates.png")
+    for name in pictures:
         w, h = _png_size(out / name)
         assert 300 <= w <= 2000 and 200 <= h <= 1500, (name, w, h)
     md = (out / "report.md").read_text()
@@ -49,3 +52,19 @@ def test_report_on_a_non_search_dir_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(tmp_path) in err
+
+
+def test_at_a_glance_says_what_trials_parquet_says(search, trials):
+    from raytower.report import at_a_glance, load_experiment
+
+    df, _, best, _ = load_experiment(search)
+    text = "\n".join(at_a_glance(df, best, {"val": 0.0}, {"temp_start": 0.7, "fusion": 0.2}))
+    assert f"trial `{best['trial_id']}`" in text and f"{best['params']['fusion']} fusion" in text
+    done = trials[trials.epochs == trials.epochs.max()]
+    assert f"{len(done)} of {len(trials)}" in text
+    for fusion, g in done.groupby("param/fusion"):  # the medians quoted are the table's
+        assert f"{fusion} {g['best/val/recall@100'].median():.3f} (n={len(g)})" in text, text
+    stopped = int((trials.stop_reason == "asha").sum())
+    assert (f"ASHA stopped {stopped} trial(s)" in text) == (stopped > 0)
+    assert f"{len(trials)} of {len(trials)} trials beat it" in text  # every trial beats a zero baseline
+    assert "`temp_start` (0.70 of the total), then `fusion` (0.20)" in text

@@ -298,9 +298,12 @@ class Curriculum:
                 out["_gate_mean"] = float(gate.mean())
                 out["_gate_mean_cold"] = float(gate[cold].mean()) if cold.any() else float("nan")
                 out["_gate_mean_warm"] = float(gate[~cold].mean()) if (~cold).any() else float("nan")
-            else:
-                for k, w in enumerate(gate.mean(0).tolist()):
-                    out[f"_expert_{k}"] = w
+            else:  # moe: the mean weight of each expert, over all users and apart for cold and warm
+                for k in range(gate.shape[1]):
+                    w = gate[:, k]
+                    out[f"_expert_{k}"] = float(w.mean())
+                    out[f"_expert_{k}_cold"] = float(w[cold].mean()) if cold.any() else float("nan")
+                    out[f"_expert_{k}_warm"] = float(w[~cold].mean()) if (~cold).any() else float("nan")
         return out
 
     # --- checkpoints --------------------------------------------------------------------------
