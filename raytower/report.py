@@ -19,7 +19,9 @@ from raytower._io import atomic_path
 from raytower.errors import ConfigError
 from raytower.tune.results import METRIC, is_search_dir, read_trials, trial_rows
 
-KNOBS = ("temp_start", "anneal_rate", "logq_max", "unfreeze_depth", "lr_ratio")
+KNOBS = ("temp_start", "anneal_rate", "logq_warmup_epochs", "logq_max", "logq_ramp_epochs", "unfreeze_depth",
+         "lr_ratio", "lr")
+LOG_KNOBS = {"temp_start", "lr_ratio", "lr"}
 REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
     "completed": ("tab:green", "o"), "asha": ("tab:orange", "x"), "chance": ("tab:gray", "v"),
     "collapsed": ("tab:purple", "s"), "diverged": ("tab:red", "*"), "unfinished": ("tab:blue", ">"),
@@ -29,7 +31,7 @@ LEADERBOARD_COLUMNS = [
     ("trial", "trial_id"), ("fusion", "param/fusion"), ("temp_start", "param/temp_start"),
     ("anneal", "param/anneal_rate"), ("logq_max", "param/logq_max"), ("depth", "param/unfreeze_depth"),
     ("lr_ratio", "param/lr_ratio"), ("lr", "param/lr"), ("val R@10", "best/val/recall@10"), ("val R@100", f"best/{METRIC}"),
-    ("val NDCG@10", "best/val/ndcg@10"), ("epochs", "epochs"), ("status", "status"), ("stop", "stop_reason"),
+    ("val NDCG@10", "best/val/ndcg@10"), ("best epoch", "best_epoch"), ("epochs run", "epochs"), ("status", "status"), ("stop", "stop_reason"),
 ]
 
 
@@ -67,7 +69,7 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+        return f"{v:.3g}"  # three significant digits: 0.689, 0.0935, 0.00082
     return str(v)
 
 
@@ -105,7 +107,8 @@ def _median_by(done: pd.DataFrame, col: str, label) -> str:
     return ", ".join(parts)
 
 
-def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importance: dict) -> list[str]:
+def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importance: dict,
+                importance_basis: str = "", n_users: int = 0) -> list[str]:
     """Bullet points a reader can check against the table and the pictures below them."""
     lines = []
     y = f"best/{METRIC}"
@@ -124,9 +127,11 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
                      + (f"Their median best validation Recall@100 {'; '.join(by)}." if by else ""))
         if {"temp_start", "anneal_rate"} <= searched:
             top = done.sort_values(y, ascending=False).head(3)
-            lines.append(f"**The best finishers** started at temperature {', '.join(f'{v:.3g}' for v in top['param/temp_start'])} "
-                         f"and annealed by {', '.join(f'{v:.3g}' for v in top['param/anneal_rate'])} per epoch "
-                         f"(tried: {df['param/temp_start'].min():.3g} to {df['param/temp_start'].max():.3g}).")
+            lines.append("**The best finishers** " + ", ".join(
+                f"`{t.trial_id}` (temperature {t['param/temp_start']:.3g}, annealed by {t['param/anneal_rate']:.3g} an epoch)"
+                for _, t in top.iterrows()) + f"; the search tried temperatures {df['param/temp_start'].min():.3g} "
+                f"to {df['param/temp_start'].max():.3g} and anneal rates {df['param/anneal_rate'].min():.3g} "
+                f"to {df['param/anneal_rate'].max():.3g}.")
     stopped = df[df.stop_reason == "asha"]
     if len(stopped):
         at = ", ".join(f"{n} at epoch {e}" for e, n in stopped["epochs"].value_counts().sort_index().items())
@@ -142,17 +147,23 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
     if pop:
         above = (df[y].astype(float) > pop["val"]).sum()
         lines.append(f"**Against popularity** (validation Recall@100 {pop['val']:.3f}): {above} of {len(df)} trials beat it.")
+    if best and n_users:
+        p_ = best["selection"]["value"]
+        se = math.sqrt(p_ * (1 - p_) / n_users)
+        lines.append(f"**Noise:** one search, one seed, {n_users:,} validation users: a Recall@100 near {p_:.2f} "
+                     f"has a standard error of about {se:.3f}, so trials closer than about {2 * se:.2f} are not "
+                     "told apart, and a knob's effect seen in one or two trials is a hint, not a finding.")
     if importance:
         (k1, v1), *rest = importance.items()
-        lines.append(f"**Most important knob** by Optuna's evaluator: `{k1}` ({v1:.2f} of the total)"
-                     + (f", then `{rest[0][0]}` ({rest[0][1]:.2f})" if rest else "") + ".")
+        lines.append(f"**Most important knob** by Optuna's evaluator{f' ({importance_basis})' if importance_basis else ''}: "
+                     f"`{k1}` ({v1:.2f} of the total)" + (f", then `{rest[0][0]}` ({rest[0][1]:.2f})" if rest else "") + ".")
     return lines
 
 
 # --- pictures -------------------------------------------------------------------------------------
 
 
-def plot_learning_curves(df, histories, path: Path) -> None:
+def plot_learning_curves(df, histories, path: Path, chosen: str | None = None, popularity: float | None = None) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5))
     for _, t in df.iterrows():
@@ -160,7 +171,8 @@ def plot_learning_curves(df, histories, path: Path) -> None:
         if h is None or METRIC not in h:
             continue
         colour, marker = REASON_STYLE.get(t.stop_reason, ("tab:blue", "."))
-        ax.plot(h["epoch"], h[METRIC], color=colour, alpha=0.6, lw=1.2)
+        ax.plot(h["epoch"], h[METRIC], color=colour, alpha=1.0 if t.trial_id == chosen else 0.6,
+                lw=2.6 if t.trial_id == chosen else 1.2)
         ax.plot(h["epoch"].iloc[-1], h[METRIC].iloc[-1], marker=marker, color=colour, ms=7, ls="none")
         if t.stage_switch_epoch is not None and not pd.isna(t.stage_switch_epoch):
             at = h[h["epoch"] == t.stage_switch_epoch]
@@ -169,6 +181,11 @@ def plot_learning_curves(df, histories, path: Path) -> None:
     handles = [plt.Line2D([], [], color=c, marker=m, ls="-", label=r) for r, (c, m) in REASON_STYLE.items()
                if r in set(df.stop_reason)]
     handles.append(plt.Line2D([], [], color="black", marker="|", ls="none", ms=12, label="Stage 2 starts"))
+    if chosen in set(df.trial_id):
+        handles.append(plt.Line2D([], [], color="gray", lw=2.6, label=f"chosen: trial {chosen}"))
+    if popularity:
+        ax.axhline(popularity, color="gray", ls=":", lw=1)
+        handles.append(plt.Line2D([], [], color="gray", ls=":", label=f"popularity ({popularity:.3f})"))
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     from matplotlib.ticker import MaxNLocator
 
@@ -189,7 +206,7 @@ def plot_loss_vs_random(df, histories, path: Path) -> None:
         ax.plot(h["epoch"], h["loss"], color=colour, alpha=0.7, lw=1.2)
         ax.plot(h["epoch"], h["loss_random"], color=colour, alpha=0.5, lw=1, ls="--")
     ax.plot([], [], color="black", label="train loss")
-    ax.plot([], [], color="black", ls="--", label="random-guess loss (same candidates and logQ)")
+    ax.plot([], [], color="black", ls="--", label="random-guess loss: uniform scores over the batch's candidates")
     ax.legend(fontsize=8)
     ax.set(xlabel="epoch", ylabel="in-batch softmax loss", title="Loss against the random-guess loss, per trial")
     ax.grid(alpha=0.3)
@@ -198,7 +215,9 @@ def plot_loss_vs_random(df, histories, path: Path) -> None:
 
 def plot_knobs(df, path: Path, popularity: float | None) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(3, 3, figsize=(12, 10), sharey=True)
     y = df[f"best/{METRIC}"].astype(float)
     for ax, knob in zip(axes.flat, KNOBS):
         col = f"param/{knob}"
@@ -207,39 +226,46 @@ def plot_knobs(df, path: Path, popularity: float | None) -> None:
             for reason, (colour, marker) in REASON_STYLE.items():
                 sel = (df.stop_reason == reason) & x.notna()
                 ax.scatter(x[sel], y[sel], c=colour, marker=marker, s=30, label=reason if sel.any() else None)
-            if knob in ("temp_start", "lr_ratio"):
+            if knob in LOG_KNOBS:
                 ax.set_xscale("log")
-        ax.set(xlabel=knob, ylabel="best val Recall@100")
-        if popularity:
-            ax.axhline(popularity, color="gray", ls=":", lw=1)
+            elif knob.endswith(("_epochs", "_depth")):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel=knob)
         ax.grid(alpha=0.3)
     ax = axes.flat[-1]
     if "param/fusion" in df:
         kinds = sorted(df["param/fusion"].dropna().unique())
-        data = [y[df["param/fusion"] == k].dropna().to_numpy() for k in kinds]
-        ax.boxplot(data, tick_labels=kinds)
-        for i, d in enumerate(data):
-            ax.scatter(np.full(len(d), i + 1), d, s=15, alpha=0.6)
-    ax.set(xlabel="fusion", ylabel="best val Recall@100")
-    if popularity:
-        ax.axhline(popularity, color="gray", ls=":", lw=1, label="popularity")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Effect of each knob (dotted: popularity baseline)")
-    _save(fig, path)
+        for i, k in enumerate(kinds):
+            for reason, (colour, marker) in REASON_STYLE.items():
+                sel = (df["param/fusion"] == k) & (df.stop_reason == reason)
+                ax.scatter(np.full(int(sel.sum()), i), y[sel], c=colour, marker=marker, s=30)
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_xlim(-0.5, len(kinds) - 0.5)
+    ax.set(xlabel="fusion")
+    ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("best validation Recall@100")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    pop = f"; popularity, off the scale: {popularity:.3f}" if popularity and popularity < y.min() else ""
+    fig.suptitle("Effect of each knob: each trial's best validation Recall@100 against its value\n"
+                 "(a trial ASHA stopped shows its best before the stop, a lower-fidelity figure" + pop + ")")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    _save(fig, path, tight=False)
 
 
-def importance(exp: Path) -> tuple[dict, dict, str]:
+def importance(exp: Path) -> tuple[dict, dict, str, int]:
     """Optuna's own evaluator on the stored study. It uses COMPLETE trials only and parameters present
     in all of them, so the conditional lr_ratio is evaluated apart, on trials with unfreeze_depth > 0."""
     import optuna
 
     db = exp / "optuna.db"
     if not db.is_file():
-        return {}, {}, "no optuna.db"
+        return {}, {}, "no optuna.db", 0
     study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{db}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
-        return {}, {}, f"{len(complete)} COMPLETE trial(s): importance needs at least 2"
+        return {}, {}, f"{len(complete)} COMPLETE trial(s): importance needs at least 2", len(complete)
     common = set.intersection(*(set(t.params) for t in complete)) - {"lr_ratio"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,21 +277,24 @@ def importance(exp: Path) -> tuple[dict, dict, str]:
             tmp = optuna.create_study(direction="maximize")
             tmp.add_trials(unfrozen)
             sub = optuna.importance.get_param_importances(tmp, params=sorted(set.intersection(*(set(t.params) for t in unfrozen))))
-    return main, sub, f"{len(complete)} COMPLETE trials"
+    return main, sub, f"{len(complete)} COMPLETE trials", len(complete)
 
 
 def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, imp, title in ((axes[0], main, "all COMPLETE trials (lr_ratio left out)"),
-                           (axes[1], sub, "COMPLETE trials with unfreeze_depth > 0")):
+    panels = [(main, "all COMPLETE trials (lr_ratio left out)")]
+    if sub:
+        panels.append((sub, "COMPLETE trials with unfreeze_depth > 0"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 6 * len(panels)), 5), squeeze=False)
+    for ax, (imp, title) in zip(axes[0], panels):
         if imp:
             names = list(imp)[::-1]
             ax.barh(names, [imp[n] for n in names], color="tab:blue")
         else:
             ax.text(0.5, 0.5, "not enough trials", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=title, xlabel="importance (Optuna's default evaluator)")
-    fig.suptitle(f"Parameter importance ({note}; only parameters present in every trial count)")
+    fig.suptitle(f"Parameter importance from {note}\n(only parameters present in every one of them count"
+                 + (")" if sub else "; lr_ratio: fewer than 2 of them unfroze the item tower)"), fontsize=10)
     _save(fig, path)
 
 
@@ -287,10 +316,12 @@ def plot_gates(df, histories, path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
     if rows:
-        g = pd.DataFrame(rows).groupby("stage")[["train", "warm", "cold"]].mean()
-        g.plot.bar(ax=ax, rot=0)
+        rows = pd.DataFrame(rows)
+        g = rows.groupby("stage")[["train", "warm", "cold"]].mean()
+        g.columns = ["training positions", "evaluation, warm users", "evaluation, cold-start users"]
+        g.plot.bar(ax=ax, rot=0, color=["tab:gray", "tab:blue", "lightskyblue"])
         ax.set(ylabel="mean gate g (weight on the sequence vector)", xlabel="stage",
-               title="Gated fusion: train positions vs evaluation, warm vs cold-start users")
+               title=f"Gated fusion, mean of {rows.trial.nunique()} trial(s)")
         ax.set_ylim(0, 1)
     else:
         ax.text(0.5, 0.5, "no gated trial", ha="center", va="center", transform=ax.transAxes)
@@ -307,17 +338,21 @@ def plot_gates(df, histories, path: Path) -> bool:
                     table[f"stage {int(stage)}, {users}"] = [g[c].mean() for c in cols]
             if not any(k.startswith(f"stage {int(stage)}") for k in table):  # runs before the cold/warm split
                 table[f"stage {int(stage)}"] = [g[f"expert_{k}"].mean() for k in experts]
-        pd.DataFrame(table, index=[f"expert {k}" for k in experts]).plot.bar(ax=ax, rot=0)
-        ax.set(ylabel="mean expert weight", title="MoE fusion: expert weights per stage, warm vs cold-start users")
+        palette = {"stage 1, warm": "tab:blue", "stage 1, cold": "lightskyblue", "stage 2, warm": "tab:green",
+                   "stage 2, cold": "lightgreen", "stage 1": "tab:blue", "stage 2": "tab:green"}
+        pd.DataFrame(table, index=[f"expert {k}" for k in experts]).plot.bar(
+            ax=ax, rot=0, color=[palette.get(c, "tab:gray") for c in table])
+        ax.set(ylabel="mean expert weight at evaluation", title=f"MoE fusion, mean of {len(moe)} trial(s)")
     else:
         ax.text(0.5, 0.5, "no moe trial", ha="center", va="center", transform=ax.transAxes)
     _save(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, tight: bool = True) -> None:
     with atomic_path(path) as tmp:
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         fig.savefig(tmp, format="png", dpi=90)
     import matplotlib.pyplot as plt
 
@@ -334,19 +369,20 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
     out.mkdir(exist_ok=True)
     board = leaderboard(df, top)
     pop = _popularity(setup)
-    plot_learning_curves(df, histories, out / "learning_curves.png")
+    plot_learning_curves(df, histories, out / "learning_curves.png", best["trial_id"] if best else None,
+                         pop.get("val") if pop else None)
     plot_loss_vs_random(df, histories, out / "loss_vs_random.png")
     plot_knobs(df, out / "knobs.png", pop.get("val") if pop else None)
-    main, sub, note = importance(exp)
+    main, sub, note, n_complete = importance(exp)
     plot_importance(main, sub, note, out / "importance.png")
     has_gates = plot_gates(df, histories, out / "gates.png")
-    log(board.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    log(board.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     md = [f"# Search report: {exp.name}", "",
           f"Data: {setup['dataset']['name']} ({setup['dataset']['n_users']:,} users, {setup['dataset']['n_items']:,} items, "
           f"fingerprint {setup['dataset']['fingerprint']}). Space: `{setup['settings']['space']}`, "
           f"{len(df)} of {setup['settings']['num_samples']} trials, up to {setup['settings']['max_epochs']} epochs each. "
           f"Stop reasons: {', '.join(f'{k} {v}' for k, v in df.stop_reason.value_counts().items())}.", "",
-          "## At a glance", ""] + [f"- {line}" for line in at_a_glance(df, best, pop, main)] + [""]
+          "## At a glance", ""] + [f"- {line}" for line in at_a_glance(df, best, pop, main, note, setup["dataset"]["n_users"])] + [""]
     if best:
         t = best.get("test") or {}
         md += ["## Chosen configuration", "",
@@ -357,8 +393,34 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
         if pop:
             md += [f"Popularity, by the same code: validation Recall@100 {pop['val']:.4f}; test Recall@100 "
                    f"{pop['test']:.4f}, Recall@10 {pop['test10']:.4f}."]
-        md += ["", "```json", json.dumps({k: v for k, v in best["params"].items()}, indent=1), "```", ""]
-    md += ["## Leaderboard (best validation epoch of each trial)", "", markdown_table(board), "",
+        params = dict(best["params"])
+        idle = [k for k, unused in (("lr_ratio", not params.get("unfreeze_depth")),
+                                    ("n_experts", params.get("fusion") != "moe")) if unused and k in params]
+        md += ["", "Its configuration (`best_config.json`'s `params`, what `raytower train --config` reads)"
+               + (f", less {' and '.join(f'`{k}`' for k in idle)}, which have no effect with this "
+                  "unfreeze depth and fusion:" if idle else ":"),
+               "", "```json", json.dumps({k: v for k, v in params.items() if k not in idle}, indent=1), "```", ""]
+    md += ["## How to read this report", "",
+           "- **Evaluation:** leave-last-out per user (last item test, second-to-last validation); every item is "
+           "ranked, the user's earlier items masked. Trials are compared and chosen on validation; test is "
+           "evaluated once, for the chosen trial, after the search.",
+           "- **Stage 2** begins at the first of: validation Recall@100 reaching `stage2_min_recall` x "
+           "popularity's, train loss falling to `stage2_max_loss` x the random-guess loss, or "
+           "`stage1_max_epochs`. Stage 1 trains the sequence encoder and the fusion with the item tower and "
+           "the LightGCN table frozen; Stage 2 unfreezes the top `unfreeze_depth` item-tower pieces at "
+           "`lr_ratio` x the LR (with depth 0 nothing unfreezes, but the stage still switches).",
+           "- **Temperature** `tau = max(temp_min, temp_start * anneal_rate ** epoch)`; **logQ**: logits minus "
+           "`lambda * log p(item)`, lambda 0 for `logq_warmup_epochs`, then ramped to `logq_max` over "
+           "`logq_ramp_epochs`.",
+           "- **Random-guess loss:** the in-batch softmax loss of uniform scores, ln(number of distinct "
+           "candidate items in the batch, over all its sequence positions) with the logQ term; a trial at "
+           "or above it has learnt nothing.",
+           "- **Cold-start users:** a seeded share of users kept out of the graph LightGCN trains on "
+           "(`--cold-frac`), so their GNN vector is the learned cold-start vector.",
+           "- **Stop reasons:** `completed` ran every epoch; `asha` was stopped by ASHA at a rung (PRUNED in the "
+           "Optuna study, with its per-epoch values); `chance`, `collapsed`, `diverged` by raytower's stopper.",
+           "",
+           "## Leaderboard (each trial at its best validation epoch)", "", markdown_table(board), "",
            "## Learning curves", "", "Validation Recall@100 per trial; the marker shows where and why each trial "
            "ended (ASHA's stops are crosses), the black tick where Stage 2 began.", "", "![](learning_curves.png)", "",
            "## Loss against the random-guess loss", "", "A trial whose solid line stays on or above its dashed "
@@ -366,7 +428,10 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
            "## Effect of each knob", "", "![](knobs.png)", "",
            "## Parameter importance", "", f"Optuna's own evaluator on the stored study ({note}). It uses only "
            "COMPLETE trials and only parameters present in all of them, so the conditional `lr_ratio` is "
-           "evaluated apart, on the trials that unfroze the item tower.", "", "![](importance.png)", ""]
+           "evaluated apart, on the trials that unfroze the item tower." + (
+               " With fewer than 10 COMPLETE trials the ranking is a hint, not a finding: an ASHA search "
+               "completes few trials, and the pruned ones do not count here." if n_complete < 10 else ""),
+           "", "![](importance.png)", ""]
     if has_gates:
         md += ["## Gate behaviour", "", "Gated fusion: the mean gate (weight on the sequence vector against the "
                "GNN vector) per stage, at training positions and at evaluation for warm and cold-start users. "

@@ -38,7 +38,8 @@ def test_leaderboard_numbers_match_trials_parquet(search, trials):
     top = trials.sort_values("best/val/recall@100", ascending=False)
     assert list(board["trial"]) == list(top.trial_id)
     assert board["val R@100"].tolist() == pytest.approx(top["best/val/recall@100"].tolist())
-    assert board["epochs"].tolist() == top.epochs.tolist()
+    assert board["epochs run"].tolist() == top.epochs.tolist()
+    assert board["best epoch"].tolist() == top.best_epoch.tolist()
     assert board["stop"].tolist() == top.stop_reason.tolist()
 
 
