@@ -35,6 +35,11 @@ def test_metrics_json_has_best_epoch_val_and_test(trained):
     assert m["val"]["recall@100"] == best["val/recall@100"]
     assert 0 <= m["test"]["recall@100"] <= 1 and "cold/recall@100" in m["test"]
     assert m["config"]["fusion"] == "moe"
+    last = m["history"][-1]  # each expert's weight, for all users and apart for cold and warm ones
+    experts = sorted(k for k in last if k.startswith("expert_") and k.count("_") == 1)
+    assert len(experts) == m["config"]["n_experts"] and sum(last[k] for k in experts) == pytest.approx(1.0, abs=1e-4)
+    for k in experts:
+        assert min(last[f"{k}_cold"], last[f"{k}_warm"]) <= last[k] + 1e-6 <= max(last[f"{k}_cold"], last[f"{k}_warm"]) + 2e-6
     assert m["stage_switch"]["epoch"] == 1
     assert (trained / "checkpoints" / "best.pt").is_file()
 
@@ -46,7 +51,8 @@ def test_tensorboard_scalars_read_back_with_tensorboards_reader(trained):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"curriculum/tau", "curriculum/lambda", "curriculum/stage", "loss/train", "loss/random_guess",
-            "val/recall_at_100", "collapse/effective_rank", "fusion/expert_0"} <= tags
+            "val/recall_at_100", "collapse/effective_rank", "fusion/expert_0", "fusion/expert_0_cold",
+            "fusion/expert_0_warm"} <= tags
     taus = [e.value for e in acc.Scalars("curriculum/tau")]
     assert [e.step for e in acc.Scalars("curriculum/tau")] == [1, 2, 3]
     assert taus[0] > taus[1] > taus[2]  # annealing shows up
