@@ -68,7 +68,7 @@ BAD_INPUT = [
     # an S3 endpoint nobody listens on: curl's connection refused, in one line, in seconds
     (lambda t: tune(t, "--storage-path", "s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"),
      "--storage-path: cannot reach it"),
-    (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it with that storage path"),
+    (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
     (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),

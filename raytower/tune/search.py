@@ -141,8 +141,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         # resume where the search keeps its Tune state, even if the flag was left off this time
         recorded = previous["settings"].get("storage_path")
         if settings.storage_path and settings.storage_path != recorded:
-            raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state in "
-                              f"{recorded or 'its --out directory'}; resume it with that storage path",
+            how = (f"in {recorded}; resume it with that storage path" if recorded else
+                   "in its --out directory; resume it without --storage-path (and with RAYTOWER_STORAGE unset)")
+            raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state {how}",
                               out / "setup.json")
         settings.storage_path = recorded
     uri = experiment_uri(out, settings.storage_path)
