@@ -86,7 +86,8 @@ def _schedule(params: dict) -> str:
     """The chosen curriculum in words, from its config."""
     t0, rate, tmin = params["temp_start"], params["anneal_rate"], params.get("temp_min", 0.05)
     if rate < 1 and t0 > tmin:
-        floor = math.ceil(math.log(tmin / t0) / math.log(rate))
+        # reported epoch n trains at tau(n - 1): epochs are counted from 1 here, as in the table
+        floor = math.ceil(math.log(tmin / t0) / math.log(rate)) + 1
         temp = f"temperature {t0:.3g}, times {rate:.3g} each epoch, down to its floor {tmin:g} by epoch {floor}"
     else:
         temp = f"temperature {t0:.3g}, held"
