@@ -60,8 +60,7 @@ def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], d
 
 def leaderboard(df: pd.DataFrame, top: int = 15) -> pd.DataFrame:
     board = df.sort_values(f"best/{METRIC}", ascending=False, na_position="last").head(top)
-    cols = {label: board[key] if key in board else pd.Series([None] * len(board), index=board.index)
-            for label, key in LEADERBOARD_COLUMNS}
+    cols = {label: board[key] for label, key in LEADERBOARD_COLUMNS if key in board}  # knobs the space searched
     return pd.DataFrame(cols).reset_index(drop=True)
 
 
@@ -88,7 +87,10 @@ def _schedule(params: dict) -> str:
     if rate < 1 and t0 > tmin:
         # reported epoch n trains at tau(n - 1): epochs are counted from 1 here, as in the table
         floor = math.ceil(math.log(tmin / t0) / math.log(rate)) + 1
-        temp = f"temperature {t0:.3g}, times {rate:.3g} each epoch, down to its floor {tmin:g} by epoch {floor}"
+        last = int(params.get("epochs", floor))
+        temp = f"temperature {t0:.3g}, times {rate:.3g} each epoch, " + (
+            f"down to its floor {tmin:g} by epoch {floor}" if floor <= last
+            else f"{max(tmin, t0 * rate ** (last - 1)):.3g} at the last epoch ({last})")
     else:
         temp = f"temperature {t0:.3g}, held"
     w, q, r = params.get("logq_warmup_epochs", 0), params.get("logq_max", 0.0), params.get("logq_ramp_epochs", 1)
