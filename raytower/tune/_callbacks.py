@@ -162,8 +162,19 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
         return super().suggest(trial_id)
 
+    def _closed_in_study(self, trial_id: str) -> bool:
+        # The study (SQLite) is written at once, Tune's searcher state only at its periodic saves:
+        # after a killed driver, the resumed searcher may hold as unfinished a trial that the
+        # study already closed (it completed between the last save and the kill). Telling it again
+        # is an error that would end the search.
+        ot_trial = self._ot_trials[trial_id]
+        if ot_trial.study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._closed_in_study(trial_id):
             return
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -177,7 +188,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._closed_in_study(trial_id):
             return
         from optuna.trial import TrialState
 

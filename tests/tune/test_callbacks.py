@@ -57,3 +57,26 @@ def test_default_grace_period_lies_after_the_latest_stage2_switch():
     # stage1_max_epochs 6 fixed, logq warm-up at most 4: first rung at 6 + 3
     assert default_grace_period(default, 30) == 9
     assert default_grace_period(default, 5) == 5  # never beyond the trial's length
+
+
+def test_a_trial_the_study_already_closed_is_not_told_twice(tmp_path):
+    # What a driver killed between Tune's last save and a trial's end leaves behind: the study
+    # (SQLite, written at once) has the trial COMPLETE, the restored searcher still has it open.
+    import optuna
+
+    from raytower.tune._callbacks import StopLog, TruthfulOptunaSearch
+    from raytower.tune.space import load_space
+    from tests.conftest import REPO
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = TruthfulOptunaSearch(space=load_space(REPO / "search_spaces" / "quick.yaml").define_by_run,
+                                    metric="val/recall@100", mode="max", storage=storage, study_name="s",
+                                    log=StopLog(str(tmp_path / "stops.json")))
+    assert searcher.suggest("t1")
+    searcher.on_trial_result("t1", {"val/recall@100": 0.5, "epoch": 1})
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.tell(study.trials[0].number, 0.5)  # closed before the kill
+    searcher.on_trial_result("t1", {"val/recall@100": 0.6, "epoch": 2})  # the resumed trial reports on
+    searcher.on_trial_complete("t1", {"val/recall@100": 0.6, "epoch": 2})
+    (t,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert t.state.name == "COMPLETE" and t.value == 0.5 and set(t.intermediate_values) == {1}
