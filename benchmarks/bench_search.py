@@ -27,7 +27,7 @@ import pandas as pd
 ARMS = {
     "asha_tpe_truthful": ["--scheduler", "asha", "--searcher", "tpe"],
     "asha_tpe_ray_default": ["--scheduler", "asha", "--searcher", "tpe", "--no-truthful-pruning"],
-    "random_no_stopping": ["--scheduler", "none", "--searcher", "random"],
+    "random_no_stopping": ["--scheduler", "none", "--searcher", "random", "--patience", "0"],
 }
 
 
@@ -40,6 +40,8 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
         cmd += ["--grace-period", str(args.grace_period)]
     if args.reduction_factor and "asha" in arm:
         cmd += ["--reduction-factor", str(args.reduction_factor)]
+    if args.patience is not None and "asha" in arm:
+        cmd += ["--patience", str(args.patience)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -50,6 +52,7 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
         "chosen_val_recall@100": best["selection"]["value"], "chosen_test_recall@100": best["test"]["recall@100"],
         "trial_epochs": int(trials["epochs"].sum()), "trials": int(len(trials)),
         "stopped_early": int((trials["stop_reason"] != "completed").sum()),
+        "stops": {str(k): int(v) for k, v in trials["stop_reason"].value_counts().items()},
         "search_wall_s": wall, "trial_wall_s": float(trials["wall_time_s"].sum()),
         "trial_cpu_s": float(trials["cpu_time_s"].sum()), "command": shlex.join(cmd),
     }
@@ -63,6 +66,8 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=20)
     p.add_argument("--grace-period", type=int, default=None)
     p.add_argument("--reduction-factor", type=int, default=None, help="ASHA's (default: raytower tune's)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="plateau stop for the ASHA arms (default: raytower tune's); random search never stops early")
     # On 2 cores two 1-thread trials side by side spend 4.4 s a trial-epoch (8.7 s an epoch each,
     # ml-100k, default space); one 2-thread trial at a time spends 7 s.
     p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial")

@@ -149,7 +149,7 @@ def cmd_tune(args) -> int:
         grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
         storage_path=args.storage_path,
-        chance_patience=args.chance_patience, resume=args.resume, warm_start=args.warm_start,
+        chance_patience=args.chance_patience, patience=args.patience, resume=args.resume, warm_start=args.warm_start,
         min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial,
     )
     try:
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the Optuna study stays in OUT and is copied there at the end")
     p.add_argument("--chance-patience", type=_positive_int, default=3,
                    help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
+    p.add_argument("--patience", type=int, default=5,
+                   help="stop a trial as 'plateau' when its validation Recall@100 has not improved for this many "
+                        "epochs, counted from ASHA's grace period on; 0 turns it off (default %(default)s)")
     p.add_argument("--min-free-gb", type=float, default=1.0,
                    help="refuse to start with less free disk than this under --out (default %(default)s)")
     p.add_argument("--resume", action="store_true",

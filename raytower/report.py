@@ -23,7 +23,7 @@ KNOBS = ("temp_start", "anneal_rate", "logq_warmup_epochs", "logq_max", "logq_ra
          "lr_ratio", "lr")
 LOG_KNOBS = {"temp_start", "lr_ratio", "lr"}
 REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
-    "completed": ("tab:green", "o"), "asha": ("tab:orange", "x"), "chance": ("tab:gray", "v"),
+    "completed": ("tab:green", "o"), "plateau": ("tab:olive", "D"), "asha": ("tab:orange", "x"), "chance": ("tab:gray", "v"),
     "collapsed": ("tab:purple", "s"), "diverged": ("tab:red", "*"), "unfinished": ("tab:blue", ">"),
     "error": ("black", "X"),
 }
@@ -118,7 +118,7 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
     if best:
         lines.append(f"**Chosen:** trial `{best['trial_id']}`, {_schedule(best['params'])}.")
     searched = {c[len("param/"):] for c in df.columns if c.startswith("param/")}
-    done = df[df["reached_final_rung"] & df[y].notna()]
+    done = df[df["full_fidelity"] & df[y].notna()]
     if len(done):
         by = []
         if "fusion" in searched:
@@ -126,7 +126,9 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
         if "unfreeze_depth" in searched:
             unfrozen = done.assign(unfrozen=pd.to_numeric(done["param/unfreeze_depth"]) > 0)
             by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen", lambda u: "unfrozen" if u else "kept frozen"))
-        lines.append(f"**Trials that ran all {int(df['epochs'].max())} epochs: {len(done)} of {len(df)}.** "
+        plateau = int((done.stop_reason == "plateau").sum())
+        lines.append(f"**Trials that ran all {int(df['epochs'].max())} epochs"
+                     + (f" or stopped on a plateau ({plateau})" if plateau else "") + f": {len(done)} of {len(df)}.** "
                      + (f"Their median best validation Recall@100 {'; '.join(by)}." if by else ""))
         if {"temp_start", "anneal_rate"} <= searched:
             top = done.sort_values(y, ascending=False).head(3)
@@ -421,7 +423,9 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
            "- **Cold-start users:** a seeded share of users kept out of the graph LightGCN trains on "
            "(`--cold-frac`), so their GNN vector is the learned cold-start vector.",
            "- **Stop reasons:** `completed` ran every epoch; `asha` was stopped by ASHA at a rung (PRUNED in the "
-           "Optuna study, with its per-epoch values); `chance`, `collapsed`, `diverged` by raytower's stopper.",
+           "Optuna study, with its per-epoch values); `plateau` had not improved its validation Recall@100 for "
+           "`--patience` epochs past the grace period (converged: COMPLETE, and a candidate for the choice); "
+           "`chance`, `collapsed`, `diverged` by raytower's stopper.",
            "",
            "## Leaderboard (each trial at its best validation epoch)", "", markdown_table(board), "",
            "## Learning curves", "", "Validation Recall@100 per trial; the marker shows where and why each trial "

@@ -3,7 +3,9 @@
 * ``CurriculumStopper`` ends a trial that diverged (NaN/inf loss), sits at chance (loss at or above
   its random-guess loss for ``chance_patience`` epochs once the logQ warm-up is over and the
   temperature has decayed once) or whose item vectors collapsed (effective rank under
-  ``collapse_frac`` x dim after Stage 2 starts).
+  ``collapse_frac`` x dim after Stage 2 starts); and one whose validation Recall@100 has not
+  improved for ``patience`` epochs once ASHA's grace period is over (``plateau``: it has converged,
+  so its best is a full-fidelity figure, unlike an ASHA stop's).
 * ``RecordingASHA`` is Ray's ASHA that also writes down which trials it stopped, and when.
 * ``TruthfulOptunaSearch`` tells Optuna what happened: a trial that ASHA or the stopper ended is
   PRUNED (its intermediate values are in the study, keyed by epoch), a diverged one FAILED, and a
@@ -92,11 +94,15 @@ class DriverMemory(tune.Callback):
 
 
 class CurriculumStopper(tune.Stopper):
-    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.1):
+    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.1,
+                 patience: int = 0, grace: int = 0):
         self.log = log
         self.chance_patience = chance_patience
         self.collapse_frac = collapse_frac
+        self.patience = patience  # 0: off
+        self.grace = grace
         self._at_chance: dict[str, int] = {}
+        self._best: dict[str, tuple[float, int]] = {}  # trial -> (best validation value, its epoch)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         epoch = int(result.get(TIME_ATTR, 0))
@@ -115,6 +121,22 @@ class CurriculumStopper(tune.Stopper):
         dim = cfg.get("dim")
         if result.get("stage") == 2 and dim and result.get("effective_rank", math.inf) < self.collapse_frac * dim:
             self.log.record(trial_id, "collapsed", epoch)
+            return True
+        if epoch >= cfg.get("epochs", math.inf):
+            return False  # its last epoch: it ends as completed, not as a plateau
+        return self._plateaued(trial_id, epoch, result.get(METRIC))
+
+    def _plateaued(self, trial_id: str, epoch: int, value) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        best = self._best.get(trial_id)
+        # A trial restarted from a checkpoint reports its epochs again: only a later epoch counts.
+        if best is None or value > best[0] or (epoch < best[1]):
+            self._best[trial_id] = best = (value, epoch)
+        # Counted only past the grace period, where the Stage 2 switch and the logQ warm-up are
+        # over: before that a flat curve is the curriculum at work, not convergence.
+        if self.patience and epoch >= self.grace and epoch - best[1] >= self.patience:
+            self.log.record(trial_id, "plateau", epoch)
             return True
         return False
 

@@ -104,9 +104,11 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
             else:
                 reason = "unfinished"
         row["stop_reason"] = reason
-        row["status"] = {"completed": "COMPLETE", "unfinished": "RUNNING", "error": "ERROR",
+        row["status"] = {"completed": "COMPLETE", "plateau": "COMPLETE", "unfinished": "RUNNING", "error": "ERROR",
                          "diverged": "FAILED"}.get(reason, "PRUNED")
         row["reached_final_rung"] = epochs >= max_epochs
+        # A trial stopped on a plateau had converged: its best is as trustworthy as a finisher's.
+        row["full_fidelity"] = epochs >= max_epochs or reason == "plateau"
         finite = [r for r in h if _finite(r.get(METRIC))]
         best = max(finite, key=lambda r: r[METRIC]) if finite else None
         row["best_epoch"] = int(best["epoch"]) if best else None
@@ -128,8 +130,9 @@ def _finite(v) -> bool:
 
 def choose(df: pd.DataFrame) -> pd.Series:
     """The best validation value at the trial's best epoch, among trials that reached the final rung
-    (an early-stopped trial's best is a low-fidelity figure); all trials if none did."""
-    pool = df[df["reached_final_rung"] & df[f"best/{METRIC}"].notna()]
+    or converged before it (``plateau``); an ASHA-stopped trial's best is a low-fidelity figure. All
+    trials if none qualifies."""
+    pool = df[df["full_fidelity"] & df[f"best/{METRIC}"].notna()]
     if pool.empty:
         pool = df[df[f"best/{METRIC}"].notna()]
     if pool.empty:
@@ -153,6 +156,8 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     trial = next(t for t in trials if t["trial_id"] == best["trial_id"])
     # Every field, defaults included: a later change of a default cannot change the exported model.
     params = TrainConfig.from_dict(trial["params"]).to_dict()
+    if best["stop_reason"] == "plateau":  # retraining stops where the trial did, on the same path
+        params["epochs"] = int(best["epochs"])
     finished = search_finished(df, setup)
     # Test is touched once, for the configuration the whole search chose: an interrupted search's
     # leader may still lose to a trial the resume finishes.
@@ -161,7 +166,8 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     doc = {
         "params": params,
         "selection": {"metric": METRIC, "value": float(best[f"best/{METRIC}"]), "split": "validation",
-                      "epoch": int(best["best_epoch"]), "rule": "best epoch of the best trial that reached the final rung"},
+                      "epoch": int(best["best_epoch"]),
+                      "rule": "best epoch of the best trial that reached the final rung or converged (plateau) before it"},
         "validation": {k[5:]: best[k] for k in best.index if k.startswith("best/") and best[k] is not None},
         "test": test,
         "trial_id": best["trial_id"],

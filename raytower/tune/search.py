@@ -7,7 +7,7 @@ Layout of the experiment directory (``out``):
 
     setup.json            what every trial shares: bundle and pretraining artifact paths
     optuna.db             the Optuna study (SQLite; any RDB URL with --storage)
-    stops.json            why each early-stopped trial ended (asha, chance, collapsed, diverged)
+    stops.json            why each early-stopped trial ended (asha, plateau, chance, collapsed, diverged)
     driver_memory.json    the search driver's resident memory each time a trial ended
     tune/                 Ray Tune's experiment: one directory per trial (checkpoints, TensorBoard)
     train/                Ray Train runs (executor "train" only)
@@ -64,6 +64,7 @@ class SearchSettings:
     storage: str | None = None  # Optuna RDB URL; default sqlite in out/
     storage_path: str | None = None  # Tune and Train state (s3://, gs://, a shared mount); default out/
     chance_patience: int = 3
+    patience: int = 5  # plateau stop: epochs without a better val Recall@100, past the grace period; 0 off
     collapse_frac: float = 0.1
     resume: bool = False
     warm_start: str | None = None  # an earlier search directory whose finished trials TPE learns from
@@ -79,6 +80,8 @@ class SearchSettings:
             raise ConfigError(f"--executor must be auto, function or train, got {self.executor!r}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.workers_per_trial < 1:
             raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --workers-per-trial >= 1")
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
         if self.reduction_factor < 2:
             raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
 
@@ -409,7 +412,8 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else None)
     param_space = {"epochs": settings.max_epochs}
-    stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac)
+    stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac,
+                                patience=settings.patience, grace=grace)
     # The trainable writes the curriculum's scalars to TensorBoard under stable names; Tune's own
     # TBX logger would write a second copy of every metric. Keep its JSON and CSV loggers only.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"

@@ -80,3 +80,63 @@ def test_a_trial_the_study_already_closed_is_not_told_twice(tmp_path):
     searcher.on_trial_complete("t1", {"val/recall@100": 0.6, "epoch": 2})
     (t,) = optuna.load_study(study_name="s", storage=storage).trials
     assert t.state.name == "COMPLETE" and t.value == 0.5 and set(t.intermediate_values) == {1}
+
+
+def _val(epoch, recall):
+    return {**_row(epoch, 5.0, stage=2), "val/recall@100": recall}
+
+
+def test_plateau_stops_after_patience_epochs_without_a_better_recall():
+    log = StopLog()
+    stop = CurriculumStopper(log, patience=3, grace=4)
+    curve = [0.10, 0.20, 0.30, 0.35, 0.34, 0.35, 0.33]  # best 0.35 at epoch 4; ties do not count
+    assert [stop("t", _val(e, r)) for e, r in enumerate(curve, start=1)] == [False] * 6 + [True]
+    assert log.reasons["t"] == ("plateau", 7)
+
+
+def test_plateau_waits_for_the_grace_period_and_can_be_turned_off():
+    flat = [0.3] * 8
+    stop = CurriculumStopper(StopLog(), patience=2, grace=6)
+    # flat from epoch 1, but the curriculum is still switching stages before the grace period
+    assert [stop("t", _val(e, r)) for e, r in enumerate(flat, start=1)].index(True) + 1 == 6
+    off = CurriculumStopper(StopLog(), patience=0, grace=1)
+    assert not any(off("t", _val(e, r)) for e, r in enumerate(flat, start=1))
+
+
+def test_plateau_counts_again_from_a_restarted_trials_epochs():
+    stop = CurriculumStopper(StopLog(), patience=2, grace=1)
+    assert not stop("t", _val(1, 0.5))
+    assert not stop("t", _val(2, 0.4))
+    # the trial was restarted from its epoch-1 checkpoint: epoch 2 again is not a third flat epoch
+    assert not stop("t", _val(1, 0.45))
+    assert not stop("t", _val(2, 0.44))
+    assert stop("t", _val(3, 0.44))
+
+
+def test_plateau_at_the_last_epoch_is_a_completed_trial():
+    log = StopLog()
+    stop = CurriculumStopper(log, patience=1, grace=1)
+    last = {**_val(2, 0.3), "config": {**CFG, "epochs": 2}}
+    assert not stop("t", _val(1, 0.3)) and not stop("t", last)
+    assert log.reason("t") is None
+
+
+def test_a_plateau_is_told_to_optuna_as_complete_with_its_best(tmp_path):
+    import optuna
+
+    from raytower.tune._callbacks import TruthfulOptunaSearch
+    from tests.conftest import REPO
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    log = StopLog(str(tmp_path / "stops.json"))
+    searcher = TruthfulOptunaSearch(space=load_space(REPO / "search_spaces" / "quick.yaml").define_by_run,
+                                    metric="val/recall@100", mode="max", storage=storage, study_name="s", log=log)
+    for tid in ("plateau", "asha"):
+        assert searcher.suggest(tid)
+        for epoch, r in ((1, 0.5), (2, 0.4)):
+            searcher.on_trial_result(tid, {"val/recall@100": r, "epoch": epoch})
+        log.record(tid, tid, 2)
+        searcher.on_trial_complete(tid, {"val/recall@100": 0.4, "epoch": 2})
+    plateau, asha = optuna.load_study(study_name="s", storage=storage).trials
+    assert plateau.state.name == "COMPLETE" and plateau.value == 0.5
+    assert asha.state.name == "PRUNED"

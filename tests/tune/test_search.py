@@ -19,12 +19,12 @@ def test_every_trial_is_in_trials_parquet_and_asha_stopped_some(trials):
     stopped = trials[trials.stop_reason == "asha"]
     assert len(stopped) >= 1 and (stopped.epochs < 6).all()
     assert (trials[trials.stop_reason == "completed"].epochs == 6).all()
-    assert set(trials.stop_reason) <= {"asha", "completed", "chance", "collapsed", "diverged"}
+    assert set(trials.stop_reason) <= {"asha", "plateau", "completed", "chance", "collapsed", "diverged"}
 
 
 def test_best_config_is_the_best_validation_among_finishers(search, trials):
     best = json.loads((search / "best_config.json").read_text())
-    finishers = trials[trials.reached_final_rung]
+    finishers = trials[trials.full_fidelity]
     top = finishers.loc[finishers["best/val/recall@100"].idxmax()]
     assert best["trial_id"] == top.trial_id
     assert best["selection"]["value"] == pytest.approx(top["best/val/recall@100"])

@@ -1,0 +1,23 @@
+"""Which trial a search chooses, from trials.parquet's rows alone (no Ray)."""
+
+import pandas as pd
+import pytest
+
+from raytower.tune.results import choose
+
+
+def _rows(*trials):
+    return pd.DataFrame([{"trial_id": t, "stop_reason": r, "epochs": e, "full_fidelity": e >= 30 or r == "plateau",
+                          "best/val/recall@100": v} for t, r, e, v in trials])
+
+
+def test_a_plateau_trial_competes_with_the_finishers_and_an_asha_stop_does_not():
+    df = _rows(("done", "completed", 30, 0.60), ("flat", "plateau", 17, 0.62), ("cut", "asha", 9, 0.70))
+    assert choose(df)["trial_id"] == "flat"
+    assert choose(df[df.trial_id != "flat"])["trial_id"] == "done"
+
+
+def test_with_no_full_fidelity_trial_every_trial_competes():
+    assert choose(_rows(("cut", "asha", 9, 0.7), ("cut2", "asha", 9, 0.5)))["trial_id"] == "cut"
+    with pytest.raises(Exception, match="no trial reported"):
+        choose(_rows(("x", "asha", 1, None)))
