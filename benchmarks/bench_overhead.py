@@ -120,6 +120,10 @@ def parse_tune(out_dir: Path, res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="data source (default %(default)s)")
+    p.add_argument("--model", choices=["small", "default"], default="small",
+                   help="small: a fixed small config where Ray's fixed cost weighs most; default: the model of "
+                        "search_spaces/default.yaml (its fixed fields) at the seed's prescription, its first "
+                        "start point (default %(default)s)")
     p.add_argument("--epochs", default="9,20", help="comma-separated epoch counts E (default %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="repeats of every (E, command) (default %(default)s)")
     p.add_argument("--threads", type=int, default=2,
@@ -146,20 +150,26 @@ def main(argv=None) -> int:
     from raytower.tune.search import default_grace_period
     from raytower.tune.space import load_space
 
-    cfg = TrainConfig.from_dict({**FIXED, "anneal_rate": ANNEAL})
+    fixed = FIXED
+    if a.model == "default":
+        default = yaml.safe_load(Path("search_spaces/default.yaml").read_text())
+        prescription = {k: v for k, v in default["start_from"][0].items() if k != "anneal_rate"}
+        assert default["start_from"][0]["anneal_rate"] == ANNEAL
+        fixed = {**default["fixed"], **prescription, "seed": 0}
+    cfg = TrainConfig.from_dict({**fixed, "anneal_rate": ANNEAL})
     cfg_path = work / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump({**FIXED, "anneal_rate": ANNEAL}))
+    cfg_path.write_text(yaml.safe_dump({**fixed, "anneal_rate": ANNEAL}))
     space_path = work / "space.yaml"
     space_path.write_text(yaml.safe_dump({
         "description": "bench_overhead: one fixed config; anneal_rate searched over a tiny range for Optuna's sake",
-        "fixed": FIXED,
+        "fixed": fixed,
         "search": {"anneal_rate": {"distribution": "uniform", "low": ANNEAL, "high": ANNEAL + 0.01}},
         "start_from": [{"anneal_rate": ANNEAL}],
     }, sort_keys=False))
     grace_default = default_grace_period(load_space("search_spaces/default.yaml"), 30)
     grace_bench = default_grace_period(load_space(str(space_path)), max(epochs_list))
 
-    results: dict = {"command": command, "goal_ratio_function_over_train": GOAL_RATIO, "data": a.data,
+    results: dict = {"command": command, "goal_ratio_function_over_train": GOAL_RATIO, "data": a.data, "model": a.model,
                      "threads": a.threads, "config": cfg.to_dict(), "ray_worker_niceness": a.ray_worker_niceness,
                      "grace_period_default_yaml_epochs": grace_default, "grace_period_bench_space_epochs": grace_bench,
                      "host": {"cpus": os.cpu_count(), "python": platform.python_version(),

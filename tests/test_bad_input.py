@@ -59,6 +59,7 @@ BAD_INPUT = [
     (lambda t: tune(t, space_file=str(t / "missing.yaml")), "cannot read search space"),
     (lambda t: tune(t, "--num-samples", "0"), "--num-samples"),
     (lambda t: tune(t, "--max-epochs", "-2"), "--max-epochs"),
+    (lambda t: tune(t, "--patience", "-1"), "--patience"),
     (lambda t: tune(t, "--gpus-per-trial", "64"), "GPU"),
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),
