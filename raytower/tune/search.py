@@ -165,7 +165,11 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     if settings.address:
         _init_ray(settings)  # join the cluster first: a trial it can never place fails now, not later
         try:
-            _check_cluster_fits(settings, _cluster_offers())
+            offers = _cluster_offers()
+            if offers is None:
+                log("the resources of this cluster's autoscaler node types are unknown here (KubeRay keeps them in "
+                    "its RayCluster): whether a trial fits is not checked, and one that fits no node will wait")
+            _check_cluster_fits(settings, offers)
         except BaseException:
             ray.shutdown()
             raise
@@ -291,25 +295,62 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cl
 
 
 def _cluster_offers() -> list[dict[str, float]] | None:
-    """The resources of each live node and of each node type the autoscaler may add (from the
-    config `ray up` copied to the head); None when a node type's resources are unknown."""
+    """The resources of each live node and of each node type the autoscaler may add; None when
+    some node type's resources are unknown, so nothing may be refused."""
     import ray
 
-    offers = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
-    bootstrap = Path(os.path.expanduser(BOOTSTRAP_CONFIG))
-    if bootstrap.is_file():
-        import yaml
+    live = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
+    return _offers(live, _bootstrap_node_types(), _gcs_node_groups(), kuberay=bool(os.environ.get("RAY_CLUSTER_NAME")))
 
-        try:
-            types = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types") or {}
-            for t in types.values():
-                res = t.get("resources") or {}
-                if "CPU" not in res and "GPU" not in res:
-                    return None  # `ray up` could not detect this type's resources: it might fit
-                offers.append({"CPU": math.inf, **res})
-        except (yaml.YAMLError, AttributeError):
-            pass  # not ours to judge; the live nodes still count
+
+def _offers(live: list[dict], bootstrap: list[dict] | None | bool, gcs_groups: list[dict] | None,
+            kuberay: bool) -> list[dict[str, float]] | None:
+    """Live nodes plus the node types an autoscaler may add, from the first source that has them:
+    the config `ray up` leaves on the head (``bootstrap``: False when absent, None when a type's
+    resources are unknown), the cluster config an autoscaler may publish in GCS, and otherwise
+    nothing. KubeRay keeps its worker groups in the RayCluster object, out of a driver's sight: a
+    group scaled to zero may be the one that fits, so a KubeRay cluster is never refused."""
+    if bootstrap is None:
+        return None
+    if bootstrap is not False:
+        return live + bootstrap
+    if gcs_groups is not None:
+        return live + gcs_groups
+    return None if kuberay else live
+
+
+def _bootstrap_node_types() -> list[dict] | None | bool:
+    bootstrap = Path(os.path.expanduser(BOOTSTRAP_CONFIG))
+    if not bootstrap.is_file():
+        return False
+    import yaml
+
+    offers = []
+    try:
+        types = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types") or {}
+        for t in types.values():
+            res = t.get("resources") or {}
+            if "CPU" not in res and "GPU" not in res:
+                return None  # `ray up` could not detect this type's resources: it might fit
+            offers.append({"CPU": math.inf, **res})
+    except (yaml.YAMLError, AttributeError):
+        pass  # not ours to judge; the live nodes still count
     return offers
+
+
+def _gcs_node_groups() -> list[dict] | None:
+    """Node groups from the cluster config an autoscaler may publish in GCS (Ray's private state
+    API; Ray 2.60 itself does not write it yet). None when absent or unreadable."""
+    try:
+        from ray._private.state import state
+
+        cfg = state.get_cluster_config()
+        if cfg is None:
+            return None
+        groups = [dict(g.resources) for g in cfg.node_group_configs if g.max_count != 0]
+    except Exception:
+        return None
+    return None if any("CPU" not in g and "GPU" not in g for g in groups) else groups
 
 
 def _check_cluster_fits(settings: SearchSettings, offers: list[dict[str, float]] | None) -> None:

@@ -36,3 +36,19 @@ def test_train_executor_needs_a_node_with_the_driver_resource():
 
 def test_unknown_node_type_resources_are_not_judged():
     _check_cluster_fits(settings(executor="train", gpus_per_trial=8), None)
+
+
+def test_node_types_come_from_ray_ups_config_then_gcs_and_kuberay_is_not_judged():
+    from raytower.tune.search import _offers
+
+    live = [HEAD]
+    assert _offers(live, [GPU_TYPE], None, kuberay=False) == [HEAD, GPU_TYPE]
+    assert _offers(live, None, [GPU_TYPE], kuberay=False) is None  # a `ray up` type of unknown resources
+    assert _offers(live, False, [GPU_TYPE], kuberay=True) == [HEAD, GPU_TYPE]  # an autoscaler's config in GCS
+    # KubeRay without a readable config: a worker group scaled to zero may be the one that fits
+    assert _offers(live, False, None, kuberay=True) is None
+    # a static cluster (`ray start` by hand): only the live nodes, so a misfit is refused
+    static = _offers(live, False, None, kuberay=False)
+    assert static == [HEAD]
+    with pytest.raises(ConfigError, match="no trial could ever start"):
+        _check_cluster_fits(settings(gpus_per_trial=1), static)
