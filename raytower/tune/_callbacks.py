@@ -175,6 +175,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         mine = {t._trial_id for t in self._ot_trials.values()}
         running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         self._orphans = [t._trial_id for t in running if t._trial_id not in mine]
+        # The study (SQLite) is written at once, Tune's searcher state only at its periodic saves:
+        # a trial that ended between the last save and a killed driver is still open in this
+        # restored state but closed in the study. Telling the study again is an error that would
+        # end the search, so such trials count as told.
+        closed = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._completed_trials |= {tid for tid, t in self._ot_trials.items() if t._trial_id in closed}
 
     def suggest(self, trial_id: str):
         orphans = getattr(self, "_orphans", None)
@@ -184,19 +190,8 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
         return super().suggest(trial_id)
 
-    def _closed_in_study(self, trial_id: str) -> bool:
-        # The study (SQLite) is written at once, Tune's searcher state only at its periodic saves:
-        # after a killed driver, the resumed searcher may hold as unfinished a trial that the
-        # study already closed (it completed between the last save and the kill). Telling it again
-        # is an error that would end the search.
-        ot_trial = self._ot_trials[trial_id]
-        if ot_trial.study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            self._completed_trials.add(trial_id)
-            return True
-        return False
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._closed_in_study(trial_id):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -210,7 +205,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._closed_in_study(trial_id):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         from optuna.trial import TrialState
 

@@ -74,10 +74,15 @@ def test_a_trial_the_study_already_closed_is_not_told_twice(tmp_path):
                                     log=StopLog(str(tmp_path / "stops.json")))
     assert searcher.suggest("t1")
     searcher.on_trial_result("t1", {"val/recall@100": 0.5, "epoch": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last save before the kill
     study = optuna.load_study(study_name="s", storage=storage)
     study.tell(study.trials[0].number, 0.5)  # closed before the kill
-    searcher.on_trial_result("t1", {"val/recall@100": 0.6, "epoch": 2})  # the resumed trial reports on
-    searcher.on_trial_complete("t1", {"val/recall@100": 0.6, "epoch": 2})
+    resumed = TruthfulOptunaSearch(space=load_space(REPO / "search_spaces" / "quick.yaml").define_by_run,
+                                   metric="val/recall@100", mode="max", storage=storage, study_name="s",
+                                   log=StopLog(str(tmp_path / "stops.json")))
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t1", {"val/recall@100": 0.6, "epoch": 2})  # the resumed trial reports on
+    resumed.on_trial_complete("t1", {"val/recall@100": 0.6, "epoch": 2})
     (t,) = optuna.load_study(study_name="s", storage=storage).trials
     assert t.state.name == "COMPLETE" and t.value == 0.5 and set(t.intermediate_values) == {1}
 
