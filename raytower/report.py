@@ -144,6 +144,12 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
                  if "fusion" in searched else "")
         lines.append(f"**ASHA stopped {len(stopped)} trial(s)** ({at}{kinds}). An early-stopped trial's best is "
                      "a low-fidelity figure, so the choice is made among the finishers.")
+    flat = df[df.stop_reason == "plateau"]
+    if len(flat):
+        lines.append(f"**{len(flat)} trial(s) stopped on a plateau** (no better validation Recall@100 for the "
+                     f"patience window) at epochs {', '.join(str(e) for e in sorted(flat['epochs']))}, their best "
+                     f"epochs {', '.join(str(int(e)) for e in sorted(flat['best_epoch'].dropna()))}: converged, so "
+                     "they compete for the choice.")
     for reason, meaning in (("diverged", "loss turned NaN or inf"), ("chance", "loss stayed at or above chance"),
                             ("collapsed", "item vectors collapsed")):
         bad = df[df.stop_reason == reason]

@@ -61,7 +61,7 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     df, _, best, _ = load_experiment(search)
     text = "\n".join(at_a_glance(df, best, {"val": 0.0}, {"temp_start": 0.7, "fusion": 0.2}))
     assert f"trial `{best['trial_id']}`" in text and f"{best['params']['fusion']} fusion" in text
-    done = trials[trials.epochs == trials.epochs.max()]
+    done = trials[trials.full_fidelity]
     assert f"{len(done)} of {len(trials)}" in text
     for fusion, g in done.groupby("param/fusion"):  # the medians quoted are the table's
         assert f"{fusion} {g['best/val/recall@100'].median():.3f} (n={len(g)})" in text, text
@@ -69,3 +69,11 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     assert (f"ASHA stopped {stopped} trial(s)" in text) == (stopped > 0)
     assert f"{len(trials)} of {len(trials)} trials beat it" in text  # every trial beats a zero baseline
     assert "`temp_start` (0.70 of the total), then `fusion` (0.20)" in text
+    # a plateau stop is a converged trial: counted with the finishers and named with its epochs
+    flat = df.copy()
+    i = flat.index[flat.stop_reason == "asha"][0] if (flat.stop_reason == "asha").any() else flat.index[0]
+    flat.loc[i, ["stop_reason", "full_fidelity", "epochs", "best_epoch"]] = ["plateau", True, 4, 2]
+    text = "\n".join(at_a_glance(flat, best, {"val": 0.0}, {}))
+    assert "1 trial(s) stopped on a plateau** (no better validation Recall@100 for the patience window) at epochs 4, " \
+           "their best epochs 2" in text
+    assert f"or stopped on a plateau (1): {int(flat.full_fidelity.sum())} of {len(flat)}" in text
