@@ -309,7 +309,8 @@ def _offers(live: list[dict], bootstrap: list[dict] | None | bool, gcs_groups: l
     the config `ray up` leaves on the head (``bootstrap``: False when absent, None when a type's
     resources are unknown), the cluster config an autoscaler may publish in GCS, and otherwise
     nothing. KubeRay keeps its worker groups in the RayCluster object, out of a driver's sight: a
-    group scaled to zero may be the one that fits, so a KubeRay cluster is never refused."""
+    group scaled to zero may be the one that fits, so without a published config a KubeRay cluster
+    is not judged."""
     if bootstrap is None:
         return None
     if bootstrap is not False:
