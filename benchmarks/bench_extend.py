@@ -51,7 +51,7 @@ def extend(trial_dir: str, setup: dict, epochs: int) -> dict:
         run.step()
     rows = run.history
     best = max(rows, key=lambda r: r[METRIC])
-    return {"trial": trial.name, "params": {k: v for k, v in cfg.to_dict().items()},
+    return {"trial": trial.name, "params": cfg.to_dict(),
             "from_epoch": start_epoch, "epochs": len(rows), "curve": [round(r[METRIC], 5) for r in rows],
             "best": best[METRIC], "best_epoch": int(best["epoch"]),
             "best_first": max(r[METRIC] for r in rows[:start_epoch]),

@@ -108,7 +108,7 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
                          "diverged": "FAILED"}.get(reason, "PRUNED")
         row["reached_final_rung"] = epochs >= max_epochs
         # A trial stopped on a plateau had converged: its best is as trustworthy as a finisher's.
-        row["full_fidelity"] = epochs >= max_epochs or reason == "plateau"
+        row["full_fidelity"] = row["reached_final_rung"] or reason == "plateau"
         finite = [r for r in h if _finite(r.get(METRIC))]
         best = max(finite, key=lambda r: r[METRIC]) if finite else None
         row["best_epoch"] = int(best["epoch"]) if best else None
