@@ -127,7 +127,9 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
             unfrozen = done.assign(unfrozen=pd.to_numeric(done["param/unfreeze_depth"]) > 0)
             by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen", lambda u: "unfrozen" if u else "kept frozen"))
         plateau = int((done.stop_reason == "plateau").sum())
-        lines.append(f"**Trials that ran all {int(df['epochs'].max())} epochs"
+        # the search's horizon, not the longest trial's: with plateau stops no trial may reach it
+        horizon = int((best or {}).get("search", {}).get("max_epochs") or df["epochs"].max())
+        lines.append(f"**Trials that ran all {horizon} epochs"
                      + (f" or stopped on a plateau ({plateau})" if plateau else "") + f": {len(done)} of {len(df)}.** "
                      + (f"Their median best validation Recall@100 {'; '.join(by)}." if by else ""))
         if {"temp_start", "anneal_rate"} <= searched:

@@ -77,3 +77,6 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     assert "1 trial(s) stopped on a plateau** (no better validation Recall@100 for the patience window) at epochs 4, " \
            "their best epochs 2" in text
     assert f"or stopped on a plateau (1): {int(flat.full_fidelity.sum())} of {len(flat)}" in text
+    # the horizon is the search's, even when every trial stopped short of it on a plateau
+    short = flat.assign(epochs=flat.epochs.clip(upper=4), stop_reason="plateau", full_fidelity=True)
+    assert f"Trials that ran all {best['search']['max_epochs']} epochs" in "\n".join(at_a_glance(short, best, None, {}))
