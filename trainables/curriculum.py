@@ -12,7 +12,6 @@ names what every trial shares: the bundle and the pretraining artifacts, by path
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -53,7 +52,7 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     run = Curriculum(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
     if state is not None:
         run.load_state_dict(state)
-    best = max((r["val/recall@100"] for r in run.history), default=float("-inf"))
+    best = max((r["val/recall@100"] for r in run.history if not r.get("diverged")), default=float("-inf"))
     if run.done and run.history:
         # Restored after its last epoch. A Tune trial (the driver died between the report and the
         # end of the trial) must report its last row again, or Tune sees a trial that ends without
@@ -69,7 +68,8 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     try:
         while not run.done:
             step = run.step()
-            best = max(best, step["val/recall@100"])
+            if not step["diverged"]:
+                best = max(best, step["val/recall@100"])
             row = _tune_row(step, best)
             if writer:
                 for name, value in tensorboard_scalars(row).items():
@@ -86,7 +86,7 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
 def _tune_row(step: dict, best: float) -> dict:
     # The first keys are the columns of Ray's progress table.
     return {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
-            "best/val/recall@100": best, **step, "diverged": float(not math.isfinite(step["loss"]))}
+            "best/val/recall@100": best, **step}
 
 
 def _reporter(report_fn, checkpoint_cls, rank: int = 0):

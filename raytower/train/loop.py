@@ -152,7 +152,9 @@ class Curriculum:
             **{k[1:]: v for k, v in val.items() if k.startswith("_expert")},
             "epoch_time_s": time.perf_counter() - t0, "epoch_cpu_s": time.process_time() - c0,
         }
-        if self.stage == 1:
+        # A NaN loss, or scores that are not numbers (see metrics): nothing past this epoch counts.
+        row["diverged"] = float(not (math.isfinite(row["loss"]) and math.isfinite(row["val/recall@100"])))
+        if self.stage == 1 and not row["diverged"]:
             reason = self._switch_reason(row)
             if reason:
                 self._enter_stage2(reason)

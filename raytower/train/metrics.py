@@ -4,6 +4,11 @@ A target's rank is the number of unmasked items that score higher than it (ties 
 item id, as a stable sort would: popularity has many ties), so the memory
 of one step is (user batch x item chunk) whatever the catalogue size; Recall@K and NDCG@K for
 every K follow from the ranks. A running top-100 gives catalogue coverage.
+
+A NaN or infinite score is never ranked: every comparison with NaN is false, so it would rank
+its target first. A row whose user vector or target is not finite, and every row when some item
+vector is not, gets a NaN rank, and any metric over a NaN rank is NaN: a diverged model's
+recall is not a number a search can pick.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def rank_targets(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.n
     k = min(TOPK, n - 1)
     top_val = torch.full((b, 0), float("-inf"), device=device)
     top_idx = torch.zeros((b, 0), dtype=torch.long, device=device)
+    broken = ~torch.isfinite(tgt_score)
+    if not bool(torch.isfinite(item_vecs[1:]).all()):
+        broken[:] = True
     for c0 in range(0, n, item_chunk):
         c1 = min(n, c0 + item_chunk)
         scores = user_vecs @ item_vecs[c0:c1].T
@@ -53,17 +61,21 @@ def rank_targets(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.n
         top_val, pos = val.topk(min(k, val.shape[1]), dim=1)
         top_idx = idx.gather(1, pos)
     top_idx[torch.isinf(top_val)] = 0  # fewer unmasked items than k: no masked item sneaks in
-    return ranks.cpu().numpy(), top_idx.cpu().numpy()
+    ranks = ranks.cpu().numpy().astype(np.float64)
+    ranks[broken.cpu().numpy()] = np.nan
+    return ranks, top_idx.cpu().numpy()
 
 
 def ranking_metrics(ranks: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """Recall@K and NDCG@K; NaN where any rank is NaN (a score that was not a number)."""
     out = {}
     if len(ranks) == 0:
         return out
+    broken = bool(np.isnan(ranks).any())
     for k in KS:
         hit = ranks < k
-        out[f"{prefix}recall@{k}"] = float(hit.mean())
-        out[f"{prefix}ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        out[f"{prefix}recall@{k}"] = math.nan if broken else float(hit.mean())
+        out[f"{prefix}ndcg@{k}"] = math.nan if broken else float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
     return out
 
 
@@ -74,9 +86,10 @@ def summarize(ranks: np.ndarray, top: np.ndarray, users: np.ndarray, targets: np
     cold = cold_mask[users]
     out |= {k: v for k, v in ranking_metrics(ranks[cold], "cold/").items() if k.endswith(("@10", "@100"))}
     tail = tail_mask[targets]
+    broken = bool(np.isnan(ranks).any())
     if tail.any():
-        out["tail_recall@100"] = float((ranks[tail] < 100).mean())
-    out["coverage@100"] = float(len(np.setdiff1d(np.unique(top[:, :100]), [0])) / n_items)
+        out["tail_recall@100"] = math.nan if broken else float((ranks[tail] < 100).mean())
+    out["coverage@100"] = math.nan if broken else float(len(np.setdiff1d(np.unique(top[:, :100]), [0])) / n_items)
     out["n_users"] = int(len(ranks))
     return out
 

@@ -81,3 +81,17 @@ def test_popularity_reproduces_the_ml100k_reference(ml100k_dir):
     assert round(test["recall@100"], 3) == 0.317
     assert round(test["recall@10"], 3) == 0.086
     assert round(val["recall@100"], 3) == 0.348
+
+
+def test_a_score_that_is_not_a_number_is_never_ranked():
+    # NaN compares false with everything: unguarded, a NaN target would rank first (Recall 1.0).
+    items = torch.tensor([[0.0], [3.0], [2.0], [1.0]])
+    users = torch.tensor([[1.0], [float("nan")], [float("inf")]])
+    ranks, top = M.rank_targets(users, items, np.array([3, 3, 3]), *_csr([[], [], []]))
+    assert ranks[0] == 2 and np.isnan(ranks[1:]).all()
+    m = M.summarize(ranks, top, np.array([1, 2, 3]), np.array([3, 3, 3]), np.zeros(4, bool), np.ones(4, bool), 3)
+    assert all(math.isnan(m[k]) for k in ("recall@10", "recall@100", "ndcg@10", "tail_recall@100", "coverage@100"))
+    broken_item = items.clone()
+    broken_item[2] = float("nan")  # one item vector broken: no ranking over it can be trusted
+    ranks, _ = M.rank_targets(torch.ones(2, 1), broken_item, np.array([1, 3]), *_csr([[], []]))
+    assert np.isnan(ranks).all()

@@ -19,5 +19,15 @@ def test_a_plateau_trial_competes_with_the_finishers_and_an_asha_stop_does_not()
 
 def test_with_no_full_fidelity_trial_every_trial_competes():
     assert choose(_rows(("cut", "asha", 9, 0.7), ("cut2", "asha", 9, 0.5)))["trial_id"] == "cut"
-    with pytest.raises(Exception, match="no trial reported"):
+    with pytest.raises(Exception, match="none reported"):
         choose(_rows(("x", "asha", 1, None)))
+
+
+@pytest.mark.parametrize("reason", ["diverged", "chance", "collapsed", "error"])
+def test_a_broken_trial_never_wins_whatever_its_metric_reads(reason):
+    # A NaN-scored epoch once read as Recall@100 1.0; a broken trial is out of the choice entirely.
+    df = _rows(("bad", reason, 30, 1.0), ("ok", "completed", 30, 0.4), ("cut", "asha", 9, 0.5))
+    assert choose(df)["trial_id"] == "ok"
+    assert choose(_rows(("bad", reason, 9, 1.0), ("cut", "asha", 9, 0.5)))["trial_id"] == "cut"
+    with pytest.raises(Exception, match=f"no trial is eligible.*1 {reason}"):
+        choose(_rows(("bad", reason, 30, 1.0)))
