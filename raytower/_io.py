@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -28,18 +28,22 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(dest: str | os.PathLike, may_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``dest``; it becomes ``dest`` only on success.
 
     An existing ``dest`` is replaced. Used for cache entries (data bundles, pretraining
     artifacts, downloads) so an interrupted run never leaves a half-written entry behind.
+    ``may_replace(dest)``, when given, runs just before an existing ``dest`` is swapped out and
+    raises to keep it: the destination may have changed while the new one was being written.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        if dest.exists():
+        if dest.exists() or dest.is_symlink():
+            if may_replace is not None:
+                may_replace(dest)
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
             os.replace(dest, old)
             os.replace(tmp, dest)
@@ -48,6 +52,120 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- destinations a user names ---------------------------------------------------------------------
+# raytower never deletes or overwrites what a user owns. Every directory it writes for a user carries
+# MARKER, naming its kind; an existing destination may be replaced only when it is raytower's own
+# output of the same kind, and only with --force. Anything else is refused before work starts.
+
+MARKER = ".raytower-output"
+KINDS = ("bundle", "run", "search", "model", "results", "dataset")
+
+
+def write_marker(directory: str | os.PathLike, kind: str) -> None:
+    assert kind in KINDS, kind
+    from raytower import __version__
+
+    write_json(Path(directory) / MARKER, {"kind": kind, "raytower": __version__})
+
+
+def output_kind(directory: str | os.PathLike) -> str | None:
+    """The kind raytower marked ``directory`` with, or None (not raytower's, or not a directory)."""
+    try:
+        doc = json.loads((Path(directory) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    return kind if kind in KINDS else None
+
+
+def check_destination(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> bool:
+    """Refuse, in one line, a destination raytower may not write a ``kind`` into; True when an
+    earlier output of that kind is there and ``force`` allows replacing it.
+
+    Allowed: a path that does not exist, an empty directory, or (with ``force``) a directory marked
+    as raytower's ``kind``. Run before any work, and again just before the swap."""
+    from raytower.errors import ConfigError
+
+    dest = Path(dest)
+    if dest.is_symlink() and not dest.exists():
+        raise ConfigError(f"{flag}: a broken symbolic link; raytower replaces no link", dest)
+    if not dest.exists():
+        _check_creatable(dest, flag)
+        return False
+    if not dest.is_dir():
+        raise ConfigError(f"{flag}: an existing file; raytower writes a directory here and never replaces a file",
+                          dest)
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: the directory is not writable (permission denied)", dest)
+    if not any(dest.iterdir()):
+        return False
+    found = output_kind(dest)
+    if found == kind:
+        if not force:
+            raise ConfigError(f"{flag}: holds an earlier raytower {kind}; pass --force to replace it, "
+                              "or choose another directory", dest)
+        return True
+    what = f"a raytower {found}, not a {kind}" if found else "files raytower did not write"
+    raise ConfigError(f"{flag}: the directory holds {what}; raytower deletes nothing of yours: "
+                      "choose a new or empty directory", dest)
+
+
+def check_file_destination(dest: str | os.PathLike, kind: str, is_ours: Callable[[Path], bool],
+                           force: bool = False, flag: str = "-o") -> None:
+    """``check_destination`` for a single file: ``is_ours(path)`` tells raytower's own ``kind``."""
+    from raytower.errors import ConfigError
+
+    dest = Path(dest)
+    if dest.is_dir():
+        raise ConfigError(f"{flag}: a directory; give a file name (raytower writes a {kind} file)", dest)
+    if not dest.exists() and not dest.is_symlink():
+        _check_creatable(dest, flag)
+        return
+    if not dest.is_file() or dest.is_symlink() or not is_ours(dest):
+        raise ConfigError(f"{flag}: an existing file that is not a raytower {kind}; raytower deletes nothing of "
+                          "yours: choose a new file name", dest)
+    if not force:
+        raise ConfigError(f"{flag}: holds an earlier raytower {kind}; pass --force to replace it", dest)
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: its directory is not writable (permission denied)", dest)
+
+
+def _check_creatable(dest: Path, flag: str) -> None:
+    from raytower.errors import ConfigError
+
+    existing = dest.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag}: cannot create the directory: {existing} is a file", dest)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot create the directory: {existing} is not writable (permission denied)",
+                          dest)
+
+
+@contextlib.contextmanager
+def output_dir(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """``atomic_dir`` for a destination the user named: checked first, marked with ``kind``, and
+    swapped in only if what is there then may still be replaced."""
+    check_destination(dest, kind, force, flag)
+    with atomic_dir(dest, may_replace=lambda d: check_destination(d, kind, force, flag)) as tmp:
+        write_marker(tmp, kind)
+        yield tmp
+
+
+def claim_output_dir(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> Path:
+    """Make ``dest`` the home of a new ``kind`` written in place (a training run, a search): checked,
+    an earlier output of that kind cleared only with ``force``, created and marked."""
+    dest = Path(dest)
+    if check_destination(dest, kind, force, flag):
+        old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+        os.replace(dest, old)  # gone from view at once; its files go next
+        shutil.rmtree(old, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_marker(dest, kind)
+    return dest
 
 
 def read_user_text(path: str | os.PathLike, what: str) -> str:

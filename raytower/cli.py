@@ -48,6 +48,11 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _add_force(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace an earlier raytower {kind} at the destination (never anything else)")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data preparation")
     g.add_argument("--data", default="synthetic", metavar="SOURCE", help=DATA_HELP)
@@ -71,7 +76,8 @@ def prepare_options(args):
 def load_data(args, progress: bool = True):
     from raytower.data import load_bundle
 
-    return load_bundle(args.data, prepare_options(args), out=getattr(args, "bundle_out", None), progress=progress)
+    return load_bundle(args.data, prepare_options(args), out=getattr(args, "bundle_out", None), progress=progress,
+                       force=getattr(args, "force", False))
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -92,7 +98,7 @@ def cmd_data_prepare(args) -> int:
 def cmd_data_download(args) -> int:
     from raytower.data._download import cached_dataset, download
 
-    path = download(args.name, args.dest) if args.dest else cached_dataset(args.name)
+    path = download(args.name, args.dest, force=args.force) if args.dest else cached_dataset(args.name)
     print(path)
     return 0
 
@@ -128,12 +134,16 @@ def cmd_train(args) -> int:
 
         if not torch.cuda.is_available():
             raise RaytowerError("--device cuda: no CUDA device is available here")
+    from raytower._io import check_destination
+
+    if args.out:
+        check_destination(args.out, "run", args.force)  # before the data is prepared
     bundle = load_data(args)
     _check_fingerprint(args, bundle)
     from raytower.train.run import train
 
     out = Path(args.out or f"runs/train-{bundle.name}")
-    train(cfg, bundle, out, device=args.device, threads=args.threads)
+    train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force)
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
@@ -172,8 +182,12 @@ def _resume_command(argv: list[str]) -> str:
 def cmd_best(args) -> int:
     import json
 
-    from raytower.tune.results import export_results
+    from raytower.tune.results import export_results, is_best_config
 
+    if args.output:
+        from raytower._io import check_file_destination
+
+        check_file_destination(args.output, "best_config.json", is_best_config, args.force)
     doc = export_results(args.dir)
     if args.output:
         from raytower._io import write_json
@@ -202,7 +216,7 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from raytower.export import export_model
 
-    path = export_model(args.dir, args.out)
+    path = export_model(args.dir, args.out, force=args.force)
     print(f"wrote {path} (user_tower.pt, item_vectors.npy, items.parquet, users.parquet, manifest.json)")
     return 0
 
@@ -221,7 +235,7 @@ def cmd_submit(args) -> int:
     tune_args = list(args.tune_args)
     if tune_args and tune_args[0] == "--":
         tune_args = tune_args[1:]
-    return submit(args.address, tune_args, args.fetch_to, args.working_dir, args.timeout)
+    return submit(args.address, tune_args, args.fetch_to, args.working_dir, args.timeout, force=args.force)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -239,10 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("prepare", help="prepare a data source into a cached bundle and print its summary")
     add_data_args(p)
     p.add_argument("--out", dest="bundle_out", metavar="DIR", help="write the bundle here instead of the cache")
+    _add_force(p, "bundle")
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("download", help="download a MovieLens release (checksum-verified)")
     p.add_argument("name", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest")
-    p.add_argument("--dest", default=None, metavar="DIR", help="where to unpack (default: the raytower cache)")
+    p.add_argument("--dest", default=None, metavar="DIR", help="unpack into DIR/NAME (default: the raytower cache)")
+    _add_force(p, "download in DIR/NAME")
     p.set_defaults(func=cmd_data_download)
 
     p = sub.add_parser("train", help="train one configuration: pretraining (cached), the curriculum, test once")
@@ -250,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="config fields as JSON or YAML, or a best_config.json")
     p.add_argument("--epochs", type=_non_negative_int, help="override the config's epochs")
     p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/train-<dataset>)")
+    p.add_argument("--out", metavar="DIR", help="run directory, new or empty (default runs/train-<dataset>)")
+    _add_force(p, "run")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (fix it for reproducible runs; default: torch's choice)")
@@ -313,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="re-export best_config.json from a finished or interrupted search")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("-o", "--output", metavar="FILE", help="write here too (default: print)")
+    _add_force(p, "best_config.json at FILE")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("report", help="leaderboard and plots of a finished or interrupted search (DIR/report/)")
@@ -326,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the chosen model for serving (TorchScript user tower, item vectors)")
     p.add_argument("dir", metavar="DIR", help="a search directory with best_config.json")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="a new or empty directory")
+    _add_force(p, "exported model")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recommend", help="top items for a user from an exported model")
@@ -342,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "The token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent.")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
                    help="the Jobs API (default %(default)s: `ray dashboard cluster.yaml` tunnels it here)")
-    p.add_argument("--fetch-to", metavar="DIR", default=None, help="copy the results here when the job succeeds")
+    p.add_argument("--fetch-to", metavar="DIR", default=None,
+                   help="copy the results here when the job succeeds (a new or empty directory)")
+    _add_force(p, "fetched results")
     p.add_argument("--working-dir", metavar="DIR", default=None, help="upload this directory as the job's working_dir")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the job after this")
     p.add_argument("tune_args", nargs=argparse.REMAINDER, metavar="-- tune ...", help="the tune command and its flags")

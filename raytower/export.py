@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from raytower._io import atomic_dir, write_json
+from raytower._io import check_destination, output_dir, write_json
 from raytower.errors import ConfigError
 from raytower.train.loop import META_COLUMNS, Curriculum, left_padded
 
@@ -49,8 +49,11 @@ def load_chosen(exp: Path) -> tuple[Curriculum, dict]:
     return run, best
 
 
-def export_model(exp: str | Path, model_dir: str | Path) -> Path:
+def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) -> Path:
+    """Write the chosen model to ``model_dir``: a new or empty directory, or (with ``force``) an
+    earlier raytower export. Nothing else there is ever replaced."""
     exp, model_dir = Path(exp), Path(model_dir)
+    check_destination(model_dir, "model", force)  # before the model is built
     run, best = load_chosen(exp)
     bundle, cfg = run.bundle, run.cfg
     run.user_tower.eval()
@@ -67,7 +70,7 @@ def export_model(exp: str | Path, model_dir: str | Path) -> Path:
     offsets = np.concatenate([[0], np.cumsum(counts)])
     users = bundle.users[["user_idx", "user_id", *META_COLUMNS]].copy()
     users["history"] = [bundle.item_idx[offsets[u]:offsets[u + 1]] for u in users["user_idx"]]
-    with atomic_dir(model_dir) as tmp:
+    with output_dir(model_dir, "model", force) as tmp:
         scripted.save(str(tmp / "user_tower.pt"))
         np.save(tmp / "item_vectors.npy", run.item_cache.cpu().numpy().astype(np.float32))
         bundle.items[["item_idx", "item_id", "title"]].to_parquet(tmp / "items.parquet", index=False)

@@ -65,10 +65,14 @@ def results_location(tune_args: list[str], out: Path) -> str:
 
 
 def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir: str | None = None,
-           timeout_s: float | None = None, log=print) -> int:
+           timeout_s: float | None = None, log=print, force: bool = False) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from raytower._io import check_destination
+
     command, out = entrypoint(tune_args)
+    if fetch_to:  # refused now, not after an hour of search
+        check_destination(fetch_to, "results", force, "--fetch-to")
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
@@ -107,14 +111,16 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
         info = client.get_job_info(job_id)
         raise RaytowerError(f"job {job_id} ended {status}: {(info.message or '').splitlines()[0][:300] if info.message else ''}")
     if fetch_to:
+        from raytower._io import output_dir
         from raytower.tune._storage import ExperimentStore
 
         dest = Path(fetch_to)
         where = results_location(tune_args, out)
-        missing = ExperimentStore(where).fetch(RESULT_FILES, dest)
-        if missing:
-            raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on storage "
-                                f"this machine reads (s3://...), or fetch with `ray rsync-down cluster.yaml {out} {dest}`",
-                                where)
+        with output_dir(dest, "results", force, "--fetch-to") as tmp:
+            missing = ExperimentStore(where).fetch(RESULT_FILES, tmp)
+            if missing:  # nothing is left at --fetch-to
+                raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on "
+                                    f"storage this machine reads (s3://...), or fetch with "
+                                    f"`ray rsync-down cluster.yaml {out} {dest}`", where)
         log(f"fetched {', '.join(RESULT_FILES)} from {where} into {dest}")
     return 0

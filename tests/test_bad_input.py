@@ -46,6 +46,38 @@ def local_search(tmp):
     return tmp
 
 
+def users_dir(tmp, name="mine"):
+    """A directory of the user's own: a refused command must leave every byte of it."""
+    d = tmp / name
+    d.mkdir(parents=True)
+    (d / "notes.txt").write_text("my own work")
+    return str(d)
+
+
+def marked(tmp, name, kind):
+    """An earlier raytower output of ``kind``."""
+    from raytower._io import write_marker
+
+    d = tmp / name
+    d.mkdir(parents=True)
+    write_marker(d, kind)
+    (d / "metrics.json").write_text("{}")
+    return str(d)
+
+
+def diverged_search(tmp):
+    """A search whose only trial diverged (its NaN epochs once ranked every target first)."""
+    out = tmp / "s"
+    (out / "tune" / "trial_a").mkdir(parents=True)
+    (out / "setup.json").write_text(json.dumps({"settings": {"storage_path": None, "max_epochs": 3, "num_samples": 1},
+                                                "setup": {}, "dataset": {}}))
+    (out / "tune" / "trial_a" / "params.json").write_text(json.dumps({"lr": 1e30}))
+    rows = [{"epoch": 1, "trial_id": "a", "val/recall@100": 1.0, "loss": float("nan"), "diverged": 1.0}]
+    (out / "tune" / "trial_a" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "stops.json").write_text(json.dumps({"a": ["diverged", 1]}))
+    return str(out)
+
+
 BEST_NO_PARAMS = json.dumps({"selection": {"value": 0.5}, "dataset": {}})
 # (argv builder, text the one-line error must contain)
 BAD_INPUT = [
@@ -82,19 +114,42 @@ BAD_INPUT = [
     (lambda t: ["export", str(t), "--out", str(t / "model")], "best_config.json"),
     (lambda t: ["recommend", str(t), "--user", "1"], "not an exported model"),
     (lambda t: ["data", "prepare", "--data", str(t)], "unknown data layout"),
+    # Destinations the user names: nothing of theirs is deleted or overwritten (issue: data loss).
+    (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", users_dir(t)], "files raytower did not write"),
+    (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", text(t, "f", "x")], "an existing file"),
+    (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", marked(t, "m", "model")],
+     "a raytower model, not a bundle"),
+    (lambda t: ["train", "--out", users_dir(t)], "files raytower did not write"),
+    (lambda t: ["train", "--out", marked(t, "r", "run")], "earlier raytower run; pass --force"),
+    (lambda t: ["train", "--out", marked(t, "r", "search"), "--force"], "a raytower search, not a run"),
+    (lambda t: ["export", users_dir(t, "a/search"), "--out", str(t / "a")], "files raytower did not write"),
+    (lambda t: ["export", str(t), "--out", text(t, "f", "x"), "--force"], "an existing file"),
+    (lambda t: ["export", str(t), "--out", marked(t, "m", "model")], "earlier raytower model; pass --force"),
+    (lambda t: ["best", str(t), "-o", users_dir(t)], "a directory"),
+    (lambda t: ["best", str(t), "-o", text(t, "best.json", "{}"), "--force"], "not a raytower best_config.json"),
+    (lambda t: ["data", "download", "ml-100k", "--dest", str(Path(users_dir(t, "d/ml-100k")).parent)],
+     "files raytower did not write"),
+    (lambda t: tune(t) if users_dir(t, "out") else None, "files raytower did not write"),
+    (lambda t: ["submit", "--address", "http://127.0.0.1:9", "--fetch-to", users_dir(t), "--", "tune", "--out", "x"],
+     "files raytower did not write"),
 ]
 
 
 @pytest.mark.parametrize("build,message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, build, message):
     argv = build(tmp_path)
-    before = {p for p in tmp_path.rglob("*")}
+    before = _snapshot(tmp_path)
     code = run(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert "\n" not in err and "Traceback" not in err, err
     assert err.startswith("raytower") and message in err, err
-    assert {p for p in tmp_path.rglob("*")} == before  # nothing partly written
+    assert _snapshot(tmp_path) == before  # nothing partly written, nothing replaced
+
+
+def _snapshot(root):
+    return {(p, p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in root.rglob("*")}
 
 
 def run(argv) -> int:
@@ -132,3 +187,11 @@ def test_config_chosen_on_other_data_warns_and_strict_refuses(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--data", SMALL_SYNTHETIC, "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert "warning" in err and "0000000000000000" in err
+
+
+def test_best_on_a_search_whose_only_trial_diverged_says_so(tmp_path, capsys):
+    # Its NaN epoch once read as Recall@100 1.0 and was exported as the best configuration.
+    assert main(["best", diverged_search(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trial is eligible" in err and "1 diverged" in err, err
+    assert not (tmp_path / "s" / "best_config.json").exists()

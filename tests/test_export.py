@@ -46,3 +46,16 @@ def test_recommend_prints_unseen_items(exported, capsys):
 def test_recommend_unknown_user_is_one_line(exported, capsys):
     assert main(["recommend", str(exported), "--user", "no-such-user"]) == 2
     assert "no-such-user" in capsys.readouterr().err
+
+
+def test_export_replaces_an_earlier_export_only_with_force(search, tmp_path, capsys):
+    model = tmp_path / "m"
+    assert main(["export", str(search), "--out", str(model)]) == 0
+    before = (model / "manifest.json").stat().st_mtime_ns
+    assert main(["export", str(search), "--out", str(model)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert (model / "manifest.json").stat().st_mtime_ns == before
+    assert main(["export", str(search), "--out", str(model), "--force"]) == 0
+    assert (model / "manifest.json").stat().st_mtime_ns != before
+    assert main(["export", str(search), "--out", str(search)]) == 2  # the search itself is never replaced
+    assert (search / "best_config.json").is_file()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from raytower._io import cache_root
+from raytower._io import atomic_dir, cache_root, check_destination, output_dir
 from raytower.data._bundle import Bundle, EvalSet
 from raytower.data._prepare import PrepareOptions, fingerprint, hash_files, is_bundle, prepare
 from raytower.errors import DataError
@@ -102,10 +103,12 @@ def load_bundle(
     out: str | Path | None = None,
     progress: bool = False,
     refresh: bool = False,
+    force: bool = False,
 ) -> Bundle:
     """Prepare ``spec`` (or reuse the cached bundle with the same fingerprint) and load it.
 
-    ``out`` writes the bundle to that directory instead of the cache.
+    ``out`` writes the bundle to that directory instead of the cache: a new or empty directory, or
+    (with ``force``) one holding an earlier raytower bundle. The same bundle already there is reused.
     """
     options = options or PrepareOptions()
     spec = str(spec)
@@ -118,11 +121,15 @@ def load_bundle(
     dest = Path(out) if out else cache_root() / "bundles" / f"{name}-{fp}"
     hit = not refresh and is_bundle(dest, fp)
     if not hit:
+        sink = atomic_dir
+        if out:
+            check_destination(dest, "bundle", force)  # before the data is read
+            sink = partial(output_dir, kind="bundle", force=force)
         bar = _progress_bar(progress, name)
         try:
             bar("reading")
             raw = read()
-            prepare(raw, options, fp, dest, progress=bar)
+            prepare(raw, options, fp, dest, progress=bar, sink=sink)
         finally:
             bar(None)
     bundle = Bundle(dest)

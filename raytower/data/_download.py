@@ -34,7 +34,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from raytower._io import atomic_dir, cache_root
+from raytower._io import cache_root, check_destination, output_dir
 from raytower.errors import DataError
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -88,12 +88,13 @@ def download(
     base_url: str | None = None,
     progress: bool = True,
     md5: str | None = None,
+    force: bool = False,
 ) -> Path:
     """Download release ``name`` and unpack it to ``dest_dir/name``; return that directory.
 
     The zip's top-level folder is stripped, so ``ml-10m`` (whose zip holds ``ml-10M100K/``) also
-    lands in ``dest_dir/ml-10m``. An existing ``dest_dir/name`` is replaced only once the new
-    copy is complete. ``md5`` overrides the registry's expected checksum (for mirrors and tests).
+    lands in ``dest_dir/ml-10m``. An existing ``dest_dir/name`` is refused unless it is an earlier
+    raytower download and ``force`` is set; it is replaced only once the new copy is complete. ``md5`` overrides the registry's expected checksum (for mirrors and tests).
     Raises DataError (one line, naming the URL or file) on any failure, leaving nothing behind.
     """
     info = _info(name)
@@ -101,18 +102,19 @@ def download(
     expected = (md5 or info.md5 or "").lower() or None
     check = PUBLISHED if md5 is None else "given checksum"
     dest_dir = Path(dest_dir)
+    target = dest_dir / name
+    check_destination(target, "dataset", force, "--dest")  # before a byte is fetched
     created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, part = tempfile.mkstemp(prefix=f".{info.zip_name}.", suffix=".part", dir=dest_dir)
     os.close(fd)
     part = Path(part)
-    target = dest_dir / name
     try:
         got = _fetch(url, part, desc=name, progress=progress)
         if expected and got != expected:
             raise DataError(f"checksum mismatch: md5 {got}, expected {expected} ({check}); "
                             "the download is corrupt or the file changed upstream", url)
-        _unpack(part, target, url)
+        _unpack(part, target, url, force)
         return target
     finally:
         part.unlink(missing_ok=True)
@@ -172,7 +174,7 @@ def _fetch(url: str, dest: Path, *, desc: str, progress: bool) -> str:
     return h.hexdigest()
 
 
-def _unpack(zip_path: Path, target: Path, url: str) -> None:
+def _unpack(zip_path: Path, target: Path, url: str, force: bool) -> None:
     """Check ``zip_path`` whole, then unpack it into ``target`` atomically."""
     try:
         with zipfile.ZipFile(zip_path) as zf:
@@ -180,7 +182,7 @@ def _unpack(zip_path: Path, target: Path, url: str) -> None:
             bad = zf.testzip()  # every entry's CRC: catches corruption a good length can hide
             if bad is not None:
                 raise DataError(f"corrupt zip: entry {bad!r} fails its CRC check", url)
-            with atomic_dir(target) as tmp:
+            with output_dir(target, "dataset", force, "--dest") as tmp:
                 for info, rel in members:
                     out = tmp.joinpath(*rel.parts)
                     out.parent.mkdir(parents=True, exist_ok=True)

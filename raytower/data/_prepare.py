@@ -94,8 +94,11 @@ def hash_files(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progress=None) -> dict:
-    """Filter, split and index ``raw``; write the bundle to ``out_dir`` atomically; return the manifest."""
+def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progress=None, sink=atomic_dir) -> dict:
+    """Filter, split and index ``raw``; write the bundle to ``out_dir`` atomically; return the manifest.
+
+    ``sink(out_dir)`` is the context manager that makes the temporary directory ``out_dir``
+    (``atomic_dir`` for the cache; ``_io.output_dir`` for a directory the user named)."""
     step = progress or (lambda msg: None)
     src = raw.files[0] if raw.files else raw.name
     df = raw.interactions
@@ -214,7 +217,7 @@ def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progr
         **item_vocab,
         **user_vocab,
     }
-    with atomic_dir(out_dir) as tmp:
+    with sink(out_dir) as tmp:
         inter = pa.table({"user_idx": uidx, "item_idx": iidx, "timestamp": ts, "split": split})
         pq.write_table(inter, tmp / "interactions.parquet")
         pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp / "items.parquet")

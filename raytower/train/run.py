@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import raytower
-from raytower._io import atomic_path, write_json
+from raytower._io import atomic_path, claim_output_dir, write_json
+from raytower.errors import RaytowerError
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
 from raytower.train.loop import Curriculum
@@ -80,12 +81,14 @@ def versions() -> dict[str, str]:
 
 
 def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", threads: int | None = None,
-          log=print, pretrain_cfg: PretrainConfig | None = None) -> dict:
-    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics."""
+          log=print, pretrain_cfg: PretrainConfig | None = None, force: bool = False) -> dict:
+    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics.
+
+    ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
+    replaced; anything else is refused before training starts."""
     from tensorboardX import SummaryWriter
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out_dir, "run", force)
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -104,14 +107,16 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
             log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
             for name, value in tensorboard_scalars(row).items():
                 tb.add_scalar(name, value, row["epoch"])
-            if not math.isfinite(row["loss"]):
-                log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}); stopping")
+            if row["diverged"]:
+                log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}, val Recall@100 "
+                    f"{row['val/recall@100']}); stopping")
                 break
             if best is None or row["val/recall@100"] > best["val/recall@100"]:
                 best, best_state = row, copy.deepcopy(run.state_dict())
                 save_checkpoint(best_state, out / "checkpoints" / "best.pt")
     if best_state is None:
-        raise RuntimeError("no epoch finished")
+        raise RaytowerError(f"training diverged in its first epoch (loss {run.history[-1]['loss']}): no epoch has a "
+                            "validation metric to choose; lower lr or raise temp_start", out)
     # Honest evaluation: test is touched once, on the epoch chosen by validation.
     final = Curriculum(cfg, bundle, artifacts, device=device)
     final.load_state_dict(best_state)

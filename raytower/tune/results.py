@@ -32,6 +32,15 @@ def is_search_dir(exp: Path) -> bool:
         return False  # setup.json that raytower did not write
 
 
+def is_best_config(path: Path) -> bool:
+    """A best_config.json raytower wrote (``export_results``), by its shape."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"params", "selection", "trial_id", "dataset"} <= doc.keys()
+
+
 def read_trials(exp: Path) -> list[dict[str, Any]]:
     """One record per trial directory: its config and its per-epoch results (deduplicated by epoch)."""
     store = ExperimentStore.of(exp)
@@ -128,15 +137,23 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+# A trial stopped for one of these is broken, whatever its best epoch reads: it never wins.
+BROKEN = ("diverged", "chance", "collapsed", "error")
+
+
 def choose(df: pd.DataFrame) -> pd.Series:
     """The best validation value at the trial's best epoch, among trials that reached the final rung
     or converged before it (``plateau``); an ASHA-stopped trial's best is a low-fidelity figure. All
-    trials if none qualifies."""
-    pool = df[df["full_fidelity"] & df[f"best/{METRIC}"].notna()]
+    sound trials if none qualifies; a broken one (``BROKEN``) never."""
+    sound = df[~df["stop_reason"].isin(BROKEN) & df[f"best/{METRIC}"].notna()]
+    pool = sound[sound["full_fidelity"]]
     if pool.empty:
-        pool = df[df[f"best/{METRIC}"].notna()]
+        pool = sound
     if pool.empty:
-        raise ConfigError("no trial reported a validation metric yet")
+        broken = df["stop_reason"][df["stop_reason"].isin(BROKEN)].value_counts()
+        why = ", ".join(f"{n} {r}" for r, n in broken.items())
+        raise ConfigError("no trial is eligible to be chosen: " + (f"every one that reported was stopped as broken ({why})"
+                          if why else "none reported a validation metric yet"))
     return pool.loc[pool[f"best/{METRIC}"].astype(float).idxmax()]
 
 

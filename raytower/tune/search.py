@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from raytower._io import write_json
+from raytower._io import check_destination, claim_output_dir, output_kind, write_json
 from raytower.errors import ConfigError
 from raytower.tune._storage import ExperimentStore, experiment_uri
 from raytower.tune.space import SearchSpace, load_space
@@ -173,7 +173,6 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         except BaseException:
             ray.shutdown()
             raise
-    out.mkdir(parents=True, exist_ok=True)
     from raytower.data import load_bundle
 
     bundle = load_bundle(data, prepare_options, progress=True)
@@ -188,6 +187,8 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     # Wall time is summed over sessions: whether Tune restarts the budget on --resume or not, a
     # search that ended short of num_samples after the budget was spent ended for the budget.
     elapsed_before = float(previous.get("elapsed_s", 0.0))
+    if not settings.resume:  # --out is created only now: a start that failed before left it untouched
+        claim_output_dir(out, "search", force=output_kind(out) == "search")
     write_json(out / "setup.json", {"settings": asdict(settings), "data": data, "setup": setup,
                                     "dataset": _dataset_info(bundle), "elapsed_s": elapsed_before})
     grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
@@ -252,24 +253,25 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
     if out == Path("/dev/shm") or Path("/dev/shm") in out.parents:
         raise ConfigError("--out is in /dev/shm, which holds Ray's object store: checkpoints there would "
                           "starve it; choose a directory on disk", out)
+    exists = (out / EXPERIMENT).exists() or (out / "setup.json").exists()
+    if resume and not exists:
+        raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
+    if exists and not resume:
+        raise ConfigError("a search already ran here: pass --resume to continue it, or choose another --out", out)
+    if not exists:
+        # A search start that failed before setup.json leaves only its marker: that is reusable.
+        check_destination(out, "search", force=output_kind(out) == "search")
+    elif not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError("--out: the directory is not writable (permission denied)", out)
     existing = out
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"cannot create the output directory: {existing} is a file", out)
-    if not os.access(existing, os.W_OK):
-        raise ConfigError("cannot create the output directory: permission denied", out)
     import shutil
 
     free_gb = shutil.disk_usage(existing).free / 2**30
     if free_gb < min_free_gb:
         raise ConfigError(f"only {free_gb:.2f} GiB free, --min-free-gb is {min_free_gb:g}: checkpoints "
                           "would fill the disk", out)
-    exists = (out / EXPERIMENT).exists() or (out / "setup.json").exists()
-    if resume and not exists:
-        raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
-    if exists and not resume:
-        raise ConfigError("a search already ran here: pass --resume to continue it, or choose another --out", out)
 
 
 def _init_ray(settings: SearchSettings) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from raytower._io import MARKER
 from raytower.data import _download
 from raytower.data._download import DATASETS, cached_dataset, dataset_url, download
 from raytower.errors import DataError
@@ -127,7 +128,7 @@ def test_success_unpacks_and_returns_the_dir(server, tmp_path):
     dest = tmp_path / "data"
     path = download("ml-100k", dest, base_url=server.url, progress=False, md5=md5(body))
     assert path == dest / "ml-100k"
-    assert {p.name for p in path.iterdir()} == set(FILES)
+    assert {p.name for p in path.iterdir()} == set(FILES) | {MARKER}  # the marker: raytower's download
     assert (path / "u.data").read_text() == FILES["u.data"]
     assert [p.name for p in dest.iterdir()] == ["ml-100k"]  # no temp files left beside it
 
@@ -239,7 +240,7 @@ def test_failed_redownload_keeps_the_old_copy(server, tmp_path):
     path = download("ml-100k", tmp_path, base_url=server.url, progress=False, md5=md5(good))
     server.serve("ml-100k.zip", good[:-40])
     with pytest.raises(DataError):
-        download("ml-100k", tmp_path, base_url=server.url, progress=False, md5=md5(good[:-40]))
+        download("ml-100k", tmp_path, base_url=server.url, progress=False, md5=md5(good[:-40]), force=True)
     assert (path / "u.data").read_text() == FILES["u.data"]
     assert [p.name for p in tmp_path.iterdir()] == ["ml-100k"]
 

@@ -81,3 +81,47 @@ def test_core_imports_no_ray():
             "print(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_earlier_run_is_replaced_only_with_force(small_cfg_file, tmp_path, capsys):
+    from raytower._io import MARKER
+    from tests.conftest import SMALL_SYNTHETIC
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", SMALL_SYNTHETIC, "--config", str(small_cfg_file), "--out", str(out),
+            "--epochs", "1", "--threads", "1"]
+    assert main([*argv, "--seed", "1"]) == 0
+    first = (out / "metrics.json").read_bytes()
+    assert main([*argv, "--seed", "2"]) == 2  # a second run would mix two runs' files and curves
+    assert "pass --force" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == first
+    assert main([*argv, "--seed", "2", "--force"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["seed"] == 2
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one run's curves, not two
+    assert json.loads((out / MARKER).read_text())["kind"] == "run"
+
+
+def test_a_run_that_diverges_at_once_is_one_line_and_never_switches_stage(tmp_path, capsys):
+    from tests.conftest import SMALL_SYNTHETIC
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("dim: 32\nitem_layers: 2\nmax_len: 30\nbatch_size: 64\nstage1_max_epochs: 1\nlr: 1.0e+30\n")
+    rc = main(["train", "--data", SMALL_SYNTHETIC, "--config", str(cfg), "--out", str(tmp_path / "run"),
+               "--epochs", "3", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "diverged" in err, err
+    assert "stage 2" not in out  # a NaN epoch is no reason to unfreeze anything
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_data_prepare_out_reuses_its_bundle_and_replaces_another_only_with_force(tmp_path, capsys):
+    from tests.conftest import SMALL_SYNTHETIC
+
+    out = tmp_path / "bundle"
+    argv = ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 0 and "(cached)" in capsys.readouterr().out  # the same bundle: nothing rewritten
+    assert main([*argv, "--data-seed", "1"]) == 2 and "pass --force" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 0
+    assert main([*argv, "--data-seed", "1", "--force"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 1
