@@ -43,7 +43,7 @@ def extend(trial_dir: str, setup: dict, epochs: int) -> dict:
     last = max(trial.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     state = torch.load(last / "state.pt", weights_only=True, map_location="cpu")
     cfg = TrainConfig.from_dict({**json.loads((trial / "params.json").read_text()), "epochs": epochs})
-    run = Curriculum(cfg, Bundle(setup["bundle"]), Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
+    run = Curriculum.create(cfg, Bundle(setup["bundle"]), Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
     run.load_state_dict(state)
     start_epoch = run.epoch
     t0, c0 = time.perf_counter(), time.process_time()

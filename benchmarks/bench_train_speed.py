@@ -118,10 +118,10 @@ def main(argv=None) -> int:
             _, w, c = timed(lambda: pretrain(bundle, pcfg, dest=Path(d) / "art", progress=quiet))
         record("pretrain (fresh)", [w], [c])
 
-    run, w, c = timed(lambda: Curriculum(cfg, bundle, artifacts, device=dev))
+    run, w, c = timed(lambda: Curriculum.create(cfg, bundle, artifacts, device=dev))
     record("Curriculum()", [w], [c])
-    results["n_train_users"] = int(len(run.train_users))
-    results["n_train_positions"] = int(sum(max(0, int(n) - 1) for n in run.train_lens))
+    results["n_train_users"] = int(len(run.data.train_users))
+    results["n_train_positions"] = int(sum(max(0, int(n) - 1) for n in run.data.train_lens))
 
     def stage(label: str) -> None:
         tw, tc, ew, ec, loss = [], [], [], [], []

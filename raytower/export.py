@@ -22,7 +22,9 @@ import torch.nn as nn
 
 from raytower._io import check_destination, output_dir, write_json
 from raytower.errors import ConfigError
-from raytower.train.loop import META_COLUMNS, Curriculum, left_padded
+from raytower.model.build import TwoTower
+from raytower.train.config import TrainConfig
+from raytower.train.data import META_COLUMNS, left_padded
 
 
 class ServingUserTower(nn.Module):
@@ -36,8 +38,9 @@ class ServingUserTower(nn.Module):
         return self.tower(users, seq, meta, last_only=True)[:, 0]
 
 
-def load_chosen(exp: Path) -> tuple[Curriculum, dict]:
-    """The chosen trial's best-epoch model, from a search directory's best_config.json."""
+def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
+    """(model, config, bundle, best_config) of the chosen trial's best epoch, from a search
+    directory's best_config.json."""
     from raytower.tune.results import trial_model
 
     best_file = exp / "best_config.json"
@@ -45,8 +48,8 @@ def load_chosen(exp: Path) -> tuple[Curriculum, dict]:
         raise ConfigError("no best_config.json: run `raytower best DIR` first", exp)
     best = json.loads(best_file.read_text())
     setup = json.loads((exp / "setup.json").read_text())["setup"]
-    run = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]), setup)
-    return run, best
+    model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]), setup)
+    return model, cfg, bundle, best
 
 
 def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) -> Path:
@@ -54,10 +57,9 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
     earlier raytower export. Nothing else there is ever replaced."""
     exp, model_dir = Path(exp), Path(model_dir)
     check_destination(model_dir, "model", force)  # before the model is built
-    run, best = load_chosen(exp)
-    bundle, cfg = run.bundle, run.cfg
-    run.user_tower.eval()
-    tower = ServingUserTower(run.user_tower).eval()
+    model, cfg, bundle, best = load_chosen(exp)
+    model.eval()
+    tower = ServingUserTower(model.user_tower).eval()
     example = (torch.tensor([1, 2]), torch.ones(2, cfg.max_len, dtype=torch.long), torch.zeros(2, len(META_COLUMNS), dtype=torch.long))
     import warnings
 
@@ -72,7 +74,7 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
     users["history"] = [bundle.item_idx[offsets[u]:offsets[u + 1]] for u in users["user_idx"]]
     with output_dir(model_dir, "model", force) as tmp:
         scripted.save(str(tmp / "user_tower.pt"))
-        np.save(tmp / "item_vectors.npy", run.item_cache.cpu().numpy().astype(np.float32))
+        np.save(tmp / "item_vectors.npy", model.item_vectors().cpu().numpy().astype(np.float32))
         bundle.items[["item_idx", "item_id", "title"]].to_parquet(tmp / "items.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         write_json(tmp / "manifest.json", {

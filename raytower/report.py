@@ -460,7 +460,7 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
 def _popularity(setup: dict) -> dict | None:
     try:
         from raytower.data import Bundle
-        from raytower.train.loop import popularity_metrics
+        from raytower.train.evaluate import popularity_metrics
 
         b = Bundle(setup["setup"]["bundle"])
         val, test = popularity_metrics(b, "val"), popularity_metrics(b, "test")

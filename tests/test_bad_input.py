@@ -170,8 +170,8 @@ def test_checkpoint_from_another_model_shape_is_refused(small_bundle, small_arti
     from raytower.errors import ConfigError
     from raytower.train.loop import Curriculum
 
-    state = Curriculum(small_config, small_bundle, small_artifacts).state_dict()
-    other = Curriculum(small_config.replace(n_blocks=1), small_bundle, small_artifacts)
+    state = Curriculum.create(small_config, small_bundle, small_artifacts).state_dict()
+    other = Curriculum.create(small_config.replace(n_blocks=1), small_bundle, small_artifacts)
     with pytest.raises(ConfigError, match="checkpoint does not fit this model"):
         other.load_state_dict(state)
 

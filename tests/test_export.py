@@ -18,17 +18,21 @@ def exported(search, tmp_path_factory):
 
 def test_exported_tower_and_item_vectors_reproduce_in_process_scores(search, exported):
     from raytower.export import ServedModel, load_chosen
+    from raytower.train.data import TrainData
+    from raytower.train.evaluate import user_vectors
 
-    run, _ = load_chosen(search)
+    model, cfg, bundle, _ = load_chosen(search)
+    data = TrainData.build(bundle, cfg.max_len)
+    items = model.item_vectors()
     served = ServedModel(exported)
-    assert np.allclose(served.item_vectors.numpy(), run.item_cache.numpy(), atol=1e-6)
-    ev = run.eval_sets["test"]
-    ref, _ = run.user_vectors("test")
+    assert np.allclose(served.item_vectors.numpy(), items.numpy(), atol=1e-6)
+    ev = data.eval_sets["test"]
+    ref, _ = user_vectors(model, data, "test")
     hists = [ev.hist_items[ev.hist_offsets[k]:ev.hist_offsets[k + 1]] for k in range(len(ev))]
-    meta = run.meta[torch.as_tensor(ev.users)].numpy()
+    meta = data.meta[torch.as_tensor(ev.users)].numpy()
     got = served.user_vector(ev.users, hists, meta)
     assert torch.allclose(got, ref, atol=1e-5)
-    assert torch.allclose(got @ served.item_vectors.T, ref @ run.item_cache.T, atol=1e-5)
+    assert torch.allclose(got @ served.item_vectors.T, ref @ items.T, atol=1e-5)
 
 
 def test_recommend_prints_unseen_items(exported, capsys):

@@ -23,8 +23,8 @@ from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.model.pretrain import Artifacts
 from raytower.train.config import TrainConfig
+from raytower.train.fit import SCALARS, best_epoch, fit
 from raytower.train.loop import Curriculum
-from raytower.train.run import SCALARS, tensorboard_scalars
 
 STATE_FILE = "state.pt"
 
@@ -49,44 +49,25 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     cfg = TrainConfig.from_dict(config)
     bundle = Bundle(setup["bundle"])
     artifacts = Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"])
-    run = Curriculum(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
+    run = Curriculum.create(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
     if state is not None:
         run.load_state_dict(state)
-    best = max((r["val/recall@100"] for r in run.history if not r.get("diverged")), default=float("-inf"))
     if run.done and run.history:
         # Restored after its last epoch. A Tune trial (the driver died between the report and the
         # end of the trial) must report its last row again, or Tune sees a trial that ends without
         # its metric. A restarted Train worker must not: its run already forwarded that row.
         if report_again_when_done:
-            report(_tune_row(run.history[-1], best), run.state_dict())
+            report(_tune_row(run.history[-1], best_epoch(run.history)), run.state_dict())
         return
-    writer = None
-    if tb_dir and rank == 0:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(tb_dir)
-    try:
-        while not run.done:
-            step = run.step()
-            if not step["diverged"]:
-                best = max(best, step["val/recall@100"])
-            row = _tune_row(step, best)
-            if writer:
-                for name, value in tensorboard_scalars(row).items():
-                    writer.add_scalar(name, value, row["epoch"])
-                writer.flush()
-            report(row, run.state_dict())
-            if row["diverged"]:
-                return  # nothing to learn past a NaN; the stopper records the reason
-    finally:
-        if writer:
-            writer.close()
+    # Nothing past a diverged epoch: fit stops there, and the stopper records the reason.
+    fit(run, lambda row, best: report(_tune_row(row, best), run.state_dict()),
+        tb_dir=tb_dir if rank == 0 else None)
 
 
-def _tune_row(step: dict, best: float) -> dict:
+def _tune_row(step: dict, best: dict | None) -> dict:
     # The first keys are the columns of Ray's progress table.
     return {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
-            "best/val/recall@100": best, **step}
+            "best/val/recall@100": best["val/recall@100"] if best else float("-inf"), **step}
 
 
 def _reporter(report_fn, checkpoint_cls, rank: int = 0):

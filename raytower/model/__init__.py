@@ -1,6 +1,8 @@
-"""The towers (``two_tower``) and their once-per-data-set pretraining (``pretrain``). No Ray here."""
+"""The towers (``two_tower``), their once-per-data-set pretraining (``pretrain``) and one
+configuration's model built from both (``build``). No Ray here."""
 
+from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts, PretrainConfig, pretrain
 from raytower.model.two_tower import HybridUserTower, ItemTower
 
-__all__ = ["Artifacts", "HybridUserTower", "ItemTower", "PretrainConfig", "pretrain"]
+__all__ = ["Artifacts", "HybridUserTower", "ItemTower", "PretrainConfig", "TwoTower", "build_model", "pretrain"]

@@ -219,7 +219,9 @@ class HybridUserTower(nn.Module):
     def __init__(self, cfg, n_items: int, gnn_user: torch.Tensor, graph_users: torch.Tensor,
                  meta_cardinalities: dict[str, int]):
         super().__init__()
-        self.gnn_user = nn.Embedding.from_pretrained(F.normalize(gnn_user, dim=-1), freeze=True)
+        # The frozen LightGCN table is data, not state: a non-persistent buffer, so a checkpoint's
+        # size does not grow with the number of users (it comes from the pretraining artifacts).
+        self.register_buffer("gnn_user", F.normalize(gnn_user, dim=-1), persistent=False)
         # Users outside the LightGCN graph (cold start) get one learned vector instead.
         self.register_buffer("graph_users", graph_users, persistent=False)
         self.cold_vec = nn.Parameter(torch.randn(gnn_user.shape[1]) * 0.02)
@@ -235,7 +237,12 @@ class HybridUserTower(nn.Module):
             # hiding it at random keeps the fusion from leaning on that leak (and trains cold start).
             in_graph = in_graph & (torch.rand(users.shape, device=users.device) >= self.gnn_dropout)
         cold = F.normalize(self.cold_vec, dim=-1).expand(users.shape[0], -1)
-        return torch.where(in_graph[:, None], self.gnn_user(users), cold)
+        return torch.where(in_graph[:, None], self.gnn_user[users], cold)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        # Checkpoints written before the GNN table became a buffer carry a copy of it: not state.
+        state = {k: v for k, v in state.items() if k != "gnn_user.weight"}
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def forward(self, users: torch.Tensor, seq: torch.Tensor, meta: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         h = self.seq(seq)  # (B, L, d)

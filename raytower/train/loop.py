@@ -1,8 +1,9 @@
 """The one training loop: the two-stage curriculum, epoch by epoch.
 
-``raytower train``, the Tune function trainable and the Ray Train worker all drive this class:
+``raytower train``, the Tune function trainable and the Ray Train worker all drive this class,
+through the one outer loop ``raytower.train.fit.fit``:
 
-    run = Curriculum(cfg, bundle, artifacts)
+    run = Curriculum.create(cfg, bundle, artifacts)   # seeds, builds the model and the data
     while not run.done:
         row = run.step()          # one epoch: train, evaluate validation, maybe switch stage
         save(run.state_dict())    # everything needed to resume exactly here
@@ -16,6 +17,7 @@ their own optimizer group at ``lr * lr_ratio``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -24,79 +26,52 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from raytower.model.pretrain import Artifacts, build_item_tower
-from raytower.model.two_tower import HybridUserTower
-from raytower.train import metrics as M
+from raytower.model.build import TwoTower, build_model
+from raytower.model.pretrain import Artifacts
 from raytower.train.config import TrainConfig
-from raytower.train.loss import candidates, inbatch_softmax, log_sampling_prob
+from raytower.train.data import TrainData
+from raytower.train.evaluate import evaluate, popularity_metrics
+from raytower.train.loss import candidates, inbatch_softmax
 from raytower.train.schedules import logq_weight, temperature
 
-META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
-
-
-def left_padded(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
-    """The last ``width`` items of each CSR row in ``rows``, right-aligned, 0-padded on the left."""
-    out = np.zeros((len(rows), width), dtype=np.int64)
-    ends = offsets[rows + 1]
-    lens = np.minimum(ends - offsets[rows], width)
-    r = np.repeat(np.arange(len(rows)), lens)
-    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    cols = width - np.repeat(lens, lens) + within
-    out[r, cols] = items[np.repeat(ends - lens, lens) + within]
-    return out
-
-
-def popularity_metrics(bundle, split: str) -> dict[str, float]:
-    """The popularity baseline, through the same ranking code as the model."""
-    ev = bundle.eval_set(split)
-    counts = torch.as_tensor(bundle.item_counts, dtype=torch.float32)[:, None]
-    ranks, top = M.rank_targets(torch.ones(len(ev), 1), counts, ev.targets, ev.hist_offsets, ev.hist_items)
-    return M.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, M.tail_items(bundle.item_counts), bundle.n_items)
+CHECKPOINT_FORMAT = 1
+SHUFFLE_POOL = 32  # batches sorted by length together: little padding, yet well shuffled
 
 
 class Curriculum:
-    def __init__(self, cfg: TrainConfig, bundle, artifacts: Artifacts, device: str | torch.device = "cpu",
+    """The two-stage curriculum over one model: its optimizer, the stage switch, one epoch's step,
+    and the state a checkpoint holds. ``create`` seeds the RNG and builds the model and the data."""
+
+    def __init__(self, cfg: TrainConfig, model: TwoTower, data: TrainData, device: str | torch.device = "cpu",
                  rank: int = 0, world_size: int = 1):
-        self.cfg, self.bundle, self.device = cfg, bundle, torch.device(device)
+        self.cfg, self.model, self.data, self.device = cfg, model, data, torch.device(device)
         self.rank, self.world_size = rank, world_size
-        seed_everything(cfg.seed)
-        dev = self.device
-        # --- towers --------------------------------------------------------------------------
-        self.item_tower = build_item_tower(bundle, cfg.dim, cfg.item_layers)
-        self.item_tower.load_state_dict(artifacts.item_tower, strict=False)
-        self.item_tower.requires_grad_(False).eval().to(dev)
-        graph_users = torch.as_tensor(~bundle.cold_mask)
-        graph_users[0] = False
-        self.user_tower = HybridUserTower(cfg, bundle.n_items, artifacts.gnn_user, graph_users,
-                                          bundle.meta_cardinalities).to(dev)
-        with torch.no_grad():  # the sequence side starts in the item tower's space
-            self.user_tower.seq.item_emb.weight.copy_(self._all_item_vectors() / cfg.dim**0.5)
-        self.user_module: nn.Module = self._wrap(self.user_tower)
+        self.user_module: nn.Module = self._wrap(model.user_tower)
         self.item_top: nn.Module | None = None  # Stage 2: the unfrozen top of the item tower
-        # --- data, all tensors built once ----------------------------------------------------
-        off, items = bundle.train_sequences
-        users = np.flatnonzero(np.diff(off) >= 2)  # a training example needs an input and a target
-        self.train_users = users
-        self.train_seqs = torch.as_tensor(left_padded(off, items, users, cfg.max_len + 1), device=dev)
-        self.train_lens = np.minimum(np.diff(off)[users], cfg.max_len + 1)
-        self.meta = torch.as_tensor(np.stack([bundle.user_feature(c) for c in META_COLUMNS], 1), device=dev)
-        self.log_q = log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(dev)
-        self.tail = M.tail_items(bundle.item_counts)
-        self.eval_sets = {s: bundle.eval_set(s) for s in ("val", "test")}
-        self.eval_inputs = {
-            s: torch.as_tensor(left_padded(ev.hist_offsets, ev.hist_items, np.arange(len(ev)), cfg.max_len), device=dev)
-            for s, ev in self.eval_sets.items()
-        }
-        self.popularity = {s: popularity_metrics(bundle, s) for s in ("val", "test")}
-        # --- state ---------------------------------------------------------------------------
+        self.popularity = {s: popularity_metrics(data.bundle, s) for s in ("val", "test")}
         self.epoch = 0  # epochs completed
         self.stage = 1
         self.switch: dict | None = None  # {"epoch": ..., "reason": ...}
         self.history: list[dict] = []
         self.item_base: torch.Tensor | None = None
         self.item_level = 0
-        self.optimizer = torch.optim.Adam(self.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.item_cache = self._all_item_vectors()
+        self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.item_cache = model.item_vectors()
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, bundle, artifacts: Artifacts, device: str | torch.device = "cpu",
+               rank: int = 0, world_size: int = 1) -> "Curriculum":
+        seed_everything(cfg.seed)
+        model = build_model(cfg, bundle, artifacts, device)
+        return cls(cfg, model, TrainData.build(bundle, cfg.max_len, device), device, rank, world_size)
+
+    @property
+    def user_tower(self):
+        return self.model.user_tower
+
+    @property
+    def item_tower(self):
+        return self.model.item_tower
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -119,11 +94,6 @@ class Curriculum:
             return DistributedDataParallel(module, device_ids=ids)
         return module
 
-    @torch.no_grad()
-    def _all_item_vectors(self) -> torch.Tensor:
-        self.item_tower.eval()
-        return self.item_tower(torch.arange(self.bundle.n_items + 1, device=self.device))
-
     def _candidate_vectors(self, cand: torch.Tensor) -> torch.Tensor:
         if self.item_top is None:
             return self.item_cache[cand]
@@ -137,19 +107,16 @@ class Curriculum:
         t0, c0 = time.perf_counter(), time.process_time()
         tau, lam = self.tau(), self.lam()
         train = self._train_epoch(tau, lam)
-        val = self.evaluate("val")
+        val, diag = self.evaluate("val")
         self.epoch += 1
+        nan = float("nan")
         row = {
             "epoch": self.epoch, "stage": self.stage, "tau": tau, "lambda": lam,
             "loss": train["loss"], "loss_random": train["loss_random"], "ln_candidates": train["ln_candidates"],
-            "gate_mean_train": train.get("gate_mean_train", float("nan")),
-            **{f"val/{k}": v for k, v in val.items() if not k.startswith("_")},
+            "gate_mean_train": train.get("gate_mean_train", nan),
+            **{f"val/{k}": v for k, v in val.items()},
             "val/below_popularity": float(val["recall@100"] < self.popularity["val"]["recall@100"]),
-            "effective_rank": val["_effective_rank"], "uniformity": val["_uniformity"],
-            "gate_mean": val.get("_gate_mean", float("nan")),
-            "gate_mean_cold": val.get("_gate_mean_cold", float("nan")),
-            "gate_mean_warm": val.get("_gate_mean_warm", float("nan")),
-            **{k[1:]: v for k, v in val.items() if k.startswith("_expert")},
+            "gate_mean": nan, "gate_mean_cold": nan, "gate_mean_warm": nan, **diag,
             "epoch_time_s": time.perf_counter() - t0, "epoch_cpu_s": time.process_time() - c0,
         }
         # A NaN loss, or scores that are not numbers (see metrics): nothing past this epoch counts.
@@ -195,17 +162,17 @@ class Curriculum:
 
     def _batches(self) -> list[torch.Tensor]:
         """This rank's batches of this epoch: shuffled, then grouped by sequence length within
-        pools of 32 batches, so a batch is cropped to little padding; the batch order is shuffled.
+        pools of SHUFFLE_POOL batches, so a batch is cropped to little padding; the batch order is shuffled.
         A fresh generator per epoch makes a resumed run draw the same batches."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.train_users), generator=g)
+        order = torch.randperm(len(self.data.train_users), generator=g)
         # Every DDP rank must take the same number of steps, or the last all-reduce hangs.
         order = order[: len(order) - len(order) % self.world_size][self.rank::self.world_size].numpy()
         bs = self.cfg.batch_size
         batches = []
-        for p in range(0, len(order), 32 * bs):
-            pool = order[p:p + 32 * bs]
-            pool = pool[np.argsort(self.train_lens[pool], kind="stable")]
+        for p in range(0, len(order), SHUFFLE_POOL * bs):
+            pool = order[p:p + SHUFFLE_POOL * bs]
+            pool = pool[np.argsort(self.data.train_lens[pool], kind="stable")]
             batches += [pool[s:s + bs] for s in range(0, len(pool), bs)]
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [torch.as_tensor(batches[k], device=self.device) for k in perm]
@@ -215,19 +182,20 @@ class Curriculum:
         self.user_tower.train()
         if self.item_top is not None:
             self.item_tower.train()
-        users_all = torch.as_tensor(self.train_users, device=self.device)
+        data = self.data
+        users_all = torch.as_tensor(data.train_users, device=self.device)
         tot = {"loss": 0.0, "loss_random": 0.0, "ln_candidates": 0.0, "gate": 0.0}
         n_rows = 0
         for idx in self._batches():
             users = users_all[idx]
-            width = int(self.train_lens[idx.cpu().numpy()].max())
-            seqs = self.train_seqs[idx, -width:]  # crop the batch to its longest sequence
+            width = int(data.train_lens[idx.cpu().numpy()].max())
+            seqs = data.train_seqs[idx, -width:]  # crop the batch to its longest sequence
             inp, tgt = seqs[:, :-1], seqs[:, 1:]
             valid = (inp > 0) & (tgt > 0)
-            u = self.user_module(users, inp, self.meta[users])[valid]
+            u = self.user_module(users, inp, data.meta[users])[valid]
             cand, labels = candidates(tgt[valid])
             v = self._candidate_vectors(cand)
-            loss, random_loss = inbatch_softmax(u, v, labels, self.log_q[cand], tau, lam)
+            loss, random_loss = inbatch_softmax(u, v, labels, data.log_q[cand], tau, lam)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -251,62 +219,13 @@ class Curriculum:
             out["gate_mean_train"] = out["gate"]
         if self.item_top is not None:
             with torch.no_grad():
-                self.item_cache = self._all_item_vectors()
+                self.item_cache = self.model.item_vectors()
         return out
 
     # --- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def user_vectors(self, split: str, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One user vector per evaluated user (the history's last position); the fusion gate too."""
-        self.user_tower.eval()
-        ev, inp = self.eval_sets[split], self.eval_inputs[split]
-        # Users in order of history length, each batch cropped to its longest history: most
-        # histories are far shorter than max_len, and attention costs grow with its square.
-        lens = np.minimum(np.diff(ev.hist_offsets), self.cfg.max_len)
-        order = torch.as_tensor(np.argsort(lens, kind="stable"), device=self.device)
-        users = torch.as_tensor(ev.users, device=self.device)
-        vecs = torch.empty(len(ev), self.cfg.dim, device=self.device)
-        gates = None
-        for s in range(0, len(ev), batch):
-            rows = order[s:s + batch]
-            width = max(1, int(lens[rows.cpu().numpy()].max()))
-            u = users[rows]
-            vecs[rows] = self.user_tower(u, inp[rows, -width:], self.meta[u], last_only=True)[:, 0]
-            g = self.user_tower.fusion.last_gate
-            if g is not None:
-                gates = gates if gates is not None else torch.empty(len(ev), g.shape[-1], device=self.device)
-                gates[rows] = g[:, 0]
-        return vecs, gates
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict:
-        ev = self.eval_sets[split]
-        item_vecs = self.item_cache
-        u, gate = self.user_vectors(split)
-        ranks, top = [], []
-        for s in range(0, len(ev), 1024):
-            sl = slice(s, s + 1024)
-            o = ev.hist_offsets[s:s + 1025]
-            r, t = M.rank_targets(u[sl], item_vecs, ev.targets[sl], o - o[0], ev.hist_items[o[0]:o[-1]])
-            ranks.append(r)
-            top.append(t)
-        out = M.summarize(np.concatenate(ranks), np.concatenate(top), ev.users, ev.targets,
-                          self.bundle.cold_mask, self.tail, self.bundle.n_items)
-        out["_effective_rank"] = M.effective_rank(item_vecs[1:])
-        out["_uniformity"] = M.uniformity(item_vecs[1:])
-        if gate is not None:
-            cold = torch.as_tensor(self.bundle.cold_mask[ev.users], device=gate.device)
-            if self.cfg.fusion == "gated":
-                out["_gate_mean"] = float(gate.mean())
-                out["_gate_mean_cold"] = float(gate[cold].mean()) if cold.any() else float("nan")
-                out["_gate_mean_warm"] = float(gate[~cold].mean()) if (~cold).any() else float("nan")
-            else:  # moe: the mean weight of each expert, over all users and apart for cold and warm
-                for k in range(gate.shape[1]):
-                    w = gate[:, k]
-                    out[f"_expert_{k}"] = float(w.mean())
-                    out[f"_expert_{k}_cold"] = float(w[cold].mean()) if cold.any() else float("nan")
-                    out[f"_expert_{k}_warm"] = float(w[~cold].mean()) if (~cold).any() else float("nan")
-        return out
+    def evaluate(self, split: str) -> tuple[dict, dict]:
+        """(metrics, diagnostics) of ``split`` with the item vectors as they stand."""
+        return evaluate(self.model, self.data, split, self.item_cache)
 
     # --- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -316,7 +235,7 @@ class Curriculum:
         for k, piece in enumerate(self.item_tower.stages()[:depth]):
             item_state[str(k)] = piece.state_dict()
         return {
-            "format": 1, "config": self.cfg.to_dict(), "epoch": self.epoch, "stage": self.stage,
+            "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "epoch": self.epoch, "stage": self.stage,
             "switch": self.switch, "history": self.history,
             "user_tower": self.user_tower.state_dict(), "item_tower_top": item_state,
             "optimizer": self.optimizer.state_dict(),
@@ -325,25 +244,46 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        try:
-            self._load_state_dict(state)
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            from raytower.errors import ConfigError
+        with _checkpoint_errors():
+            self.epoch, self.history = int(state["epoch"]), list(state["history"])
+            if state["stage"] == 2:
+                self._enter_stage2(state["switch"]["reason"])
+                self.switch = state["switch"]
+            load_model_state(self.model, state)
+            self.item_cache = self.model.item_vectors()
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
 
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"checkpoint does not fit this model ({first[:200]})") from None
 
-    def _load_state_dict(self, state: dict) -> None:
-        self.user_tower.load_state_dict(state["user_tower"])
-        self.epoch, self.history = int(state["epoch"]), list(state["history"])
-        if state["stage"] == 2:
-            self._enter_stage2(state["switch"]["reason"])
-            self.switch = state["switch"]
-            for k, piece in enumerate(self.item_tower.stages()[:len(state["item_tower_top"])]):
-                piece.load_state_dict(state["item_tower_top"][str(k)])
-            self.item_cache = self._all_item_vectors()
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+def load_model_state(model: TwoTower, state: dict) -> None:
+    """A checkpoint's weights into ``model``: the user tower and, after Stage 2, the unfrozen top of
+    the item tower. Enough to evaluate or export; training state (optimizer, RNG) stays out."""
+    with _checkpoint_errors():
+        model.user_tower.load_state_dict(state["user_tower"])
+        for k, piece in enumerate(model.item_tower.stages()[:len(state["item_tower_top"])]):
+            piece.load_state_dict(state["item_tower_top"][str(k)])
+
+
+def load_model(state: dict, bundle, artifacts: Artifacts, device: str | torch.device = "cpu") -> TwoTower:
+    """The model a checkpoint describes, built from its own config. The caller's RNG is left as it
+    was (the fresh weights are overwritten anyway), and there is no optimizer."""
+    cfg = TrainConfig.from_dict(state["config"])
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, bundle, artifacts, device)
+    load_model_state(model, state)
+    return model
+
+
+@contextlib.contextmanager
+def _checkpoint_errors():
+    """A checkpoint from another model shape (or a damaged one) is one ConfigError line."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        from raytower.errors import ConfigError
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoint does not fit this model ({first[:200]})") from None
 
 
 class _TowerTop(nn.Module):

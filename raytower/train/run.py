@@ -19,29 +19,9 @@ from raytower._io import atomic_path, claim_output_dir, write_json
 from raytower.errors import RaytowerError
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
-from raytower.train.loop import Curriculum
-
-# Stable TensorBoard names: the same in `raytower train` and in every search trial. TensorBoard
-# tags allow [A-Za-z0-9_./-] only, hence "recall_at_100" for the metric "val/recall@100".
-SCALARS = {
-    "curriculum/stage": "stage",
-    "curriculum/tau": "tau",
-    "curriculum/lambda": "lambda",
-    "loss/train": "loss",
-    "loss/random_guess": "loss_random",
-    "val/recall_at_10": "val/recall@10",
-    "val/recall_at_100": "val/recall@100",
-    "val/ndcg_at_10": "val/ndcg@10",
-    "val/cold_recall_at_100": "val/cold/recall@100",
-    "val/coverage_at_100": "val/coverage@100",
-    "val/tail_recall_at_100": "val/tail_recall@100",
-    "fusion/gate_mean": "gate_mean",
-    "fusion/gate_mean_train": "gate_mean_train",
-    "fusion/gate_mean_cold": "gate_mean_cold",
-    "fusion/gate_mean_warm": "gate_mean_warm",
-    "collapse/effective_rank": "effective_rank",
-    "collapse/uniformity": "uniformity",
-}
+from raytower.train.evaluate import evaluate
+from raytower.train.fit import fit
+from raytower.train.loop import Curriculum, load_model
 
 COLUMNS = [  # the per-epoch table: (header, row key, format)
     ("epoch", "epoch", "{:>5d}"), ("stage", "stage", "{:>5d}"), ("tau", "tau", "{:>6.3f}"),
@@ -64,12 +44,6 @@ def format_row(row: dict) -> str:
     return " ".join(cells)
 
 
-def tensorboard_scalars(row: dict) -> dict[str, float]:
-    out = {name: float(row[key]) for name, key in SCALARS.items() if key in row and row[key] == row[key]}
-    out |= {f"fusion/{k}": float(v) for k, v in row.items() if k.startswith("expert_")}
-    return out
-
-
 def versions() -> dict[str, str]:
     out = {"raytower": raytower.__version__, "torch": torch.__version__, "python": platform.python_version()}
     for mod in ("ray", "optuna"):
@@ -86,8 +60,6 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
 
     ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
     replaced; anything else is refused before training starts."""
-    from tensorboardX import SummaryWriter
-
     out = claim_output_dir(out_dir, "run", force)
     if threads:
         torch.set_num_threads(threads)
@@ -95,32 +67,28 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
     log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
     artifacts = pretrain(bundle, pcfg, progress=log)
-    run = Curriculum(cfg, bundle, artifacts, device=device)
+    run = Curriculum.create(cfg, bundle, artifacts, device=device)
     pop = run.popularity
     log(f"popularity baseline: val Recall@100 {pop['val']['recall@100']:.3f}, "
         f"test Recall@100 {pop['test']['recall@100']:.3f}, Recall@10 {pop['test']['recall@10']:.3f}")
     log(format_header())
-    best, best_state = None, None
-    with SummaryWriter(str(out / "tensorboard")) as tb:
-        while not run.done:
-            row = run.step()
-            log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
-            for name, value in tensorboard_scalars(row).items():
-                tb.add_scalar(name, value, row["epoch"])
-            if row["diverged"]:
-                log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}, val Recall@100 "
-                    f"{row['val/recall@100']}); stopping")
-                break
-            if best is None or row["val/recall@100"] > best["val/recall@100"]:
-                best, best_state = row, copy.deepcopy(run.state_dict())
-                save_checkpoint(best_state, out / "checkpoints" / "best.pt")
-    if best_state is None:
+    kept: dict = {}
+
+    def on_epoch(row: dict, best: dict | None) -> None:
+        log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
+        if row["diverged"]:
+            log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}, val Recall@100 "
+                f"{row['val/recall@100']}); stopping")
+        elif best is row:
+            kept["state"] = copy.deepcopy(run.state_dict())
+            save_checkpoint(kept["state"], out / "checkpoints" / "best.pt")
+
+    best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"))
+    if best is None:
         raise RaytowerError(f"training diverged in its first epoch (loss {run.history[-1]['loss']}): no epoch has a "
                             "validation metric to choose; lower lr or raise temp_start", out)
     # Honest evaluation: test is touched once, on the epoch chosen by validation.
-    final = Curriculum(cfg, bundle, artifacts, device=device)
-    final.load_state_dict(best_state)
-    test = final.evaluate("test")
+    test, _ = evaluate(load_model(kept["state"], bundle, artifacts, device), run.data, "test")
     result = {
         "config": cfg.to_dict(),
         "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
@@ -128,7 +96,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
         "best_epoch": best["epoch"],
         "stage_switch": run.switch,
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val/")},
-        "test": {k: v for k, v in test.items() if not k.startswith("_")},
+        "test": test,
         "popularity": pop,
         "wall_time_s": time.perf_counter() - t_start,
         "history": run.history,

@@ -224,28 +224,29 @@ def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
         done = json.loads(cache.read_text())
         if done.get("key") == key:
             return done["test"]
-    import torch
+    from raytower.train.data import TrainData
+    from raytower.train.evaluate import evaluate
 
-    run = trial_model(exp, trial["trial_id"], epoch, setup["setup"])
-    with torch.no_grad():
-        test = {k: v for k, v in run.evaluate("test").items() if not k.startswith("_")}
+    model, cfg, bundle = trial_model(exp, trial["trial_id"], epoch, setup["setup"])
+    test, _ = evaluate(model, TrainData.build(bundle, cfg.max_len), "test")
     write_json(cache, {"key": key, "test": test})
     return test
 
 
 def trial_model(exp: Path, trial_id: str, epoch: int, shared: dict):
-    """A trial's model at ``epoch``, rebuilt from its kept checkpoint and the search's shared artifacts."""
+    """(model, config, bundle) of a trial at ``epoch``, rebuilt from its kept checkpoint and the
+    search's shared artifacts."""
     from raytower.data import Bundle
     from raytower.model.pretrain import Artifacts
-    from raytower.train.loop import Curriculum
+    from raytower.train.loop import load_model
 
     state = _checkpoint_state(ExperimentStore.of(exp), [f"tune/trial_{trial_id}", f"train/train-{trial_id}"], epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
     cfg = TrainConfig.from_dict(state["config"])
-    run = Curriculum(cfg, Bundle(shared["bundle"]), Artifacts.load(shared["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
-    run.load_state_dict(state)
-    return run
+    bundle = Bundle(shared["bundle"])
+    model = load_model(state, bundle, Artifacts.load(shared["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
+    return model, cfg, bundle
 
 
 def _checkpoint_state(store: ExperimentStore, dirs: list[str], epoch: int) -> dict | None:

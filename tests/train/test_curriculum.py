@@ -4,7 +4,8 @@ import copy
 
 import torch
 
-from raytower.train.loop import Curriculum, popularity_metrics
+from raytower.train.evaluate import popularity_metrics
+from raytower.train.loop import Curriculum
 
 
 def _snapshot(module):
@@ -17,8 +18,8 @@ def _changed(before, module):
 
 def test_stage1_freezes_item_tower_and_gnn_table(small_bundle, small_artifacts, small_config):
     cfg = small_config.replace(stage1_max_epochs=3, epochs=2)
-    run = Curriculum(cfg, small_bundle, small_artifacts)
-    item0, gnn0 = _snapshot(run.item_tower), run.user_tower.gnn_user.weight.clone()
+    run = Curriculum.create(cfg, small_bundle, small_artifacts)
+    item0, gnn0 = _snapshot(run.item_tower), run.user_tower.gnn_user.clone()
     seq0 = run.user_tower.seq.blocks[0].ff[0].weight.clone()
     opt_params = {id(p) for g in run.optimizer.param_groups for p in g["params"]}
     assert not any(id(p) in opt_params for p in run.item_tower.parameters())
@@ -26,26 +27,26 @@ def test_stage1_freezes_item_tower_and_gnn_table(small_bundle, small_artifacts, 
     run.step(), run.step()
     assert run.stage == 1
     assert _changed(item0, run.item_tower) == set()  # bit-identical
-    assert torch.equal(gnn0, run.user_tower.gnn_user.weight)
+    assert torch.equal(gnn0, run.user_tower.gnn_user)
     assert not torch.equal(seq0, run.user_tower.seq.blocks[0].ff[0].weight)  # the user side learns
 
 
 def test_stage2_changes_exactly_the_chosen_blocks(small_bundle, small_artifacts, small_config):
     cfg = small_config.replace(stage1_max_epochs=1, epochs=3, unfreeze_depth=2, lr_ratio=0.5)
-    run = Curriculum(cfg, small_bundle, small_artifacts)
+    run = Curriculum.create(cfg, small_bundle, small_artifacts)
     run.step()
     assert run.stage == 2 and "stage1_max_epochs" in run.switch["reason"]
     groups = run.optimizer.param_groups
     assert len(groups) == 2 and groups[1]["lr"] == cfg.lr * 0.5
-    before, gnn0 = _snapshot(run.item_tower), run.user_tower.gnn_user.weight.clone()
+    before, gnn0 = _snapshot(run.item_tower), run.user_tower.gnn_user.clone()
     run.step()
     changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks") else "") for k in _changed(before, run.item_tower)}
     assert changed == {"head", "blocks.1"}  # head + top block of 2; block 0 and embeddings untouched
-    assert torch.equal(gnn0, run.user_tower.gnn_user.weight)
+    assert torch.equal(gnn0, run.user_tower.gnn_user)
 
 
 def test_unfreeze_depth_zero_keeps_item_tower_frozen(small_bundle, small_artifacts, small_config):
-    run = Curriculum(small_config.replace(stage1_max_epochs=1, epochs=2, unfreeze_depth=0), small_bundle, small_artifacts)
+    run = Curriculum.create(small_config.replace(stage1_max_epochs=1, epochs=2, unfreeze_depth=0), small_bundle, small_artifacts)
     before = _snapshot(run.item_tower)
     run.step(), run.step()
     assert run.stage == 2 and _changed(before, run.item_tower) == set()
@@ -53,13 +54,13 @@ def test_unfreeze_depth_zero_keeps_item_tower_frozen(small_bundle, small_artifac
 
 def test_relative_switch_on_recall(small_bundle, small_artifacts, small_config):
     # 0.01 x popularity is reached at once: the switch names the recall rule, not the epoch cap
-    run = Curriculum(small_config.replace(stage2_min_recall=0.01, stage1_max_epochs=50), small_bundle, small_artifacts)
+    run = Curriculum.create(small_config.replace(stage2_min_recall=0.01, stage1_max_epochs=50), small_bundle, small_artifacts)
     row = run.step()
     assert run.stage == 2 and row["stage_switch"].startswith("val recall@100")
 
 
 def test_rows_report_loss_beside_random_guess(small_bundle, small_artifacts, small_config):
-    run = Curriculum(small_config.replace(epochs=1, logq_warmup_epochs=5), small_bundle, small_artifacts)
+    run = Curriculum.create(small_config.replace(epochs=1, logq_warmup_epochs=5), small_bundle, small_artifacts)
     row = run.step()
     assert abs(row["loss_random"] - row["ln_candidates"]) < 1e-4  # lambda = 0: ln(#candidates)
     for key in ("val/recall@10", "val/recall@100", "val/ndcg@10", "val/cold/recall@100", "val/coverage@100",
@@ -69,12 +70,12 @@ def test_rows_report_loss_beside_random_guess(small_bundle, small_artifacts, sma
 
 def test_resume_from_state_reproduces_the_uninterrupted_run(small_bundle, small_artifacts, small_config):
     cfg = small_config.replace(epochs=4, stage1_max_epochs=2, unfreeze_depth=1)
-    straight = Curriculum(cfg, small_bundle, small_artifacts)
+    straight = Curriculum.create(cfg, small_bundle, small_artifacts)
     rows = [straight.step() for _ in range(4)]
-    first = Curriculum(cfg, small_bundle, small_artifacts)
+    first = Curriculum.create(cfg, small_bundle, small_artifacts)
     first.step(), first.step(), first.step()
     state = copy.deepcopy(first.state_dict())
-    resumed = Curriculum(cfg, small_bundle, small_artifacts)
+    resumed = Curriculum.create(cfg, small_bundle, small_artifacts)
     resumed.load_state_dict(state)
     assert resumed.stage == 2 and resumed.epoch == 3
     row = resumed.step()
@@ -82,6 +83,20 @@ def test_resume_from_state_reproduces_the_uninterrupted_run(small_bundle, small_
 
 
 def test_learns_past_popularity_in_a_few_epochs(small_bundle, small_artifacts, small_config):
-    run = Curriculum(small_config.replace(epochs=6), small_bundle, small_artifacts)
+    run = Curriculum.create(small_config.replace(epochs=6), small_bundle, small_artifacts)
     best = max(run.step()["val/recall@100"] for _ in range(6))
     assert best > popularity_metrics(small_bundle, "val")["recall@100"] + 0.02
+
+
+def test_test_once_model_equals_the_trained_one_without_the_harness(small_bundle, small_artifacts, small_config):
+    from raytower.train.evaluate import evaluate
+    from raytower.train.loop import load_model
+
+    run = Curriculum.create(small_config.replace(epochs=3, stage1_max_epochs=1, unfreeze_depth=2),
+                            small_bundle, small_artifacts)
+    while not run.done:
+        run.step()
+    rng = torch.get_rng_state()
+    model = load_model(run.state_dict(), small_bundle, small_artifacts)
+    assert torch.equal(torch.get_rng_state(), rng)  # no reseeding just to get a model
+    assert evaluate(model, run.data, "test")[0] == run.evaluate("test")[0]

@@ -26,7 +26,7 @@ def _worker(rank, world, port, bundle_path, art_path, cfg_dict, out_dir):
     from raytower.train.config import TrainConfig
     from raytower.train.loop import Curriculum
 
-    run = Curriculum(TrainConfig.from_dict(cfg_dict), Bundle(bundle_path), Artifacts.load(art_path), rank=rank, world_size=world)
+    run = Curriculum.create(TrainConfig.from_dict(cfg_dict), Bundle(bundle_path), Artifacts.load(art_path), rank=rank, world_size=world)
     rows = [run.step() for _ in range(3)]
     torch.save({"rows": rows, "user": run.user_tower.state_dict(), "head": run.item_tower.head.state_dict(),
                 "stage": run.stage}, os.path.join(out_dir, f"rank{rank}.pt"))

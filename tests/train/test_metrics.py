@@ -74,7 +74,7 @@ def test_tail_is_the_items_outside_the_top_fifth():
 
 def test_popularity_reproduces_the_ml100k_reference(ml100k_dir):
     from raytower.data import load_bundle
-    from raytower.train.loop import popularity_metrics
+    from raytower.train.evaluate import popularity_metrics
 
     b = load_bundle(str(ml100k_dir))
     val, test = popularity_metrics(b, "val"), popularity_metrics(b, "test")

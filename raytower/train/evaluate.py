@@ -1,0 +1,93 @@
+"""Full-ranking evaluation of a model on the validation or test users (see ``metrics``).
+
+    metrics, diagnostics = evaluate(model, data, "val")
+
+``metrics`` are the ranking figures (Recall@K, NDCG@K, cold, tail, coverage); ``diagnostics`` what
+the run logs beside them: the item vectors' effective rank and uniformity, the fusion's gate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raytower.model.build import TwoTower
+from raytower.train import metrics as M
+from raytower.train.data import TrainData
+
+USER_BATCH = 256  # users per forward pass of the user tower
+RANK_BATCH = 1024  # users per full-ranking pass: memory is RANK_BATCH x item chunk scores
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTower, data: TrainData, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One user vector per evaluated user (the history's last position); the fusion gate too."""
+    tower = model.user_tower
+    tower.eval()
+    ev, inp = data.eval_sets[split], data.eval_inputs[split]
+    device = inp.device
+    # Users in order of history length, each batch cropped to its longest history: most
+    # histories are far shorter than max_len, and attention costs grow with its square.
+    lens = np.minimum(np.diff(ev.hist_offsets), inp.shape[1])
+    order = torch.as_tensor(np.argsort(lens, kind="stable"), device=device)
+    users = torch.as_tensor(ev.users, device=device)
+    vecs = torch.empty(len(ev), tower.cold_vec.shape[0], device=device)
+    gates = None
+    for s in range(0, len(ev), USER_BATCH):
+        rows = order[s:s + USER_BATCH]
+        width = max(1, int(lens[rows.cpu().numpy()].max()))
+        u = users[rows]
+        vecs[rows] = tower(u, inp[rows, -width:], data.meta[u], last_only=True)[:, 0]
+        g = tower.fusion.last_gate
+        if g is not None:
+            gates = gates if gates is not None else torch.empty(len(ev), g.shape[-1], device=device)
+            gates[rows] = g[:, 0]
+    return vecs, gates
+
+
+@torch.no_grad()
+def evaluate(model: TwoTower, data: TrainData, split: str,
+             item_vecs: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """(metrics, diagnostics) of ``split``; ``item_vecs`` when the caller already holds them."""
+    ev = data.eval_sets[split]
+    item_vecs = model.item_vectors() if item_vecs is None else item_vecs
+    u, gate = user_vectors(model, data, split)
+    ranks, top = [], []
+    for s in range(0, len(ev), RANK_BATCH):
+        o = ev.hist_offsets[s:s + RANK_BATCH + 1]
+        r, t = M.rank_targets(u[s:s + RANK_BATCH], item_vecs, ev.targets[s:s + RANK_BATCH], o - o[0],
+                              ev.hist_items[o[0]:o[-1]])
+        ranks.append(r)
+        top.append(t)
+    bundle = data.bundle
+    metrics = M.summarize(np.concatenate(ranks), np.concatenate(top), ev.users, ev.targets,
+                          bundle.cold_mask, data.tail, bundle.n_items)
+    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:])}
+    if gate is not None:
+        diagnostics |= _gate_means(gate, torch.as_tensor(bundle.cold_mask[ev.users], device=gate.device),
+                                   model.user_tower.fusion.kind)
+    return metrics, diagnostics
+
+
+def _gate_means(gate: torch.Tensor, cold: torch.Tensor, kind: str) -> dict[str, float]:
+    """gated: the gate's mean, over all users and apart for cold and warm ones; moe: each expert's."""
+    def means(w: torch.Tensor, name: str) -> dict[str, float]:
+        nan = float("nan")
+        return {name: float(w.mean()), f"{name}_cold": float(w[cold].mean()) if cold.any() else nan,
+                f"{name}_warm": float(w[~cold].mean()) if (~cold).any() else nan}
+
+    if kind == "gated":
+        return means(gate, "gate_mean")
+    out = {}
+    for k in range(gate.shape[1]):
+        out |= means(gate[:, k], f"expert_{k}")
+    return out
+
+
+def popularity_metrics(bundle, split: str) -> dict[str, float]:
+    """The popularity baseline, through the same ranking code as the model."""
+    ev = bundle.eval_set(split)
+    counts = torch.as_tensor(bundle.item_counts, dtype=torch.float32)[:, None]
+    ranks, top = M.rank_targets(torch.ones(len(ev), 1), counts, ev.targets, ev.hist_offsets, ev.hist_items)
+    return M.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, M.tail_items(bundle.item_counts),
+                       bundle.n_items)
