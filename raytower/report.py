@@ -460,11 +460,10 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
 def _popularity(setup: dict) -> dict | None:
     try:
         from raytower.data import Bundle
-        from raytower.train.evaluate import popularity_metrics
+        from raytower.train.evaluate import popularity
 
-        b = Bundle(setup["setup"]["bundle"])
-        val, test = popularity_metrics(b, "val"), popularity_metrics(b, "test")
-        return {"val": val["recall@100"], "test": test["recall@100"], "test10": test["recall@10"]}
+        pop = popularity(Bundle(setup["setup"]["bundle"]))  # cached with the bundle
+        return {"val": pop["val"]["recall@100"], "test": pop["test"]["recall@100"], "test10": pop["test"]["recall@10"]}
     except Exception:  # the bundle may live on another machine (a cluster's head node)
         return None
 

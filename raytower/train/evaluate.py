@@ -8,9 +8,12 @@ the run logs beside them: the item vectors' effective rank and uniformity, the f
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
+from raytower._io import write_json
 from raytower.model.build import TwoTower
 from raytower.train import metrics as M
 from raytower.train.data import TrainData
@@ -84,10 +87,31 @@ def _gate_means(gate: torch.Tensor, cold: torch.Tensor, kind: str) -> dict[str, 
     return out
 
 
+POPULARITY_FILE = "popularity.json"  # beside the bundle's files: computed once per bundle
+
+
+def popularity(bundle) -> dict[str, dict[str, float]]:
+    """The popularity baseline of ``val`` and ``test``, computed once per bundle and cached with it."""
+    path = bundle.path / POPULARITY_FILE
+    key = {"bundle": bundle.fingerprint, "method": "closed-form/1"}
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("key") == key:
+            return doc["metrics"]
+    except (OSError, ValueError, AttributeError):
+        pass  # not computed yet, or damaged: compute it again
+    metrics = {s: popularity_metrics(bundle, s) for s in ("val", "test")}
+    try:
+        write_json(path, {"key": key, "metrics": metrics})
+    except OSError:
+        pass  # a read-only bundle: the figures are still right, only not kept
+    return metrics
+
+
 def popularity_metrics(bundle, split: str) -> dict[str, float]:
-    """The popularity baseline, through the same ranking code as the model."""
+    """The popularity baseline of ``split``: the most-counted train items first, history masked,
+    in closed form (``metrics.popularity_ranks``), no item scored per user."""
     ev = bundle.eval_set(split)
-    counts = torch.as_tensor(bundle.item_counts, dtype=torch.float32)[:, None]
-    ranks, top = M.rank_targets(torch.ones(len(ev), 1), counts, ev.targets, ev.hist_offsets, ev.hist_items)
-    return M.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, M.tail_items(bundle.item_counts),
-                       bundle.n_items)
+    ranks, coverage = M.popularity_ranks(bundle.item_counts, ev.targets, ev.hist_offsets, ev.hist_items)
+    return M.summarize(ranks, None, ev.users, ev.targets, bundle.cold_mask, M.tail_items(bundle.item_counts),
+                       bundle.n_items, coverage=coverage)

@@ -30,7 +30,7 @@ from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts
 from raytower.train.config import TrainConfig
 from raytower.train.data import TrainData
-from raytower.train.evaluate import evaluate, popularity_metrics
+from raytower.train.evaluate import evaluate, popularity
 from raytower.train.loss import candidates, inbatch_softmax
 from raytower.train.schedules import logq_weight, temperature
 
@@ -48,7 +48,7 @@ class Curriculum:
         self.rank, self.world_size = rank, world_size
         self.user_module: nn.Module = self._wrap(model.user_tower)
         self.item_top: nn.Module | None = None  # Stage 2: the unfrozen top of the item tower
-        self.popularity = {s: popularity_metrics(data.bundle, s) for s in ("val", "test")}
+        self.popularity = popularity(data.bundle)
         self.epoch = 0  # epochs completed
         self.stage = 1
         self.switch: dict | None = None  # {"epoch": ..., "reason": ...}

@@ -79,9 +79,11 @@ def ranking_metrics(ranks: np.ndarray, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def summarize(ranks: np.ndarray, top: np.ndarray, users: np.ndarray, targets: np.ndarray,
-              cold_mask: np.ndarray, tail_mask: np.ndarray, n_items: int) -> dict[str, float]:
-    """All users, cold-start users apart, tail-target users apart, and coverage@100."""
+def summarize(ranks: np.ndarray, top: np.ndarray | None, users: np.ndarray, targets: np.ndarray,
+              cold_mask: np.ndarray, tail_mask: np.ndarray, n_items: int,
+              coverage: float | None = None) -> dict[str, float]:
+    """All users, cold-start users apart, tail-target users apart, and coverage@100 (from the
+    rows' ``top`` items, or given as ``coverage``)."""
     out = ranking_metrics(ranks)
     cold = cold_mask[users]
     out |= {k: v for k, v in ranking_metrics(ranks[cold], "cold/").items() if k.endswith(("@10", "@100"))}
@@ -89,7 +91,9 @@ def summarize(ranks: np.ndarray, top: np.ndarray, users: np.ndarray, targets: np
     broken = bool(np.isnan(ranks).any())
     if tail.any():
         out["tail_recall@100"] = math.nan if broken else float((ranks[tail] < 100).mean())
-    out["coverage@100"] = math.nan if broken else float(len(np.setdiff1d(np.unique(top[:, :100]), [0])) / n_items)
+    if coverage is None:
+        coverage = float(len(np.setdiff1d(np.unique(top[:, :100]), [0])) / n_items)
+    out["coverage@100"] = math.nan if broken else coverage
     out["n_users"] = int(len(ranks))
     return out
 
@@ -122,3 +126,46 @@ def uniformity(vecs: torch.Tensor, sample: int = 2048, seed: int = 0) -> float:
     d2 = torch.cdist(x, x).pow(2)
     off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
     return float(torch.log(torch.exp(-2 * d2[off]).mean()))
+
+
+def popularity_ranks(counts: np.ndarray, targets: np.ndarray, hist_offsets: np.ndarray,
+                     hist_items: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ranks of a most-popular ranking in closed form, and its coverage@100, with the history masked.
+
+    The same ranking ``rank_targets`` makes of the scores ``counts`` (ties to the lower item id),
+    without scoring every item for every user: an item's place in the one global order, less the
+    user's masked items placed before it. Time O(history entries x log), memory O(history entries):
+    the ranked computation took 4.6 GB at 1M interactions.
+    """
+    n = len(counts) - 1
+    order = np.lexsort((np.arange(1, n + 1), -counts[1:])) + 1  # items by count, ties by id
+    pos = np.empty(n + 1, dtype=np.int64)
+    pos[order] = np.arange(n)
+    pos[0] = n  # padding: never ranked
+    rows = np.repeat(np.arange(len(targets)), np.diff(hist_offsets))
+    # Each masked item counts once per user, however often it is in the history.
+    pair = np.unique(rows.astype(np.int64) * (n + 1) + hist_items)
+    rows, masked = pair // (n + 1), pos[pair % (n + 1)]
+    coverage = _popularity_coverage(rows, masked, len(targets), n)
+    # Masked items placed before the target; the target itself never outranks itself.
+    before = masked < pos[targets[rows]]
+    ranks = pos[targets] - np.bincount(rows[before], minlength=len(targets))
+    return ranks.astype(np.float64), coverage
+
+
+def _popularity_coverage(rows: np.ndarray, masked: np.ndarray, n_rows: int, n: int) -> float:
+    """|union of every row's top-100 unmasked items| / n, rows' masked positions given (distinct).
+
+    Row u's top TOPK are the global positions below c_u except its masked ones, where
+    c_u = TOPK + #{masked p_i : p_i - i < TOPK} (p_i ascending, i from 0). Position j is covered
+    when some row has c_u > j without masking j."""
+    k = min(TOPK, n)
+    by = np.lexsort((masked, rows))
+    rows, masked = rows[by], masked[by]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    i = np.arange(len(rows)) - starts[rows]
+    cut = np.minimum(k + np.bincount(rows[masked - i < k], minlength=n_rows), n)
+    reach = np.bincount(cut, minlength=n + 1)[::-1].cumsum()[::-1]  # reach[j] = #{u: cut_u >= j}
+    reaching = reach[1:]  # #{u: cut_u > j}, j = 0..n-1
+    hidden = np.bincount(masked[masked < cut[rows]], minlength=n)[:n]
+    return float((reaching > hidden).sum() / n)

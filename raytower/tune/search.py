@@ -119,6 +119,9 @@ def prepare_shared(space: SearchSpace, bundle, out: Path, log=print) -> dict[str
         log(f"pretraining LightGCN + item tower for dim={d}, item_layers={l} (cached per data set)")
         art = pretrain(bundle, PretrainConfig(dim=d, item_layers=l), progress=log)
         artifacts[f"{d}-{l}"] = str(art.path)
+    from raytower.train.evaluate import popularity
+
+    popularity(bundle)  # once, here, into the bundle: every trial reads it
     return {"bundle": str(bundle.path), "artifacts": artifacts}
 
 

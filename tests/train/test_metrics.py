@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from raytower.train import metrics as M
@@ -95,3 +96,46 @@ def test_a_score_that_is_not_a_number_is_never_ranked():
     broken_item[2] = float("nan")  # one item vector broken: no ranking over it can be trusted
     ranks, _ = M.rank_targets(torch.ones(2, 1), broken_item, np.array([1, 3]), *_csr([[], []]))
     assert np.isnan(ranks).all()
+
+
+def test_popularity_in_closed_form_equals_the_ranked_computation_on_ml100k(ml100k_dir):
+    from raytower.data import load_bundle
+    from raytower.train.evaluate import popularity
+
+    b = load_bundle(str(ml100k_dir))
+    pop = popularity(b)
+    assert (b.path / "popularity.json").is_file()  # cached with the bundle
+    for split in ("val", "test"):
+        ev = b.eval_set(split)
+        counts = torch.as_tensor(b.item_counts, dtype=torch.float32)[:, None]
+        ranks, top = M.rank_targets(torch.ones(len(ev), 1), counts, ev.targets, ev.hist_offsets, ev.hist_items)
+        closed, _ = M.popularity_ranks(b.item_counts, ev.targets, ev.hist_offsets, ev.hist_items)
+        assert np.array_equal(closed, ranks)
+        ranked = M.summarize(ranks, top, ev.users, ev.targets, b.cold_mask, M.tail_items(b.item_counts), b.n_items)
+        # Coverage alone may differ: at the 100th place torch.topk breaks ties arbitrarily, the
+        # closed form by item id (as ranks do); a few items on ml-100k.
+        assert {k: v for k, v in pop[split].items() if k != "coverage@100"} == \
+               {k: v for k, v in ranked.items() if k != "coverage@100"}
+        assert pop[split]["coverage@100"] == pytest.approx(ranked["coverage@100"], abs=0.003)
+
+
+def test_popularity_in_closed_form_breaks_ties_by_item_id_like_the_ranks():
+    counts = np.array([0, 5, 3, 3, 3, 1])  # items 2, 3 and 4 tie
+    off, hist = _csr([[2, 2], []])  # user 0 has seen item 2 (twice): it is masked once
+    ranks, _ = M.popularity_ranks(counts, np.array([4, 4]), off, hist)
+    assert ranks.tolist() == [2, 3]  # user 0: items 1 and 3 above item 4; user 1: items 1, 2, 3
+
+
+def test_popularity_coverage_is_the_union_of_every_users_top_100():
+    rng = np.random.default_rng(0)
+    n = 300
+    counts = np.concatenate([[0], rng.integers(0, 20, n)])  # many ties
+    hists = [rng.choice(np.arange(1, n + 1), size=rng.integers(0, 150), replace=True) for _ in range(40)]
+    off, hist = _csr(hists)
+    targets = rng.integers(1, n + 1, len(hists))
+    _, got = M.popularity_ranks(counts, targets, off, hist)
+    order = np.lexsort((np.arange(1, n + 1), -counts[1:])) + 1
+    covered = set()
+    for h in hists:
+        covered |= set([i for i in order if i not in set(h.tolist())][:100])
+    assert got == len(covered) / n
