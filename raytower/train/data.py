@@ -1,8 +1,11 @@
-"""Every tensor the curriculum and its evaluation read, built once from a bundle.
+"""What the curriculum and its evaluation read, built once from a bundle.
 
     data = TrainData.build(bundle, max_len, device)
-    data.train_seqs      (n_train_users, max_len + 1) left-padded item ids: inputs and targets
-    data.eval_inputs     {"val": ..., "test": ...} (n_users, max_len): the history before the target
+    data.train_batch(rows, width)          (len(rows), width) left-padded items: inputs and targets
+    data.eval_batch("val", rows, width)    (len(rows), width) the history before each target
+
+Sequences stay in CSR form (offsets, items): memory is linear in the interactions, and a batch
+is padded only to its own longest sequence when it is drawn, then copied to the device.
 """
 
 from __future__ import annotations
@@ -33,29 +36,35 @@ def left_padded(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width:
 @dataclass
 class TrainData:
     bundle: object
+    max_len: int
+    device: torch.device
     train_users: np.ndarray  # users with at least an input and a target
-    train_seqs: torch.Tensor
     train_lens: np.ndarray  # each train user's sequence length, capped at max_len + 1
     meta: torch.Tensor  # (n_users + 1, len(META_COLUMNS)) feature bucket ids
     log_q: torch.Tensor  # log of each item's share of the train interactions
     tail: np.ndarray  # items outside the 20% most popular
     eval_sets: dict
-    eval_inputs: dict[str, torch.Tensor]
 
     @classmethod
     def build(cls, bundle, max_len: int, device: str | torch.device = "cpu") -> "TrainData":
-        off, items = bundle.train_sequences
+        off, _ = bundle.train_sequences
         users = np.flatnonzero(np.diff(off) >= 2)  # a training example needs an input and a target
-        eval_sets = {s: bundle.eval_set(s) for s in ("val", "test")}
         return cls(
-            bundle=bundle,
+            bundle=bundle, max_len=max_len, device=torch.device(device),
             train_users=users,
-            train_seqs=torch.as_tensor(left_padded(off, items, users, max_len + 1), device=device),
             train_lens=np.minimum(np.diff(off)[users], max_len + 1),
             meta=torch.as_tensor(np.stack([bundle.user_feature(c) for c in META_COLUMNS], 1), device=device),
             log_q=log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(device),
             tail=M.tail_items(bundle.item_counts),
-            eval_sets=eval_sets,
-            eval_inputs={s: torch.as_tensor(left_padded(ev.hist_offsets, ev.hist_items, np.arange(len(ev)), max_len),
-                                            device=device) for s, ev in eval_sets.items()},
+            eval_sets={s: bundle.eval_set(s) for s in ("val", "test")},
         )
+
+    def train_batch(self, rows: np.ndarray, width: int) -> torch.Tensor:
+        """The last ``width`` train items of the train users at positions ``rows`` (<= max_len + 1)."""
+        off, items = self.bundle.train_sequences
+        return torch.as_tensor(left_padded(off, items, self.train_users[rows], width), device=self.device)
+
+    def eval_batch(self, split: str, rows: np.ndarray, width: int) -> torch.Tensor:
+        """The last ``width`` history items (<= max_len) of the evaluated users at positions ``rows``."""
+        ev = self.eval_sets[split]
+        return torch.as_tensor(left_padded(ev.hist_offsets, ev.hist_items, rows, width), device=self.device)

@@ -27,20 +27,20 @@ def user_vectors(model: TwoTower, data: TrainData, split: str) -> tuple[torch.Te
     """One user vector per evaluated user (the history's last position); the fusion gate too."""
     tower = model.user_tower
     tower.eval()
-    ev, inp = data.eval_sets[split], data.eval_inputs[split]
-    device = inp.device
-    # Users in order of history length, each batch cropped to its longest history: most
+    ev, device = data.eval_sets[split], data.device
+    # Users in order of history length, each batch padded to its longest history: most
     # histories are far shorter than max_len, and attention costs grow with its square.
-    lens = np.minimum(np.diff(ev.hist_offsets), inp.shape[1])
-    order = torch.as_tensor(np.argsort(lens, kind="stable"), device=device)
+    lens = np.minimum(np.diff(ev.hist_offsets), data.max_len)
+    order = np.argsort(lens, kind="stable")
     users = torch.as_tensor(ev.users, device=device)
     vecs = torch.empty(len(ev), tower.cold_vec.shape[0], device=device)
     gates = None
     for s in range(0, len(ev), USER_BATCH):
-        rows = order[s:s + USER_BATCH]
-        width = max(1, int(lens[rows.cpu().numpy()].max()))
+        batch = order[s:s + USER_BATCH]
+        rows = torch.as_tensor(batch, device=device)
         u = users[rows]
-        vecs[rows] = tower(u, inp[rows, -width:], data.meta[u], last_only=True)[:, 0]
+        seq = data.eval_batch(split, batch, max(1, int(lens[batch].max())))
+        vecs[rows] = tower(u, seq, data.meta[u], last_only=True)[:, 0]
         g = tower.fusion.last_gate
         if g is not None:
             gates = gates if gates is not None else torch.empty(len(ev), g.shape[-1], device=device)

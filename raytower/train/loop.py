@@ -188,8 +188,8 @@ class Curriculum:
         n_rows = 0
         for idx in self._batches():
             users = users_all[idx]
-            width = int(data.train_lens[idx.cpu().numpy()].max())
-            seqs = data.train_seqs[idx, -width:]  # crop the batch to its longest sequence
+            rows = idx.cpu().numpy()
+            seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
             inp, tgt = seqs[:, :-1], seqs[:, 1:]
             valid = (inp > 0) & (tgt > 0)
             u = self.user_module(users, inp, data.meta[users])[valid]
