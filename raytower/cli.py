@@ -53,6 +53,23 @@ def _add_force(p: argparse.ArgumentParser, kind: str) -> None:
                    help=f"replace an earlier raytower {kind} at the destination (never anything else)")
 
 
+def _val_users(text: str) -> int:
+    v = int(text)
+    if v < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (auto), 0 (all) or a number of users, got {text}")
+    return v
+
+
+def _add_val_users(p: argparse.ArgumentParser, default: int | None) -> None:
+    from raytower.train.config import VAL_USERS_AUTO
+
+    p.add_argument("--val-users", type=_val_users, default=default, metavar="N",
+                   help=f"validate each epoch on a seeded sample of N users, the same for every trial (its "
+                        f"standard error is printed beside Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} "
+                        f"users, a sample of {VAL_USERS_AUTO:,} above (default{'' if default is None else ' -1'}"
+                        f"{': the config' if default is None else ''}). Test always ranks every user")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data preparation")
     g.add_argument("--data", default="synthetic", metavar="SOURCE", help=DATA_HELP)
@@ -126,7 +143,8 @@ def cmd_train(args) -> int:
     from raytower.train.config import TrainConfig
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("val_users", args.val_users))
+                 if v is not None}
     if overrides:
         cfg = cfg.replace(**overrides)
     if args.device == "cuda":
@@ -160,7 +178,7 @@ def cmd_tune(args) -> int:
         searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
         storage_path=args.storage_path,
         chance_patience=args.chance_patience, patience=args.patience, resume=args.resume, warm_start=args.warm_start,
-        min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial,
+        min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial, val_users=args.val_users,
     )
     try:
         run_search(settings, data=args.data, prepare_options=prepare_options(args))
@@ -264,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one configuration: pretraining (cached), the curriculum, test once")
     add_data_args(p)
     p.add_argument("--config", metavar="FILE", help="config fields as JSON or YAML, or a best_config.json")
-    p.add_argument("--epochs", type=_non_negative_int, help="override the config's epochs")
+    p.add_argument("--epochs", type=_positive_int, help="override the config's epochs")
+    _add_val_users(p, default=None)
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--out", metavar="DIR", help="run directory, new or empty (default runs/train-<dataset>)")
     _add_force(p, "run")
@@ -285,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="search_spaces/default.yaml", metavar="YAML", help="search space (default %(default)s)")
     p.add_argument("--num-samples", type=_positive_int, default=20, help="trials (default %(default)s)")
     p.add_argument("--max-epochs", type=_positive_int, default=30, help="epochs of a trial that is never stopped")
+    _add_val_users(p, default=-1)
     p.add_argument("--out", default="runs/search", metavar="DIR", help="experiment directory (default %(default)s)")
     p.add_argument("--address", default=None,
                    help="join a Ray cluster ('auto' on a cluster node, or host:port); default: a private local Ray")

@@ -29,6 +29,17 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
+    def sample(self, n: int, seed: int = 0) -> "EvalSet":
+        """A seeded sample of ``n`` users (all when there are no more), in the original order:
+        the same sample for the same data, whatever the trial."""
+        if n >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        lens = self.hist_offsets[rows + 1] - self.hist_offsets[rows]
+        idx = np.repeat(self.hist_offsets[rows] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
+        return EvalSet(self.users[rows], self.targets[rows], np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                       self.hist_items[idx])
+
 
 class Bundle:
     """Read-only view of a bundle directory written by ``prepare``."""

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from raytower.train import metrics as M
+from raytower.train.config import VAL_USERS_AUTO
 from raytower.train.loss import log_sampling_prob
 
 META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
+VAL_SAMPLE_SEED = 0  # one validation sample per data set, whatever the trial's seed
 
 
 def left_padded(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
@@ -46,8 +48,13 @@ class TrainData:
     eval_sets: dict
 
     @classmethod
-    def build(cls, bundle, max_len: int, device: str | torch.device = "cpu") -> "TrainData":
+    def build(cls, bundle, max_len: int, device: str | torch.device = "cpu", val_users: int = -1) -> "TrainData":
+        """``val_users``: TrainConfig's (-1 auto, 0 all, else a seeded sample of that many)."""
         off, _ = bundle.train_sequences
+        val = bundle.eval_set("val")
+        n_val = VAL_USERS_AUTO if val_users == -1 else val_users
+        if n_val:
+            val = val.sample(n_val, seed=VAL_SAMPLE_SEED)
         users = np.flatnonzero(np.diff(off) >= 2)  # a training example needs an input and a target
         return cls(
             bundle=bundle, max_len=max_len, device=torch.device(device),
@@ -56,7 +63,7 @@ class TrainData:
             meta=torch.as_tensor(np.stack([bundle.user_feature(c) for c in META_COLUMNS], 1), device=device),
             log_q=log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(device),
             tail=M.tail_items(bundle.item_counts),
-            eval_sets={s: bundle.eval_set(s) for s in ("val", "test")},
+            eval_sets={"val": val, "test": bundle.eval_set("test")},
         )
 
     def train_batch(self, rows: np.ndarray, width: int) -> torch.Tensor:

@@ -63,7 +63,7 @@ class Curriculum:
                rank: int = 0, world_size: int = 1) -> "Curriculum":
         seed_everything(cfg.seed)
         model = build_model(cfg, bundle, artifacts, device)
-        return cls(cfg, model, TrainData.build(bundle, cfg.max_len, device), device, rank, world_size)
+        return cls(cfg, model, TrainData.build(bundle, cfg.max_len, device, cfg.val_users), device, rank, world_size)
 
     @property
     def user_tower(self):
@@ -115,6 +115,8 @@ class Curriculum:
             "loss": train["loss"], "loss_random": train["loss_random"], "ln_candidates": train["ln_candidates"],
             "gate_mean_train": train.get("gate_mean_train", nan),
             **{f"val/{k}": v for k, v in val.items()},
+            # Its standard error: the validation users may be a sample (val_users).
+            "val/recall@100_se": math.sqrt(val["recall@100"] * (1 - val["recall@100"]) / max(val["n_users"], 1)),
             "val/below_popularity": float(val["recall@100"] < self.popularity["val"]["recall@100"]),
             "gate_mean": nan, "gate_mean_cold": nan, "gate_mean_warm": nan, **diag,
             "epoch_time_s": time.perf_counter() - t0, "epoch_cpu_s": time.process_time() - c0,

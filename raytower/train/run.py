@@ -27,7 +27,7 @@ COLUMNS = [  # the per-epoch table: (header, row key, format)
     ("epoch", "epoch", "{:>5d}"), ("stage", "stage", "{:>5d}"), ("tau", "tau", "{:>6.3f}"),
     ("lambda", "lambda", "{:>6.3f}"), ("loss", "loss", "{:>7.3f}"), ("random", "loss_random", "{:>7.3f}"),
     ("ln#cand", "ln_candidates", "{:>7.3f}"), ("R@10", "val/recall@10", "{:>6.3f}"),
-    ("R@100", "val/recall@100", "{:>6.3f}"), ("gate", "gate_mean", "{:>5.2f}"),
+    ("R@100", "val/recall@100", "{:>6.3f}"), ("±SE", "val/recall@100_se", "{:>5.3f}"), ("gate", "gate_mean", "{:>5.2f}"),
     ("erank", "effective_rank", "{:>6.1f}"), ("sec", "epoch_time_s", "{:>5.1f}"),
 ]
 

@@ -70,6 +70,7 @@ class SearchSettings:
     warm_start: str | None = None  # an earlier search directory whose finished trials TPE learns from
     threads_per_trial: int | None = None
     min_free_gb: float = 1.0
+    val_users: int = -1  # TrainConfig.val_users of every trial: the same validation sample for all
 
     def validate(self) -> None:
         if self.num_samples < 1:
@@ -84,6 +85,14 @@ class SearchSettings:
             raise ConfigError(f"--patience must be >= 0, got {self.patience}")
         if self.reduction_factor < 2:
             raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+        if not 0 <= self.seed < 2**32:  # the TPE sampler's numpy seed
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.searcher not in ("tpe", "random"):
+            raise ConfigError(f"--searcher must be tpe or random, got {self.searcher!r}")
+        if self.scheduler not in ("asha", "none"):
+            raise ConfigError(f"--scheduler must be asha or none, got {self.scheduler!r}")
+        if self.val_users < -1:
+            raise ConfigError(f"--val-users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
 
     @property
     def resolved_executor(self) -> str:
@@ -458,7 +467,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=grace,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else None)
-    param_space = {"epochs": settings.max_epochs}
+    param_space = {"epochs": settings.max_epochs, "val_users": settings.val_users}
     stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac,
                                 patience=settings.patience, grace=grace)
     # The trainable writes the curriculum's scalars to TensorBoard under stable names; Tune's own

@@ -1,6 +1,7 @@
 """TrainData: sequences in CSR form, padded per batch; nothing of size users x max_len."""
 
 import numpy as np
+import pytest
 import torch
 
 from raytower.train.data import TrainData, left_padded
@@ -31,3 +32,32 @@ def test_a_batch_is_the_padded_matrix_cropped_to_its_longest_sequence(small_bund
     ev = data.eval_sets["val"]
     hist = left_padded(ev.hist_offsets, ev.hist_items, np.arange(len(ev)), 30)
     assert torch.equal(data.eval_batch("val", rows, 7), torch.as_tensor(hist[rows, -7:]))
+
+
+def test_validation_sample_is_seeded_the_same_for_every_trial_and_test_stays_whole(small_bundle):
+    a = TrainData.build(small_bundle, 30, val_users=100)
+    b = TrainData.build(small_bundle, 30, val_users=100)
+    full = small_bundle.eval_set("val")
+    assert len(a.eval_sets["val"]) == 100 and np.array_equal(a.eval_sets["val"].users, b.eval_sets["val"].users)
+    assert len(a.eval_sets["test"]) == len(small_bundle.eval_set("test"))
+    ev = a.eval_sets["val"]  # each sampled user keeps its own target and history
+    k = int(np.searchsorted(full.users, ev.users[3]))
+    assert ev.targets[3] == full.targets[k]
+    assert np.array_equal(ev.hist_items[ev.hist_offsets[3]:ev.hist_offsets[4]],
+                          full.hist_items[full.hist_offsets[k]:full.hist_offsets[k + 1]])
+    assert len(TrainData.build(small_bundle, 30, val_users=0).eval_sets["val"]) == len(full)
+    assert len(TrainData.build(small_bundle, 30, val_users=-1).eval_sets["val"]) == len(full)  # under the auto size
+
+
+def test_an_epoch_reports_the_standard_error_of_its_validation_sample(small_bundle, small_artifacts, small_config):
+    from raytower.train.loop import Curriculum
+
+    rows = {}
+    for seed in (1, 2):  # two trials' seeds: one validation sample
+        run = Curriculum.create(small_config.replace(epochs=1, val_users=150, seed=seed), small_bundle, small_artifacts)
+        rows[seed] = run.step()
+        assert np.array_equal(run.data.eval_sets["val"].users, small_bundle.eval_set("val").sample(150).users)
+    r = rows[1]
+    assert r["val/n_users"] == 150
+    p = r["val/recall@100"]
+    assert r["val/recall@100_se"] == pytest.approx((p * (1 - p) / 150) ** 0.5)
