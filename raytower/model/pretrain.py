@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from raytower._io import atomic_dir, cache_root, write_json
+from raytower._progress import Progress
 from raytower.errors import DataError
 from raytower.model.two_tower import ItemTower
 
@@ -154,7 +154,8 @@ def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print):
     n = len(src)
     batch = _batch_size(n, pcfg.gnn_batch)
     total = 0.0
-    eta = _Eta(pcfg.gnn_epochs, math.ceil(n / batch), "lightgcn", progress)
+    steps = math.ceil(n / batch)
+    bar = Progress(f"lightgcn ({pcfg.gnn_epochs} epochs of {steps} steps)", pcfg.gnn_epochs * steps, log=progress)
     for epoch in range(pcfg.gnn_epochs):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
@@ -170,7 +171,9 @@ def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print):
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-            eta.tick(epoch, start // batch + 1, lambda: f"bpr loss {total / min(n, start + batch):.4f}")
+            bar.update(epoch * steps + start // batch + 1,
+                       lambda: f"epoch {epoch + 1}  bpr loss {total / min(n, start + batch):.4f}")
+    bar.close(f"bpr loss {total / max(n, 1):.4f}")
     with torch.no_grad():
         emb = propagate(torch.cat([user_emb.weight, item_emb.weight]), src, dst + U, U + I, pcfg.gnn_layers)
     pad = torch.zeros(1, pcfg.dim)
@@ -217,35 +220,6 @@ def propagate(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_nodes: in
     return out / (layers + 1)
 
 
-class _Eta:
-    """Progress of a long loop over epochs of steps: the epoch, a detail and an ETA, at most every
-    PROGRESS_EVERY_S seconds (and once at the end), so a long phase is never silent for long and a
-    log is never flooded."""
-
-    PROGRESS_EVERY_S = 10.0
-
-    def __init__(self, epochs: int, steps_per_epoch: int, what: str, progress):
-        self.epochs, self.steps, self.what, self.progress = epochs, max(1, steps_per_epoch), what, progress
-        self.t0 = self.last = time.perf_counter()
-
-    def tick(self, epoch: int, step: int, detail) -> None:
-        """After ``step`` (1-based) of ``epoch`` (0-based); ``detail()`` is only called when printing."""
-        now = time.perf_counter()
-        done, total = epoch * self.steps + step, self.epochs * self.steps
-        if not self.progress or (now - self.last < self.PROGRESS_EVERY_S and done < total):
-            return
-        self.last = now
-        spent = now - self.t0
-        when = f"done in {_clock(spent)}" if done >= total else f"ETA {_clock(spent / done * (total - done))}"
-        self.progress(f"  {self.what} epoch {epoch + 1}/{self.epochs}  {detail()}  {when}")
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_item: torch.Tensor, progress=print):
     """In-batch softmax of frozen LightGCN user vectors against the tower's outputs.
 
@@ -270,7 +244,8 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
     batch = _batch_size(n, pcfg.tower_batch)
     tower.train()
     total = 0.0
-    eta = _Eta(pcfg.tower_epochs, math.ceil(n / batch), "item tower", progress)
+    steps = math.ceil(n / batch)
+    bar = Progress(f"item tower ({pcfg.tower_epochs} epochs of {steps} steps)", pcfg.tower_epochs * steps, log=progress)
     for epoch in range(pcfg.tower_epochs):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
@@ -286,7 +261,9 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
             opt.step()
             sparse_opt.step()
             total += loss.item() * len(idx)
-            eta.tick(epoch, start // batch + 1, lambda: f"in-batch loss {total / min(n, start + batch):.4f}")
+            bar.update(epoch * steps + start // batch + 1,
+                       lambda: f"epoch {epoch + 1}  in-batch loss {total / min(n, start + batch):.4f}")
+    bar.close(f"in-batch loss {total / max(n, 1):.4f}")
     tower.id_emb.sparse = False
     tower.eval()
     return tower, {"item_tower_loss": float(total / max(n, 1)), "item_tower_random_loss": math.log(min(batch, bundle.n_items))}

@@ -21,6 +21,7 @@ import contextlib
 import math
 import random
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class Curriculum:
         self.item_level = 0
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.item_cache = model.item_vectors()
+        self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
 
     @classmethod
     def create(cls, cfg: TrainConfig, bundle, artifacts: Artifacts, device: str | torch.device = "cpu",
@@ -188,7 +190,8 @@ class Curriculum:
         users_all = torch.as_tensor(data.train_users, device=self.device)
         tot = {"loss": 0.0, "loss_random": 0.0, "ln_candidates": 0.0, "gate": 0.0}
         n_rows = 0
-        for idx in self._batches():
+        batches = self._batches()
+        for k, idx in enumerate(batches):
             users = users_all[idx]
             rows = idx.cpu().numpy()
             seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
@@ -209,6 +212,8 @@ class Curriculum:
             gate = self.user_tower.fusion.last_gate
             if gate is not None and self.cfg.fusion == "gated":
                 tot["gate"] += gate[valid].mean().item() * n
+            if self.on_batch:
+                self.on_batch(k + 1, len(batches))
         if self.world_size > 1:  # every rank must see the same epoch loss: it can trigger Stage 2
             import torch.distributed as dist
 

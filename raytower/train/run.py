@@ -16,6 +16,7 @@ import torch
 
 import raytower
 from raytower._io import atomic_path, claim_output_dir, write_json
+from raytower._progress import Progress
 from raytower.errors import RaytowerError
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
@@ -74,6 +75,14 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     log(format_header())
     kept: dict = {}
 
+    def on_batch(done: int, total: int) -> None:  # a long epoch is never silent
+        if done == 1:
+            kept["bar"] = Progress(f"epoch {run.epoch + 1}", total, log=log)
+        kept["bar"].update(done, f"batch {done}/{total}")
+        if done == total:
+            kept["bar"].close()
+
+    run.on_batch = on_batch
     def on_epoch(row: dict, best: dict | None) -> None:
         log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
         if row["diverged"]:
