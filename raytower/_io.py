@@ -180,6 +180,26 @@ def read_user_text(path: str | os.PathLike, what: str) -> str:
         raise ConfigError(f"not a text file (a {what} was expected)", path) from None
 
 
+def load_user_yaml(text: str, path: str | os.PathLike, what: str) -> Any:
+    """YAML a user hands us, anchors and aliases refused: a few nested aliases expand to billions of
+    nodes (a "billion laughs" file exhausted memory while its error message was being built)."""
+    import yaml
+
+    from raytower.errors import ConfigError
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"YAML aliases (*name) are not accepted in a {what} (line {mark.line + 1})", path)
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

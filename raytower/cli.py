@@ -169,6 +169,7 @@ def cmd_train(args) -> int:
 def cmd_tune(args) -> int:
     from raytower.tune.search import SearchInterrupted, SearchSettings, run_search
 
+    _stop_on_sigterm()
     settings = SearchSettings(
         space=args.space, num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
         address=args.address, executor=args.executor, cpus_per_trial=args.cpus_per_trial,
@@ -185,10 +186,30 @@ def cmd_tune(args) -> int:
     except SearchInterrupted as e:
         print(f"raytower: {e}", file=sys.stderr)
         print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
-        return 130
+        return _interrupted_status()
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
     print(f"retrain it: raytower train --config {Path(args.out) / 'best_config.json'} --data {args.data}")
     return 0
+
+
+_TERMINATED: list[int] = []
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (timeout, Slurm, docker stop) stops a search as Ctrl-C does: Tune saves it and the
+    resume hint is printed; the exit status is then 143. A second SIGTERM ends it at once."""
+    import signal
+
+    def on_term(signum, frame):
+        _TERMINATED.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupted_status() -> int:
+    return 128 + 15 if _TERMINATED else 130
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -253,7 +274,8 @@ def cmd_submit(args) -> int:
     tune_args = list(args.tune_args)
     if tune_args and tune_args[0] == "--":
         tune_args = tune_args[1:]
-    return submit(args.address, tune_args, args.fetch_to, args.working_dir, args.timeout, force=args.force)
+    return submit(args.address, tune_args, args.fetch_to, args.working_dir, args.timeout, force=args.force,
+                  insecure=args.insecure)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -385,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the results here when the job succeeds (a new or empty directory)")
     _add_force(p, "fetched results")
     p.add_argument("--working-dir", metavar="DIR", default=None, help="upload this directory as the job's working_dir")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain http:// to a non-loopback address (the token then travels unencrypted)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the job after this")
     p.add_argument("tune_args", nargs=argparse.REMAINDER, metavar="-- tune ...", help="the tune command and its flags")
     p.set_defaults(func=cmd_submit)
@@ -405,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print("raytower: interrupted", file=sys.stderr)
         if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
             print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
-        return 130
+        return _interrupted_status()
 
 
 if __name__ == "__main__":

@@ -64,12 +64,34 @@ def results_location(tune_args: list[str], out: Path) -> str:
     return experiment_uri(out, storage)
 
 
+def check_address(address: str, insecure: bool = False) -> None:
+    """The token goes in a header: over plain HTTP only to this machine (a `ray dashboard` tunnel)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    url = urlsplit(address)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise RaytowerError(f"--address {address}: expected http(s)://HOST:PORT of the Ray Jobs API")
+    if url.scheme == "https" or insecure:
+        return
+    host = url.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise RaytowerError(f"--address {address}: plain HTTP to another machine would send the cluster's token "
+                            "unencrypted; use https://, or tunnel it (`ray dashboard cluster.yaml`, then "
+                            "http://127.0.0.1:8265), or pass --insecure")
+
+
 def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir: str | None = None,
-           timeout_s: float | None = None, log=print, force: bool = False) -> int:
+           timeout_s: float | None = None, log=print, force: bool = False, insecure: bool = False) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from raytower._io import check_destination
 
+    check_address(address, insecure)
     command, out = entrypoint(tune_args)
     if fetch_to:  # refused now, not after an hour of search
         check_destination(fetch_to, "results", force, "--fetch-to")

@@ -28,6 +28,21 @@ def space(tmp, **knob):
     return str(p)
 
 
+# Nine nested aliases: 10**9 list elements once expanded.
+BILLION_LAUGHS = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "dim: *i\n"
+
+
+def start_from(tmp, knobs=None, **point):
+    """The quick space (its knobs updated by ``knobs``) with one start point."""
+    doc = yaml.safe_load(Path(QUICK).read_text())
+    doc["search"].update(knobs or {})
+    doc["start_from"] = [point]
+    p = tmp / "space.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(p)
+
+
 def text(tmp, name, content):
     p = tmp / name
     p.write_text(content)
@@ -88,12 +103,21 @@ BAD_INPUT = [
     (lambda t: tune(t, space_file=space(t, unfreeze_depth={"distribution": "uniform", "low": 0, "high": 2})), "integer field"),
     (lambda t: tune(t, space_file=space(t, fusion={"distribution": "categorical", "choices": ["gated", "bilinear"]})), "unknown fusion type"),
     (lambda t: tune(t, space_file=text(t, "s.yaml", "search: [unclosed")), "not valid YAML"),
+    (lambda t: tune(t, space_file=text(t, "s.yaml", BILLION_LAUGHS)), "YAML aliases"),
+    (lambda t: ["train", "--config", text(t, "c.yaml", BILLION_LAUGHS)], "YAML aliases"),
+    (lambda t: tune(t, space_file=start_from(t, {"fusion": {"distribution": "categorical", "choices": ["gated", "moe"]}},
+                                             fusion="concat")), "fusion = 'concat' is not one of ['gated', 'moe']"),
+    (lambda t: tune(t, space_file=start_from(t, temp_start=9.0)), "temp_start = 9.0 is not in"),
     (lambda t: tune(t, space_file=str(t / "missing.yaml")), "cannot read search space"),
     (lambda t: tune(t, "--num-samples", "0"), "--num-samples"),
     (lambda t: tune(t, "--max-epochs", "-2"), "--max-epochs"),
     (lambda t: tune(t, "--patience", "-1"), "--patience"),
     (lambda t: tune(t, "--seed", str(2**40)), "--seed must be in [0, 2**32)"),
     (lambda t: tune(t, "--gpus-per-trial", "64"), "GPU"),
+    (lambda t: tune(t, "--cpus-per-trial", "64"), "no trial could ever start"),  # it waited forever
+    (lambda t: tune(t, "--warm-start", str(t / "nowhere")), "--warm-start: no optuna.db"),
+    (lambda t: tune(t, "--storage", "nosuchdb://x/y"), "--storage nosuchdb://x/y: cannot open it"),
+    (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),
     (lambda t: ["tune", "--space", QUICK, "--out", f"/dev/shm/raytower-test-{t.name}"], "object store"),
@@ -139,6 +163,9 @@ BAD_INPUT = [
     (lambda t: tune(t) if users_dir(t, "out") else None, "files raytower did not write"),
     (lambda t: ["submit", "--address", "http://127.0.0.1:9", "--fetch-to", users_dir(t), "--", "tune", "--out", "x"],
      "files raytower did not write"),
+    # The token is never sent in the clear to another machine (RFC 5737 documentation address).
+    (lambda t: ["submit", "--address", "http://192.0.2.1:8265", "--", "tune", "--out", "x"], "pass --insecure"),
+    (lambda t: ["submit", "--address", "ftp://127.0.0.1:8265", "--", "tune", "--out", "x"], "expected http(s)"),
 ]
 
 

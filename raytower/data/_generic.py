@@ -308,7 +308,7 @@ def to_seconds(values: pd.Series, src: Table, label: str) -> pd.Series:
 
     ``label`` names the column in messages, e.g. "column 'ts'".
     """
-    if pd.api.types.is_integer_dtype(values.dtype):
+    if pd.api.types.is_integer_dtype(values.dtype) and values.dtype != np.uint64:
         return values.astype("int64")
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return _datetime_seconds(values, src, label)
@@ -318,11 +318,14 @@ def to_seconds(values: pd.Series, src: Table, label: str) -> pd.Series:
             parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
             return _datetime_seconds(parsed, src, label, raw=values)
     num = pd.to_numeric(values, errors="coerce").astype("float64")
-    bad_rows(~np.isfinite(num.to_numpy()), values, src, label + _BAD_TIME)
+    # Past +-2**62 seconds int64 arithmetic on times overflows (it once made every time INT64_MIN).
+    bad_rows(~(np.abs(num.to_numpy()) < _MAX_SECONDS), values, src, label + _BAD_TIME)
     return np.floor(num).astype("int64")
 
 
-_BAD_TIME = ": {n} a missing or unparseable timestamp, expected integer seconds or ISO 8601 datetimes"
+_MAX_SECONDS = 2.0**62
+_BAD_TIME = (": {n} a missing or unparseable timestamp (or one out of range), expected integer seconds "
+             "(|t| < 2**62) or ISO 8601 datetimes")
 
 
 def _datetime_seconds(dt: pd.Series, src: Table, label: str, raw: pd.Series | None = None) -> pd.Series:
@@ -342,7 +345,8 @@ def to_float(values: pd.Series, src: Table, label: str) -> pd.Series:
 def to_int(values: pd.Series, src: Table, label: str) -> pd.Series:
     """An integer column (MovieLens ids, codes) as int64; anything else is an error."""
     num = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-    bad_rows(~np.isfinite(num) | (num % 1 != 0), values, src, f"{label}: {{n}} a missing or non-integer value")
+    bad_rows(~(np.abs(num) < 2.0**63) | (num % 1 != 0), values, src,
+             f"{label}: {{n}} a missing, non-integer or out-of-range value")
     return pd.Series(num.astype("int64"), index=values.index)
 
 

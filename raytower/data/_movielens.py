@@ -75,7 +75,15 @@ def _locate(path: Path) -> tuple[Path, str] | None:
     if not path.is_dir():
         return None
     matches = [(d, lay) for d in sorted(path.iterdir()) if d.is_dir() and (lay := _layout_of(d))]
-    return matches[0] if len(matches) == 1 else None
+    if len(matches) > 1:
+        raise DataError(f"holds {len(matches)} data sets ({', '.join(d.name for d, _ in matches)}): "
+                        "give --data one of them", path)
+    return matches[0] if matches else None
+
+
+# The file that carries a layout's interactions; two of them in one directory are two data sets.
+_RATINGS = {"u.data": "ml-100k", "ratings.dat": "ml-1m/ml-10m", "ratings.csv": "ml-latest (csv)"}
+_NEEDS = {"u.data": ("u.item", "u.user"), "ratings.dat": ("movies.dat",), "ratings.csv": ("movies.csv",)}
 
 
 def _layout_of(d: Path) -> str | None:
@@ -84,6 +92,15 @@ def _layout_of(d: Path) -> str | None:
 
     if not d.is_dir():
         return None
+    present = [n for n in _RATINGS if (d / n).is_file() and (n != "ratings.dat" or _double_colon(d / n))]
+    if len(present) > 1:
+        raise DataError(f"holds two data sets ({', '.join(f'{_RATINGS[n]}: {n}' for n in present)}): "
+                        "move one out, or give --data a directory with one", d)
+    if present:
+        missing = [n for n in _NEEDS[present[0]] if not (d / n).is_file()]
+        if missing:
+            raise DataError(f"a {_RATINGS[present[0]]} release without {' and '.join(missing)} "
+                            f"(beside {present[0]})", d)
     if has("u.data", "u.item", "u.user"):
         return "ml-100k"
     if has("ratings.dat", "movies.dat") and _double_colon(d / "ratings.dat"):

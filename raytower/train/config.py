@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from raytower._io import read_user_text
+from raytower._io import load_user_yaml, read_user_text
 from raytower.errors import ConfigError
 
 FUSION_TYPES = ("concat", "gated", "moe")
@@ -78,7 +77,7 @@ class TrainConfig:
                 setattr(self, f.name, float(v))
                 continue
             if not isinstance(v, want) or isinstance(v, bool):
-                bad(f"{f.name} must be {want.__name__}, got {v!r}")
+                bad(f"{f.name} must be {want.__name__}, got {reprlib.repr(v)}")
             if want is float and not math.isfinite(v):
                 bad(f"{f.name} must be finite, got {v!r}")
         positive = ["dim", "max_len", "n_blocks", "n_heads", "n_experts", "batch_size", "lr",
@@ -142,11 +141,9 @@ class TrainConfig:
         path = Path(path)
         text = read_user_text(path, "JSON or YAML config")
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if path.suffix == ".json" else load_user_yaml(text, path, "config")
         except json.JSONDecodeError as e:
             raise ConfigError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path) from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
         if isinstance(data, dict) and "selection" in data:  # a best_config.json
             if not isinstance(data.get("params"), dict):
                 raise ConfigError("a best_config.json without its 'params' mapping", path)

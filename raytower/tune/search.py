@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,6 +173,17 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         if settings.gpus_per_trial > torch.cuda.device_count():
             raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has "
                               f"{torch.cuda.device_count()} GPU(s), so no trial could ever start")
+    if not settings.address:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if settings.cpus_per_trial * settings.workers_per_trial > cpus:
+            raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g} x --workers-per-trial "
+                              f"{settings.workers_per_trial}: this machine has {cpus} CPU(s), so no trial could ever start")
+    if settings.warm_start:
+        _check_warm_start(Path(settings.warm_start))
+    if settings.storage:
+        _check_storage(settings.storage)
+    if settings.address:
+        _check_reachable(settings.address)
     import ray
 
     if settings.address:
@@ -287,12 +299,37 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
 
 
 def _init_ray(settings: SearchSettings) -> None:
+    import signal
+
+    # ray.init installs its C++ failure handler for SIGTERM (a stack dump, then abort): a Python
+    # handler set before it (the CLI's: stop like Ctrl-C) is put back afterwards.
+    on_term = signal.getsignal(signal.SIGTERM)
+    if not settings.address and callable(on_term) and not sys.stdin.isatty():
+        # Off a terminal, SIGTERM often comes to the whole process group (timeout, job schedulers):
+        # the local Ray's processes, started below, must not die with it before Tune has saved the
+        # search. A group of our own keeps them out of it; on a terminal the group stays, so Ctrl-C
+        # still reaches the driver (Ray shields its processes from SIGINT itself).
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass  # a session leader (PID 1 in a container) already has its own group
+    try:
+        _start_ray(settings)
+    finally:
+        if callable(on_term):
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _start_ray(settings: SearchSettings) -> None:
     import ray
 
     # The Train V2 placement-group cleaner talks to the State API: keep the dashboard on,
     # bound to loopback. address="local" so a stray RAY_ADDRESS is not joined by accident.
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=True)
+        try:
+            ray.init(address=settings.address, log_to_driver=True)
+        except ConnectionError as e:
+            raise ConfigError(f"--address {settings.address}: {str(e).strip().splitlines()[0][:200]}") from None
     else:
         # Train V2's placement-group cleaner finds the State API through RAY_API_SERVER_ADDRESS;
         # pinning it to our own dashboard keeps it working when another Ray runs on the host.
@@ -394,13 +431,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_warm_start(earlier: Path) -> None:
+    if not (earlier / "optuna.db").is_file():
+        raise ConfigError("--warm-start: no optuna.db there (expected an earlier search's --out)", earlier)
+
+
+def _check_storage(url: str) -> None:
+    """A --storage URL that Optuna cannot open fails before anything is written."""
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(url)
+    except Exception as e:  # a bad URL, an unknown dialect, a refused connection
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"--storage {url}: cannot open it ({first})") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """host:port must answer within seconds: ray.init would retry an unreachable one for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return  # auto: Ray finds the local cluster's address file, or says at once that there is none
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected 'auto' or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
 def _warm_start(searcher, earlier: Path) -> None:
     """Give the new study the earlier study's finished trials (values and pruned histories)."""
     import optuna
 
     db = earlier / "optuna.db"
-    if not db.is_file():
-        raise ConfigError("--warm-start: no optuna.db in that directory", earlier)
     try:
         old = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
     except Exception as e:  # not a raytower study
@@ -444,14 +510,15 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     stops = StopLog(str(out / "stops.json"))
     executor = settings.resolved_executor
     trainable = _trainable(settings, setup, executor)
-    if settings.resume:
+    experiment = f"{uri.rstrip('/')}/{EXPERIMENT}"
+    if settings.resume and tune.Tuner.can_restore(experiment):
         # Restores the searcher (TPE state, the study's trial map), the stopper and every unfinished
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
         # points into the study a second time. Tune keeps this state as pickles: resume only
         # directories raytower wrote.
-        tuner = tune.Tuner.restore(f"{uri.rstrip('/')}/{EXPERIMENT}", trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit(), stops
+    # A fresh search, or a resumed one whose start failed before Tune saved anything: it starts now.
     storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
     storage = optuna.storages.RDBStorage(storage_url)
     # Optuna's 10 random start-up trials are half of a 20-trial search; a quarter of the budget

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from raytower._io import read_user_text
+from raytower._io import load_user_yaml, read_user_text
 from raytower.errors import ConfigError
 from raytower.train.config import TrainConfig
 
@@ -57,6 +58,16 @@ class Knob:
     high: float | None = None
     choices: tuple = ()
     when: Condition | None = None
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this knob can take."""
+        if self.distribution == "categorical":
+            return value in list(self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.distribution in ("int", "log_int") and value != int(value):
+            return False
+        return float(self.low) <= value <= float(self.high)
 
     def suggest(self, trial) -> Any:
         d = self.distribution
@@ -100,12 +111,7 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
-    text = read_user_text(path, "search space")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
-    return parse_space(doc, str(path))
+    return parse_space(load_user_yaml(read_user_text(path, "search space"), path, "search space"), str(path))
 
 
 def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
@@ -151,6 +157,11 @@ def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
             space.config(point)
         except ConfigError as e:
             bad(f"start_from[{k}]: {str(e).split(': ', 1)[-1]}")
+        for knob in space.knobs:  # a start point outside its knob's range would be tried anyway
+            if knob.name in point and not knob.contains(point[knob.name]):
+                where = (f"one of {list(knob.choices)}" if knob.distribution == "categorical"
+                         else f"in [{knob.low}, {knob.high}]")
+                bad(f"start_from[{k}]: {knob.name} = {reprlib.repr(point[knob.name])} is not {where}")
         space.start_from.append(space.active(point))
     return space
 
@@ -182,9 +193,9 @@ def _parse_knob(name: str, spec: Any, earlier: list[str], check, bad) -> Knob:
     low, high = spec.get("low"), spec.get("high")
     for label, v in (("low", low), ("high", high)):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
-            bad(f"{name}: {label} must be a number, got {v!r}")
+            bad(f"{name}: {label} must be a number, got {reprlib.repr(v)}")
         if dist in ("int", "log_int") and not float(v).is_integer():
-            bad(f"{name}: {label} must be an integer for {dist}, got {v!r}")
+            bad(f"{name}: {label} must be an integer for {dist}, got {reprlib.repr(v)}")
     if low > high:
         bad(f"{name}: inverted range, low {low} > high {high}")
     if low == high:

@@ -508,3 +508,12 @@ def test_synthetic_default_source(tmp_path, monkeypatch):
     check_leave_last_out(b)
     assert load_bundle("synthetic:n_users=200,n_items=100,seed=2").cache_hit is True
     assert load_bundle("synthetic:n_users=200,n_items=100,seed=3").fingerprint != b.fingerprint
+
+
+def test_a_temporal_split_with_an_empty_side_is_refused(tmp_path, monkeypatch):
+    # Every timestamp equal: the cut-offs put every row in test. Training then hit ZeroDivisionError.
+    monkeypatch.setenv("RAYTOWER_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,timestamp\n" + "".join(f"{u},{i},5\n" for u in range(1, 6) for i in range(1, 5)))
+    with pytest.raises(DataError, match="temporal split leaves no train and no validation interactions"):
+        load_bundle(str(log), PrepareOptions(split="temporal"))

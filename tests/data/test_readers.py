@@ -116,7 +116,8 @@ def test_detect_layout(directory, layout):
 def test_detect_layout_rejects_files_and_ambiguous_parents(tmp_path):
     assert detect_layout(FIXTURES / "ml-1m" / "ratings.dat") is None
     assert detect_layout(tmp_path / "missing") is None
-    assert detect_layout(FIXTURES) is None  # several releases below: no single match
+    with pytest.raises(DataError, match="holds 3 data sets"):  # several releases below: name them, pick none
+        detect_layout(FIXTURES)
 
 
 def test_ml100k_format_latin1_without_u_genre():
@@ -287,6 +288,14 @@ def test_missing_columns_are_named(tmp_path):
                     file="items.csv", match="missing column.*'item'")
 
 
+def test_timestamps_beyond_int64_are_refused(tmp_path):
+    # They were accepted, and every one became INT64_MIN.
+    huge = write(tmp_path / "huge.csv", "user,item,timestamp\n1,2,10\n1,3,1e30\n")
+    raises_one_line(read_interactions_file, huge, file="huge.csv", match=r"out of range.*line 3: '1e\+30'")
+    big = write(tmp_path / "big.csv", "user,item,timestamp\n1,2,10\n1,3,18446744073709551615\n")
+    raises_one_line(read_interactions_file, big, file="big.csv", match="out of range")
+
+
 def test_bad_timestamps(tmp_path):
     nan = write(tmp_path / "nan.csv", "user,item,timestamp\n1,2,10\n1,3,\n2,3,\n")
     raises_one_line(read_interactions_file, nan, file="nan.csv", match=r"2 rows have a missing .*timestamp.*line 3")
@@ -318,6 +327,18 @@ def test_files_that_are_not_what_their_name_says(tmp_path):
     sheet = write(tmp_path / "log.xlsx", b"PK\x03\x04")
     raises_one_line(read_interactions_file, sheet, file="log.xlsx", match="unsupported file type")
     raises_one_line(read_interactions_file, tmp_path, file=tmp_path.name, match="directory")
+
+
+@pytest.mark.parametrize("files,match", [
+    ({"u.data": "1\t2\t3\t4\n", "u.item": "x", "u.user": "x", "ratings.csv": "userId,movieId\n",
+      "movies.csv": "movieId\n"}, r"holds two data sets \(ml-100k: u.data, ml-latest \(csv\): ratings.csv\)"),
+    ({"u.data": "1\t2\t3\t4\n", "u.user": "x"}, "ml-100k release without u.item"),  # not 'a problem with u.data'
+    ({"ratings.dat": "1::2::3::4\n"}, "without movies.dat"),
+])
+def test_a_directory_is_one_whole_data_set(tmp_path, files, match):
+    for name, content in files.items():
+        write(tmp_path / name, content)
+    raises_one_line(read_movielens, tmp_path, file=tmp_path.name, match=match)
 
 
 def test_unknown_directory_layout(tmp_path):

@@ -115,6 +115,8 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
     resumed = subprocess.run([RAYTOWER, *args, "--resume"], capture_output=True, text=True, timeout=900,
                              env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # Nothing the kill left behind (a checkpoint half deleted, a TensorBoard file) is a traceback.
+    assert "Traceback" not in resumed.stdout + resumed.stderr, (resumed.stdout + resumed.stderr)[-3000:]
     _assert_whole(out, samples, epochs)
     taken_over = _study(out).trials[orphan.number]  # the resumed searcher ran it instead of asking anew
     assert taken_over.state.name in FINAL and taken_over.params == orphan.params
@@ -142,6 +144,25 @@ def test_ctrl_c_saves_the_search_and_says_how_to_resume(tmp_path):
     df = pd.read_parquet(out / "trials.parquet")  # what finished is saved
     assert (df["stop_reason"] == "completed").any() and (df["stop_reason"] == "unfinished").any()
 
+    assert main([*args, "--resume"]) == 0
+    _assert_whole(out, samples, epochs)
+
+
+def test_sigterm_to_the_whole_group_saves_the_search_like_ctrl_c(tmp_path):
+    # What `timeout` does (Slurm and `docker stop` send SIGTERM too): the signal goes to the
+    # driver's process group. It once ended in Ray's C++ stack dump, no message and no hint.
+    out, samples, epochs = tmp_path / "exp", 4, 8
+    args = _tune_args(out, samples, epochs, "--scheduler", "none")
+    log = tmp_path / "first.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(["timeout", "900", RAYTOWER, *args], stdin=subprocess.DEVNULL, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _wait_until(_mid_search(out, epochs), 600, proc, "a trial ended and another ran")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    text = log.read_text()
+    assert "interrupted:" in text and "resume it with: raytower tune" in text
+    assert "Traceback" not in text and "SIGTERM received" not in text
     assert main([*args, "--resume"]) == 0
     _assert_whole(out, samples, epochs)
 
