@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -38,13 +39,14 @@ def atomic_dir(dest: str | os.PathLike, may_replace: Callable[[Path], None] | No
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    _sweep_orphans(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         if dest.exists() or dest.is_symlink():
             if may_replace is not None:
                 may_replace(dest)
-            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -160,12 +162,32 @@ def claim_output_dir(dest: str | os.PathLike, kind: str, force: bool = False, fl
     an earlier output of that kind cleared only with ``force``, created and marked."""
     dest = Path(dest)
     if check_destination(dest, kind, force, flag):
-        old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
         os.replace(dest, old)  # gone from view at once; its files go next
         shutil.rmtree(old, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     write_marker(dest, kind)
     return dest
+
+
+def _sweep_orphans(dest: Path) -> None:
+    """Remove what a killed writer of ``dest`` left beside it: its ``.NAME.PID.*`` temporary and
+    set-aside directories, where that process is gone. A live writer's are kept."""
+    for p in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        rest = p.name[len(dest.name) + 2:]
+        pid = rest.split(".", 1)[0]
+        if p.is_dir() and pid.isdigit() and (p.suffix in (".tmp", ".old")) and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def read_user_text(path: str | os.PathLike, what: str) -> str:
@@ -209,6 +231,20 @@ def _umask() -> int:
 def write_json(dest: str | os.PathLike, obj: Any) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike, missing: Any) -> Any:
+    """A JSON file raytower wrote: ``missing`` when absent, one ConfigError line when damaged."""
+    from raytower.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        return missing
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"damaged ({type(e).__name__}); raytower wrote it, so remove it to have it "
+                          "written afresh", path) from None
 
 
 def _json_default(o: Any) -> Any:

@@ -6,6 +6,7 @@ Every user error (a bad file, flag or config) is one line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ DATA_HELP = (
     "a dataset name (ml-100k, ml-1m, ...; downloaded if missing), a prepared bundle directory, or "
     "synthetic[:key=value,...] (default: synthetic)"
 )
+
+
+# The machine's problems, not raytower's: a full disk, a quota, a read-only or forbidden place.
+_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,6 +152,8 @@ def cmd_train(args) -> int:
                  if v is not None}
     if overrides:
         cfg = cfg.replace(**overrides)
+    for line in cfg.advice():
+        print(f"raytower: warning: {line}", file=sys.stderr)
     if args.device == "cuda":
         import torch
 
@@ -424,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RaytowerError as e:
         print(f"raytower: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRORS:
+            raise  # anything else is a bug: keep its traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"raytower: error: {where}{e.strerror or e} (nothing half-written is left behind)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raytower: interrupted", file=sys.stderr)

@@ -94,11 +94,16 @@ class ServedModel:
         d = Path(model_dir)
         if not (d / "manifest.json").is_file():
             raise ConfigError("not an exported model (no manifest.json)", d)
-        self.manifest = json.loads((d / "manifest.json").read_text())
-        self.tower = torch.jit.load(str(d / "user_tower.pt"), map_location="cpu").eval()
-        self.item_vectors = torch.from_numpy(np.load(d / "item_vectors.npy", allow_pickle=False))
-        self.items = pd.read_parquet(d / "items.parquet").set_index("item_idx")
-        self.users = pd.read_parquet(d / "users.parquet")
+        try:
+            self.manifest = json.loads((d / "manifest.json").read_text())
+            self.tower = torch.jit.load(str(d / "user_tower.pt"), map_location="cpu").eval()
+            self.item_vectors = torch.from_numpy(np.load(d / "item_vectors.npy", allow_pickle=False))
+            self.items = pd.read_parquet(d / "items.parquet").set_index("item_idx")
+            self.users = pd.read_parquet(d / "users.parquet")
+            self.manifest["max_len"], self.manifest["meta_columns"]  # noqa: B018 - present, or damaged
+        except Exception as e:  # a file missing, truncated or tampered: refuse it in one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ConfigError(f"a damaged exported model ({type(e).__name__}: {first})", d) from None
         self._by_id = dict(zip(self.users["user_id"].astype(str), range(len(self.users))))
 
     @torch.no_grad()

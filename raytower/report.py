@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytower._io import atomic_path
+from raytower._io import atomic_path, read_json
 from raytower.errors import ConfigError
 from raytower.tune.results import METRIC, is_search_dir, read_trials, trial_rows
 
@@ -53,7 +53,7 @@ def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], d
     if df.empty:
         raise ConfigError("no trial has reported yet", exp)
     histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in trials if t["history"]}
-    best = json.loads((exp / "best_config.json").read_text()) if (exp / "best_config.json").is_file() else None
+    best = read_json(exp / "best_config.json", None)
     setup = json.loads((exp / "setup.json").read_text())
     return df, histories, best, setup
 

@@ -53,11 +53,13 @@ def tune(tmp, *extra, space_file=QUICK):
     return ["tune", "--data", SMALL_SYNTHETIC, "--space", space_file, "--out", str(tmp / "out"), *extra]
 
 
-def local_search(tmp):
+def local_search(tmp, mode=None):
     """What a search without --storage-path leaves in --out, as far as --resume reads it."""
     out = tmp / "out"
     (out / "tune").mkdir(parents=True)
     (out / "setup.json").write_text(json.dumps({"settings": {"storage_path": None}}))
+    if mode is not None:
+        (out / "tune").chmod(mode)
     return tmp
 
 
@@ -90,6 +92,30 @@ def diverged_search(tmp):
     rows = [{"epoch": 1, "trial_id": "a", "val/recall@100": 1.0, "loss": float("nan"), "diverged": 1.0}]
     (out / "tune" / "trial_a" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "stops.json").write_text(json.dumps({"a": ["diverged", 1]}))
+    return str(out)
+
+
+def damaged_model(tmp):
+    d = tmp / "model"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"max_len": 5, "meta_columns": []}))
+    (d / "user_tower.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    return str(d)
+
+
+def damaged_bundle(tmp):
+    from raytower.data._prepare import BUNDLE_FORMAT
+
+    d = tmp / "bundle"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"format": BUNDLE_FORMAT, "fingerprint": "x"}))
+    (d / "interactions.parquet").write_bytes(b"PAR1 cut short")
+    return str(d)
+
+
+def damaged_stops(tmp):
+    out = Path(diverged_search(tmp))
+    (out / "stops.json").write_text('{"a": ["diverged"')
     return str(out)
 
 
@@ -127,6 +153,7 @@ BAD_INPUT = [
     (lambda t: tune(t, "--storage-path", "s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"),
      "--storage-path: cannot reach it"),
     (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
+    (lambda t: tune(local_search(t, mode=0o777), "--resume"), "writable by every user"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
     (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),
@@ -145,6 +172,9 @@ BAD_INPUT = [
     (lambda t: ["export", str(t), "--out", str(t / "model")], "best_config.json"),
     (lambda t: ["recommend", str(t), "--user", "1"], "not an exported model"),
     (lambda t: ["data", "prepare", "--data", str(t)], "unknown data layout"),
+    (lambda t: ["recommend", damaged_model(t), "--user", "1"], "a damaged exported model"),
+    (lambda t: ["data", "prepare", "--data", damaged_bundle(t)], "a damaged data bundle"),
+    (lambda t: ["best", damaged_stops(t)], "stops.json: damaged"),
     # Destinations the user names: nothing of theirs is deleted or overwritten (issue: data loss).
     (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", users_dir(t)], "files raytower did not write"),
     (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", text(t, "f", "x")], "an existing file"),
@@ -229,3 +259,19 @@ def test_best_on_a_search_whose_only_trial_diverged_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no trial is eligible" in err and "1 diverged" in err, err
     assert not (tmp_path / "s" / "best_config.json").exists()
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from raytower import _io
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b" / "manifest.json"))
+
+    monkeypatch.setattr(_io, "write_json", full)
+    monkeypatch.setattr("raytower.data._prepare.write_json", full)
+    code = run(["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert list(tmp_path.iterdir()) == []  # the half-written bundle went with the error

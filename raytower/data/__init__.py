@@ -132,7 +132,12 @@ def load_bundle(
             prepare(raw, options, fp, dest, progress=bar, sink=sink)
         finally:
             bar(None)
-    bundle = Bundle(dest)
+    try:
+        bundle = Bundle(dest)
+    except DataError:
+        if not hit or out:
+            raise  # just written, or the user's own directory: report it
+        return load_bundle(spec, options, out, progress, refresh=True)  # a damaged cache entry: make it again
     bundle.cache_hit = hit
     return bundle
 

@@ -57,13 +57,17 @@ class Bundle:
             raise DataError(f"manifest is not valid JSON ({e.msg} at line {e.lineno})", mfile) from None
         if self.manifest.get("format") != BUNDLE_FORMAT:
             raise DataError(f"bundle format {self.manifest.get('format')} is not {BUNDLE_FORMAT}", mfile)
-        t = pq.read_table(self.path / "interactions.parquet")
-        self.user_idx = t.column("user_idx").to_numpy()
-        self.item_idx = t.column("item_idx").to_numpy()
-        self.timestamp = t.column("timestamp").to_numpy()
-        self.split = t.column("split").to_numpy()
-        self.items = pq.read_table(self.path / "items.parquet").to_pandas()
-        self.users = pq.read_table(self.path / "users.parquet").to_pandas()
+        try:
+            t = pq.read_table(self.path / "interactions.parquet")
+            self.user_idx = t.column("user_idx").to_numpy()
+            self.item_idx = t.column("item_idx").to_numpy()
+            self.timestamp = t.column("timestamp").to_numpy()
+            self.split = t.column("split").to_numpy()
+            self.items = pq.read_table(self.path / "items.parquet").to_pandas()
+            self.users = pq.read_table(self.path / "users.parquet").to_pandas()
+        except (OSError, KeyError, ValueError) as e:  # a file missing, truncated or not Parquet
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise DataError(f"a damaged data bundle ({first})", self.path) from None
 
     # --- sizes and identity -------------------------------------------------------------
     name = property(lambda self: self.manifest["name"])

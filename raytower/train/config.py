@@ -114,6 +114,14 @@ class TrainConfig:
             bad(f"unfreeze_depth ({self.unfreeze_depth}) exceeds item_layers + 2 ({self.item_layers + 2}): "
                 "1 = head, item_layers + 1 = every block, item_layers + 2 = the embeddings too")
 
+    def advice(self) -> list[str]:
+        """Settings that are allowed but probably not meant; each a one-line warning."""
+        out = []
+        if self.lr_ratio > 1:
+            out.append(f"lr_ratio {self.lr_ratio:g} > 1: Stage 2 would train the item tower faster than the user "
+                       "tower, where the curriculum means it to move slowly (0.01 by default)")
+        return out
+
     # --- (de)serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

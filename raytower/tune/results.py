@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from raytower._io import atomic_path, write_json
+from raytower._io import atomic_path, read_json, write_json
 from raytower.errors import ConfigError
 from raytower.train.config import TrainConfig
 from raytower.tune._storage import ExperimentStore
@@ -49,7 +49,10 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
         params_text = store.read_text(f"tune/{name}/params.json")
         if params_text is None:
             continue
-        params = json.loads(params_text)
+        try:
+            params = json.loads(params_text)
+        except ValueError:
+            continue  # a trial whose params.json a kill cut short (or someone damaged): not a candidate
         rows: dict[int, dict] = {}
         for line in (store.read_text(f"tune/{name}/result.json") or "").splitlines():
             try:
@@ -92,7 +95,7 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
     """One row per trial; ``trials`` is ``read_trials(exp)`` when the caller already has it."""
     setup = json.loads((exp / "setup.json").read_text())
     max_epochs = setup["settings"]["max_epochs"]
-    stops = json.loads((exp / "stops.json").read_text()) if (exp / "stops.json").is_file() else {}
+    stops = read_json(exp / "stops.json", {})
     statuses = tune_statuses(exp)
     rows = []
     for t in read_trials(exp) if trials is None else trials:
@@ -220,10 +223,12 @@ def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
     """Test is touched once, for the chosen trial's best-epoch checkpoint; cached in test_eval.json."""
     cache = exp / "test_eval.json"
     key = f"{trial['trial_id']}@{epoch}"
-    if cache.is_file():
+    try:
         done = json.loads(cache.read_text())
         if done.get("key") == key:
             return done["test"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # not evaluated yet, or a damaged cache of it: evaluate (the same checkpoint, the same figures)
     from raytower.train.data import TrainData
     from raytower.train.evaluate import evaluate
 
@@ -256,8 +261,12 @@ def _checkpoint_state(store: ExperimentStore, dirs: list[str], epoch: int) -> di
     import torch
 
     for rel in sorted(rel for d in dirs for rel, _ in store.files(d, recursive=True) if rel.endswith("/state.pt")):
-        state = torch.load(io.BytesIO(store.read_bytes(rel) or b""), weights_only=True, map_location="cpu")
-        if int(state["epoch"]) == epoch:
+        try:
+            state = torch.load(io.BytesIO(store.read_bytes(rel) or b""), weights_only=True, map_location="cpu")
+            found = int(state["epoch"])
+        except Exception as e:  # truncated, tampered: refuse, never execute
+            raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", f"{store.uri}/{rel}") from None
+        if found == epoch:
             return state
     return None
 

@@ -150,6 +150,8 @@ def _values(space: SearchSpace, name: str) -> list:
 def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print) -> dict:
     settings.validate()
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
+    for line in space.advice():
+        log(f"raytower: warning: {settings.space}: {line}")
     out = Path(settings.out).resolve()
     _check_output_dir(out, settings.resume, settings.min_free_gb)
     previous = json.loads((out / "setup.json").read_text()) if settings.resume and (out / "setup.json").is_file() else {}
@@ -282,6 +284,8 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
         raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
     if exists and not resume:
         raise ConfigError("a search already ran here: pass --resume to continue it, or choose another --out", out)
+    if resume:
+        _check_trusted(out)
     if not exists:
         # A search start that failed before setup.json leaves only its marker: that is reusable.
         check_destination(out, "search", force=output_kind(out) == "search")
@@ -296,6 +300,23 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
     if free_gb < min_free_gb:
         raise ConfigError(f"only {free_gb:.2f} GiB free, --min-free-gb is {min_free_gb:g}: checkpoints "
                           "would fill the disk", out)
+
+
+def _check_trusted(out: Path) -> None:
+    """--resume unpickles Tune's state (tune/tuner.pkl): code. Only from a directory this user owns
+    and nobody else can write to, all the way to that file."""
+    import stat
+
+    for p in (out, out / EXPERIMENT, out / EXPERIMENT / "tuner.pkl"):
+        if not p.exists():
+            continue
+        st = p.stat()
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise ConfigError("--resume: owned by another user; resuming would run code (Tune's pickles) "
+                              "that you did not write", p)
+        if st.st_mode & stat.S_IWOTH:  # (group-writable is left alone: a umask of 002 makes that common)
+            raise ConfigError("--resume: writable by every user; resuming would run code (Tune's pickles) "
+                              f"others could have changed (chmod o-w {p} if that is safe)", p)
 
 
 def _init_ray(settings: SearchSettings) -> None:

@@ -105,6 +105,16 @@ class SearchSpace:
                 out[knob.name] = params[knob.name]
         return out
 
+    def advice(self) -> list[str]:
+        """TrainConfig.advice at the edges of the space: what some trial would be warned of."""
+        edge = {k.name: k.high for k in self.knobs if k.distribution != "categorical"}
+        edge |= {k.name: max(k.choices, key=lambda c: c if isinstance(c, (int, float)) else 0)
+                 for k in self.knobs if k.distribution == "categorical"}
+        try:
+            return self.config(edge).advice()
+        except ConfigError:
+            return []  # the corner is not a valid config as a whole: the knobs' own checks stand
+
     def config(self, sampled: dict[str, Any], **overrides) -> TrainConfig:
         return TrainConfig.from_dict({**self.fixed, **sampled, **overrides}, source=self.source)
 

@@ -517,3 +517,12 @@ def test_a_temporal_split_with_an_empty_side_is_refused(tmp_path, monkeypatch):
     log.write_text("user,item,timestamp\n" + "".join(f"{u},{i},5\n" for u in range(1, 6) for i in range(1, 5)))
     with pytest.raises(DataError, match="temporal split leaves no train and no validation interactions"):
         load_bundle(str(log), PrepareOptions(split="temporal"))
+
+
+def test_a_damaged_cache_entry_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYTOWER_CACHE", str(tmp_path / "cache"))
+    first = load_bundle("synthetic:n_users=300,n_items=100,seed=2")
+    (first.path / "interactions.parquet").write_bytes(b"PAR1 cut short by a full disk")
+    again = load_bundle("synthetic:n_users=300,n_items=100,seed=2")
+    assert again.path == first.path and not again.cache_hit
+    assert len(again.user_idx) == first.manifest["n_interactions"]

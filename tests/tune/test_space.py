@@ -91,3 +91,12 @@ def test_coupled_bounds_are_left_to_the_trial():
     parse_space(doc)
     with pytest.raises(ConfigError, match="temp_min"):
         parse_space({"search": {"temp_start": {"distribution": "log_uniform", "low": 0.01, "high": 1.0}}})
+
+
+def test_an_lr_ratio_above_one_is_allowed_with_a_warning(tmp_path):
+    from raytower.tune.space import parse_space
+
+    space = parse_space({"search": {"lr_ratio": {"distribution": "log_uniform", "low": 0.01, "high": 3.0}}})
+    assert any("lr_ratio 3 > 1" in line for line in space.advice())
+    calm = parse_space({"search": {"lr_ratio": {"distribution": "log_uniform", "low": 0.001, "high": 0.1}}})
+    assert calm.advice() == []
