@@ -44,6 +44,9 @@ class PretrainConfig:
     gnn_batch: int = 4096
     gnn_reg: float = 3e-3
     tower_epochs: int = 15
+    # A step budget: past it, more passes over a large log barely move the loss (bench_scale.py at
+    # 1M interactions), and 15 full epochs would cost an hour at 10M. ml-100k takes 660 (15 epochs).
+    tower_max_steps: int = 3000
     tower_lr: float = 2e-3
     tower_batch: int = 2048
     tower_temp: float = 0.1
@@ -243,13 +246,16 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
     n = len(users)
     batch = _batch_size(n, pcfg.tower_batch)
     tower.train()
-    total = 0.0
     steps = math.ceil(n / batch)
-    bar = Progress(f"item tower ({pcfg.tower_epochs} epochs of {steps} steps)", pcfg.tower_epochs * steps, log=progress)
-    for epoch in range(pcfg.tower_epochs):
+    budget = min(pcfg.tower_epochs * steps, pcfg.tower_max_steps)
+    bar = Progress(f"item tower ({budget} steps, {steps} an epoch)", budget, log=progress)
+    done, total, seen = 0, 0.0, 0
+    for epoch in range(math.ceil(budget / steps)):
         perm = torch.randperm(n, generator=gen)
-        total = 0.0
+        total, seen = 0.0, 0  # the mean loss of the latest (possibly partial) pass
         for start in range(0, n, batch):
+            if done == budget:
+                break
             idx = perm[start:start + batch]
             cand, target = items[idx].unique(return_inverse=True)  # duplicates of a positive: one column
             v = tower(cand, id_dropout=pcfg.id_dropout)
@@ -261,9 +267,11 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
             opt.step()
             sparse_opt.step()
             total += loss.item() * len(idx)
-            bar.update(epoch * steps + start // batch + 1,
-                       lambda: f"epoch {epoch + 1}  in-batch loss {total / min(n, start + batch):.4f}")
-    bar.close(f"in-batch loss {total / max(n, 1):.4f}")
+            seen += len(idx)
+            done += 1
+            bar.update(done, lambda: f"epoch {epoch + 1}  in-batch loss {total / seen:.4f}")
+    bar.close(f"in-batch loss {total / max(seen, 1):.4f}")
     tower.id_emb.sparse = False
     tower.eval()
-    return tower, {"item_tower_loss": float(total / max(n, 1)), "item_tower_random_loss": math.log(min(batch, bundle.n_items))}
+    return tower, {"item_tower_loss": float(total / max(seen, 1)), "item_tower_steps": done,
+                   "item_tower_random_loss": math.log(min(batch, bundle.n_items))}
