@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/raytower tune --data synthetic --space search_spaces/quick.yaml --num-samples 8 \
+	$(BIN)/raytower tune --data synthetic --space quick --num-samples 8 \
 		--max-epochs 6 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install

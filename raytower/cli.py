@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "it restores Ray Tune's experiment state, which Tune stores as pickles: resume only "
                     "directories raytower itself wrote.")
     add_data_args(p)
-    p.add_argument("--space", default="search_spaces/default.yaml", metavar="YAML", help="search space (default %(default)s)")
+    p.add_argument("--space", default="default", metavar="SPACE",
+                   help="search space: quick or default (shipped with raytower; copies in the repository's "
+                        "search_spaces/), or a YAML file (default %(default)s)")
     p.add_argument("--num-samples", type=_positive_int, default=20, help="trials (default %(default)s)")
     p.add_argument("--max-epochs", type=_positive_int, default=30, help="epochs of a trial that is never stopped")
     _add_val_users(p, default=-1)

@@ -28,7 +28,7 @@ def _tampered(path, marker):
 def test_tampered_trial_checkpoint_is_refused_without_running_it(tmp_path):
     from ray.tune import Checkpoint
 
-    from trainables.curriculum import load_state
+    from raytower.trainables.curriculum import load_state
 
     marker = tmp_path / MARKER
     ckpt = tmp_path / "ckpt"

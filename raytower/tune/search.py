@@ -1,6 +1,6 @@
 """The search: prepare once, build the Tuner, run it, export the best configuration.
 
-    settings = SearchSettings(space="search_spaces/quick.yaml", num_samples=8, max_epochs=6, out="runs/s")
+    settings = SearchSettings(space="quick", num_samples=8, max_epochs=6, out="runs/s")
     result = run_search(settings, data="synthetic")
 
 Layout of the experiment directory (``out``):
@@ -45,7 +45,7 @@ class SearchInterrupted(Exception):
 
 @dataclass
 class SearchSettings:
-    space: str = "search_spaces/default.yaml"
+    space: str = "default"  # quick | default (shipped in the package) | a YAML file
     num_samples: int = 20
     max_epochs: int = 30
     out: str = "runs/search"
@@ -499,7 +499,7 @@ def _warm_start(searcher, earlier: Path) -> None:
 def _trainable(settings: SearchSettings, setup: dict, executor: str):
     from ray import tune
 
-    from trainables.curriculum import function_trainable, train_driver
+    from raytower.trainables.curriculum import function_trainable, train_driver
 
     if executor == "function":
         return tune.with_resources(tune.with_parameters(function_trainable, setup=setup),

@@ -119,8 +119,20 @@ class SearchSpace:
         return TrainConfig.from_dict({**self.fixed, **sampled, **overrides}, source=self.source)
 
 
+SHIPPED = ("quick", "default")  # spaces that ship in the package: --space quick|default
+
+
+def resolve_space(name_or_path: str | Path) -> Path:
+    """``quick`` or ``default`` (the package's own spaces, wherever it is installed), else a path."""
+    if str(name_or_path) in SHIPPED:
+        from importlib.resources import files
+
+        return Path(str(files("raytower.search_spaces") / f"{name_or_path}.yaml"))
+    return Path(name_or_path)
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
+    path = resolve_space(path)
     return parse_space(load_user_yaml(read_user_text(path, "search space"), path, "search space"), str(path))
 
 

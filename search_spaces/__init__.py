@@ -1,0 +1,1 @@
+"""The search spaces that ship with raytower: `--space quick` and `--space default` name them."""
