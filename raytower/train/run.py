@@ -47,10 +47,12 @@ def format_row(row: dict) -> str:
 
 def versions() -> dict[str, str]:
     out = {"raytower": raytower.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    for mod in ("ray", "optuna"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("ray", "optuna"):  # read from the metadata: importing Ray just for this costs seconds
         try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
             pass
     return out
 

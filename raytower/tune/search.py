@@ -149,6 +149,9 @@ def _values(space: SearchSpace, name: str) -> list:
 
 def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print) -> dict:
     settings.validate()
+    from raytower.tune._adapter import check_versions
+
+    check_versions()  # raytower reads Ray's and Optuna's internals: a version it was not tested on fails now
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     for line in space.advice():
         log(f"raytower: warning: {settings.space}: {line}")
@@ -412,18 +415,12 @@ def _bootstrap_node_types() -> list[dict] | None | bool:
 
 
 def _gcs_node_groups() -> list[dict] | None:
-    """Node groups from the cluster config an autoscaler may publish in GCS (Ray's private state
-    API; Ray 2.60 itself does not write it yet). None when absent or unreadable."""
-    try:
-        from ray._private.state import state
+    """Node groups from the cluster config an autoscaler may publish in GCS; None when absent,
+    unreadable, or when some group's resources are unknown."""
+    from raytower.tune._adapter import published_node_groups
 
-        cfg = state.get_cluster_config()
-        if cfg is None:
-            return None
-        groups = [dict(g.resources) for g in cfg.node_group_configs if g.max_count != 0]
-    except Exception:
-        return None
-    return None if any("CPU" not in g and "GPU" not in g for g in groups) else groups
+    groups = published_node_groups()
+    return None if groups is None or any("CPU" not in g and "GPU" not in g for g in groups) else groups
 
 
 def _check_cluster_fits(settings: SearchSettings, offers: list[dict[str, float]] | None) -> None:
@@ -487,13 +484,15 @@ def _warm_start(searcher, earlier: Path) -> None:
     """Give the new study the earlier study's finished trials (values and pruned histories)."""
     import optuna
 
+    from raytower.tune._adapter import add_trials
+
     db = earlier / "optuna.db"
     try:
         old = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
     except Exception as e:  # not a raytower study
         raise ConfigError(f"--warm-start: cannot read the study ({type(e).__name__})", db) from None
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    searcher._ot_study.add_trials([t for t in old.trials if t.state in done])
+    add_trials(searcher, [t for t in old.trials if t.state in done])
 
 
 def _trainable(settings: SearchSettings, setup: dict, executor: str):

@@ -1,0 +1,53 @@
+"""The one place raytower reaches into Ray's and Optuna's private internals, and the versions that
+reach is tested with. A version outside the range fails in one line before a search starts.
+
+(``_callbacks.TruthfulOptunaSearch`` subclasses Ray's OptunaSearch and reads its trial maps; the
+range below is what those reads, too, are tested against.)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from raytower.errors import RaytowerError
+
+# [lowest, highest) of the versions the test suite runs on; pyproject.toml pins the same.
+SUPPORTED = {"ray": ("2.59", "2.61"), "optuna": ("4.0", "6.0")}
+
+
+def _key(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_versions(installed=version) -> None:
+    for name, (low, high) in SUPPORTED.items():
+        try:
+            got = installed(name)
+        except PackageNotFoundError:
+            raise RaytowerError(f"{name} is not installed; raytower needs {name} >= {low}, < {high}") from None
+        if not _key(low) <= _key(got) < _key(high):
+            raise RaytowerError(f"{name} {got} is installed; raytower reaches into {name}'s internals and is tested "
+                                f"with {name} >= {low}, < {high}: install a version in that range")
+
+
+def published_node_groups() -> list[dict] | None:
+    """The resources of the node groups an autoscaler may publish in GCS (Ray's private state API;
+    Ray 2.60 itself does not write it yet). None when absent or unreadable."""
+    try:
+        from ray._private.state import state
+
+        cfg = state.get_cluster_config()
+        if cfg is None:
+            return None
+        return [dict(g.resources) for g in cfg.node_group_configs if g.max_count != 0]
+    except Exception:
+        return None
+
+
+def add_trials(searcher, trials) -> None:
+    """Add finished Optuna trials to the study behind Ray's OptunaSearch (a warm start)."""
+    searcher._ot_study.add_trials(trials)

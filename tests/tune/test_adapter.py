@@ -1,0 +1,20 @@
+"""The private-API adapter: the versions it was tested with, checked in one line."""
+
+import pytest
+
+from raytower.errors import RaytowerError
+from raytower.tune._adapter import SUPPORTED, check_versions
+
+
+def test_the_installed_versions_are_in_the_supported_range():
+    check_versions()  # this environment is what the suite runs on
+
+
+@pytest.mark.parametrize("ray_version", ["2.58.0", "2.61.0", "3.0.0"])
+def test_a_version_outside_the_range_fails_in_one_line(ray_version):
+    fake = {"ray": ray_version, "optuna": "5.0.0"}
+    with pytest.raises(RaytowerError) as e:
+        check_versions(installed=fake.__getitem__)
+    msg = str(e.value)
+    low, high = SUPPORTED["ray"]
+    assert "\n" not in msg and ray_version in msg and f">= {low}, < {high}" in msg
