@@ -1,12 +1,30 @@
 """raytower: hyperparameter search for two-tower recommenders trained with a two-stage curriculum.
 
-The pipeline reads top to bottom: ``raytower.data`` (logs in, bundle out) -> ``raytower.model``
-(the towers) -> ``raytower.train`` (loss, schedules, curriculum, metrics: plain PyTorch) ->
-``raytower.tune`` (Ray Tune + Optuna around it) -> ``raytower.cli``.
+    import raytower
+    result = raytower.search(data="ml-100k", space="quick", num_samples=8, max_epochs=6, out="runs/nb")
+    raytower.fit(result.best_config, data="ml-100k", out="runs/nb-final")
+
+The public surface is these names (``raytower.api``); ``import raytower`` alone imports neither
+torch nor Ray. The pipeline reads top to bottom: ``raytower.data`` (logs in, bundle out) ->
+``raytower.model`` (the towers) -> ``raytower.train`` (loss, schedules, curriculum, metrics: plain
+PyTorch) -> ``raytower.tune`` (Ray Tune + Optuna around it) -> ``raytower.cli``.
 """
 
 __version__ = "0.1.0"
 
 from raytower.errors import RaytowerError  # noqa: E402
 
-__all__ = ["RaytowerError", "__version__"]
+__all__ = ["RaytowerError", "SearchResult", "TrainConfig", "__version__", "fit", "load_bundle", "search"]
+
+
+def __getattr__(name: str):
+    # PEP 562: the API's names are imported on first use, so `import raytower` stays light.
+    if name in ("SearchResult", "fit", "load_bundle", "search"):
+        from raytower import api
+
+        return getattr(api, name)
+    if name == "TrainConfig":
+        from raytower.train.config import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module 'raytower' has no attribute {name!r}")
