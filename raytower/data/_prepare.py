@@ -184,9 +184,8 @@ def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progr
         split[ts >= t_test] = SPLIT_TEST
     sizes = {name: int((split == code).sum()) for name, code in (("train", SPLIT_TRAIN), ("validation", SPLIT_VAL),
                                                                   ("test", SPLIT_TEST))}
-    empty = [name for name, n in sizes.items() if n == 0]
-    if empty:  # ties at the cut-off put every row on one side: nothing to train or evaluate on
-        raise DataError(f"the {options.split} split leaves no {' and no '.join(empty)} interactions "
+    if sizes["train"] == 0:  # ties at the cut-off put every row on one side: nothing to train on
+        raise DataError(f"the {options.split} split leaves no train interactions "
                         f"({', '.join(f'{k} {v}' for k, v in sizes.items())}); the timestamps may be few or "
                         "all equal: try --split leave_last_out", src)
     held_out = split != SPLIT_TRAIN  # few rows: count them, not the train rows

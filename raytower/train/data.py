@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raytower.errors import DataError
 from raytower.train import metrics as M
 from raytower.train.config import VAL_USERS_AUTO
 from raytower.train.loss import log_sampling_prob
@@ -51,7 +52,10 @@ class TrainData:
     def build(cls, bundle, max_len: int, device: str | torch.device = "cpu", val_users: int = -1) -> "TrainData":
         """``val_users``: TrainConfig's (-1 auto, 0 all, else a seeded sample of that many)."""
         off, _ = bundle.train_sequences
-        val = bundle.eval_set("val")
+        val, test = bundle.eval_set("val"), bundle.eval_set("test")
+        if not len(val) or not len(test):  # a temporal split can leave one side empty
+            raise DataError(f"no {'validation' if not len(val) else 'test'} users with a history in this bundle: "
+                            "nothing to choose epochs by or to test on (try --split leave_last_out)", bundle.path)
         n_val = VAL_USERS_AUTO if val_users == -1 else val_users
         if n_val:
             val = val.sample(n_val, seed=VAL_SAMPLE_SEED)
@@ -63,7 +67,7 @@ class TrainData:
             meta=torch.as_tensor(np.stack([bundle.user_feature(c) for c in META_COLUMNS], 1), device=device),
             log_q=log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(device),
             tail=M.tail_items(bundle.item_counts),
-            eval_sets={"val": val, "test": bundle.eval_set("test")},
+            eval_sets={"val": val, "test": test},
         )
 
     def train_batch(self, rows: np.ndarray, width: int) -> torch.Tensor:

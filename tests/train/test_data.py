@@ -61,3 +61,14 @@ def test_an_epoch_reports_the_standard_error_of_its_validation_sample(small_bund
     assert r["val/n_users"] == 150
     p = r["val/recall@100"]
     assert r["val/recall@100_se"] == pytest.approx((p * (1 - p) / 150) ** 0.5)
+
+
+def test_a_bundle_without_validation_users_is_one_line_before_training(small_bundle, monkeypatch):
+    from raytower.data import EvalSet
+    from raytower.errors import DataError
+
+    empty = EvalSet(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64))
+    real = small_bundle.eval_set
+    monkeypatch.setattr(small_bundle, "eval_set", lambda split: empty if split == "val" else real(split))
+    with pytest.raises(DataError, match="no validation users"):  # a temporal split can leave it empty
+        TrainData.build(small_bundle, 30)
