@@ -187,6 +187,7 @@ def cmd_tune(args) -> int:
         storage_path=args.storage_path,
         chance_patience=args.chance_patience, patience=args.patience, resume=args.resume, warm_start=args.warm_start,
         min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial, val_users=args.val_users,
+        verbose=args.verbose,
     )
     try:
         run_search(settings, data=args.data, prepare_options=prepare_options(args))
@@ -374,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search in --out (only directories raytower wrote: "
                         "Ray Tune restores its state from pickles)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="also show Ray's own output (progress tables, trial logs); by default it goes to OUT/ray.log")
     p.add_argument("--warm-start", metavar="DIR", default=None,
                    help="seed TPE with the finished trials of an earlier search's study")
     p.set_defaults(func=cmd_tune)

@@ -17,6 +17,7 @@ Layout of the experiment directory (``out``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -72,6 +73,7 @@ class SearchSettings:
     threads_per_trial: int | None = None
     min_free_gb: float = 1.0
     val_users: int = -1  # TrainConfig.val_users of every trial: the same validation sample for all
+    verbose: int = 0  # 0: raytower's lines only, Ray's go to OUT/ray.log; 1: Ray's progress tables and logs too
 
     def validate(self) -> None:
         if self.num_samples < 1:
@@ -221,14 +223,24 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     write_json(out / "setup.json", {"settings": asdict(settings), "data": data, "setup": setup,
                                     "dataset": _dataset_info(bundle), "elapsed_s": elapsed_before})
     grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
+    info = _dataset_info(bundle)
+    stopping = (f"ASHA grace period {grace} epochs, reduction factor {settings.reduction_factor}"
+                if settings.scheduler == "asha" else "no early stopping")
+    log(f"search: {settings.num_samples} trials of up to {settings.max_epochs} epochs on {info['name']} "
+        f"({info['n_users']:,} users, {info['n_items']:,} items, {info['n_interactions']:,} interactions); "
+        f"space {settings.space} ({len(space.knobs)} knobs); {settings.searcher.upper()}, {stopping}; "
+        f"results in {out}" + ("" if settings.verbose else f" (Ray's own log: {out / 'ray.log'})"))
 
-    if not settings.address:
-        _init_ray(settings)
-    start = time.monotonic()
-    try:
-        _fit(settings, space, setup, grace, out, uri)
-    finally:
-        ray.shutdown()
+    from raytower.tune._console import ray_logs_to
+
+    with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / "ray.log"):
+        if not settings.address:
+            _init_ray(settings)
+        start = time.monotonic()
+        try:
+            _fit(settings, space, setup, grace, out, uri)
+        finally:
+            ray.shutdown()
     from raytower.tune.results import export_results, tune_statuses
 
     statuses = tune_statuses(out)
@@ -351,7 +363,7 @@ def _start_ray(settings: SearchSettings) -> None:
     # bound to loopback. address="local" so a stray RAY_ADDRESS is not joined by accident.
     if settings.address:
         try:
-            ray.init(address=settings.address, log_to_driver=True)
+            ray.init(address=settings.address, log_to_driver=bool(settings.verbose))
         except ConnectionError as e:
             raise ConfigError(f"--address {settings.address}: {str(e).strip().splitlines()[0][:200]}") from None
     else:
@@ -363,7 +375,9 @@ def _start_ray(settings: SearchSettings) -> None:
                  # No _node_ip_address: ray.init rewrites 127.0.0.1 to the host's address anyway
                  # (services.resolve_ip_for_localhost), and GCS and raylet listen on every
                  # interface. Token authentication (Ray's default) is what guards those ports.
-                 resources={"raytower_driver": 1000}, log_to_driver=True)
+                 # The trials' own output ("Checkpoint successfully created", ...) stays in Ray's
+                 # session logs unless -v: the console gets raytower's lines.
+                 resources={"raytower_driver": 1000}, log_to_driver=bool(settings.verbose))
 
 
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster's config on the head
@@ -526,6 +540,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
 
     from raytower.tune._callbacks import (METRIC, CurriculumStopper, DriverMemory, RecordingASHA, StopLog,
                                           TruthfulOptunaSearch)
+    from raytower.tune._console import ConsoleReporter
 
     stops = StopLog(str(out / "stops.json"))
     executor = settings.resolved_executor
@@ -563,10 +578,11 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     run_config = tune.RunConfig(
-        name=EXPERIMENT, storage_path=uri, stop=stopper, verbose=1,
+        name=EXPERIMENT, storage_path=uri, stop=stopper, verbose=1 if settings.verbose else 0,
         # Trial directories (TensorBoard files) go to the storage path too, not only checkpoints.
         sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))],
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))]
+        + ([] if settings.verbose else [ConsoleReporter(settings.num_samples, space.names, stops, settings.max_epochs)]),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),

@@ -1,0 +1,145 @@
+"""What a search prints: a header, one line per ended trial, a progress line, the summary.
+
+Ray's own lines (progress tables, "Checkpoint successfully created", warnings) go to ``OUT/ray.log``
+instead; ``-v`` shows them as Ray prints them. On a terminal the progress line is redrawn in place;
+in a log it is printed at most every 30 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from ray import tune
+
+from raytower._progress import LOG_EVERY_S, TERMINAL_EVERY_S, clock
+
+METRIC = "val/recall@100"
+BROKEN = ("diverged", "chance", "collapsed", "error")  # never the best so far
+SHORT = {"temp_start": "T0", "anneal_rate": "anneal", "temp_min": "Tmin", "logq_warmup_epochs": "logq_wu",
+         "logq_max": "logq", "logq_ramp_epochs": "logq_ramp", "unfreeze_depth": "depth", "lr_ratio": "lr_ratio",
+         "fusion": "fusion", "lr": "lr", "dim": "dim", "item_layers": "layers", "stage1_max_epochs": "s1_max"}
+
+
+@contextlib.contextmanager
+def ray_logs_to(path: Path) -> Iterator[None]:
+    """Within the block, Ray's, Tune's and Optuna's Python log lines and warnings go to ``path``,
+    not the console; everything is put back after (a notebook keeps its own logging)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    import optuna
+
+    optuna.logging.get_verbosity()  # Optuna adds its console handler on first use: make that happen now
+    saved = {}
+    for name in ("ray", "py.warnings", "optuna"):
+        lg = logging.getLogger(name)
+        saved[name] = (list(lg.handlers), lg.propagate)
+        for h in saved[name][0]:
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+        lg.propagate = False
+    # Tune's newer console output prints its experiment box whatever the verbosity; the classic
+    # reporter at verbosity 0 prints nothing.
+    env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each shown once, into the file
+            logging.captureWarnings(True)
+            yield
+    finally:
+        logging.captureWarnings(False)
+        for name, (handlers, propagate) in saved.items():
+            lg = logging.getLogger(name)
+            lg.removeHandler(handler)
+            for h in handlers:
+                lg.addHandler(h)
+            lg.propagate = propagate
+        if env is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = env
+        handler.close()
+
+
+def _short(config: dict, knobs: list[str]) -> str:
+    parts = []
+    for k in knobs:
+        if k in config:
+            v = config[k]
+            parts.append(f"{SHORT.get(k, k)}={v:.3g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}")
+    return " ".join(parts)
+
+
+class ConsoleReporter(tune.Callback):
+    # Tune pickles its callbacks into the experiment state (for --resume): no stream is kept here.
+    def __init__(self, total: int, knobs: list[str], stops, max_epochs: int):
+        self.total, self.knobs, self.stops, self.max_epochs = total, knobs, stops, max_epochs
+        self.ended: dict[str, float] = {}
+        self.t0 = self.last = time.monotonic()
+        self.drawn = False
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+    def _print(self, line: str) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.drawn = False
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _ended(self, trial, error: bool = False) -> None:
+        if trial.trial_id in self.ended:
+            return
+        result = trial.last_result or {}
+        best = result.get(f"best/{METRIC}", math.nan)
+        epochs = int(result.get("epoch", 0))
+        reason = "error" if error else (self.stops.reason(trial.trial_id) or
+                                        ("completed" if epochs >= self.max_epochs else "stopped"))
+        self.ended[trial.trial_id] = math.nan if reason in BROKEN else best
+        self._print(f"  trial {trial.trial_id}  {reason:<9} epochs {epochs:>3}  best val R@100 "
+                    f"{best:.4f}  {_short(trial.config, self.knobs)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, error=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.last < (TERMINAL_EVERY_S if self.tty else LOG_EVERY_S):
+            return
+        self.last = now
+        done = len(self.ended)
+        running = sum(t.status == "RUNNING" for t in trials)
+        finite = [v for v in self.ended.values() if v == v]
+        best = f"{max(finite):.4f}" if finite else "-"
+        spent = now - self.t0
+        eta = f"ETA {clock(spent / done * (self.total - done))}" if done else "ETA -"
+        line = f"  ended {done} of {self.total}, running {running}, best so far {best}, {clock(spent)} in, {eta}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            self.stream.flush()
+            self.drawn = True
+        else:
+            self._print(line)
+
+    def on_experiment_end(self, trials, **info):
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.drawn = False

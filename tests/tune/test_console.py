@@ -1,0 +1,32 @@
+"""What a search prints: raytower's lines only; Ray's go to OUT/ray.log (a 6-trial search once
+printed 485 lines, 26 of them "Checkpoint successfully created")."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMALL_SYNTHETIC
+
+pytestmark = pytest.mark.ray
+RAYTOWER = str(Path(sys.executable).with_name("raytower"))
+
+
+def test_a_search_in_a_log_prints_a_header_a_line_per_trial_and_the_summary(tmp_path):
+    trials = 3
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([RAYTOWER, "tune", "--data", SMALL_SYNTHETIC, "--space", "quick", "--num-samples", str(trials),
+                          "--max-epochs", "2", "--grace-period", "1", "--executor", "function", "--out",
+                          str(tmp_path / "out")], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) <= 3 * trials + 20, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "Checkpoint successfully created" not in text and "Trial status" not in text and "╭" not in text
+    assert text.count("  trial ") == trials  # one line per ended trial, with its stop reason in raytower's words
+    assert all(any(r in line for r in ("completed", "asha", "plateau")) for line in lines if line.startswith("  trial "))
+    assert "search: 3 trials of up to 2 epochs" in text and "best trial" in text
+    assert (tmp_path / "out" / "ray.log").is_file()
