@@ -122,7 +122,11 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
     assert taken_over.state.name in FINAL and taken_over.params == orphan.params
     after = _reported_epochs(out)
     for t in done:  # finished trials are kept, not run again
-        assert after[t] == before[t]
+        # A trial that ended after Tune's last save of the experiment is restored at its last epoch
+        # and reports that row once more (trainables.curriculum: report_again_when_done), without
+        # training: at most that one repeat, never an epoch run again.
+        assert after[t][:len(before[t])] == before[t]
+        assert after[t][len(before[t]):] in ([], [before[t][-1]]), f"trial {t} ran again: {after[t]}"
     for t in running:  # unfinished ones resumed from their checkpoints, not from epoch 1
         assert after[t].count(1) == 1 and after[t][-1] == epochs
 
