@@ -58,7 +58,6 @@ def child(size: str, threads: int) -> dict:
 
     users, items = (int(x) for x in size.split("x"))
     phases: dict[str, dict] = {}
-    state: dict = {}
 
     def timed(name, fn):
         t0, c0 = time.perf_counter(), time.process_time()

@@ -2,7 +2,6 @@
 
 import struct
 
-import pandas as pd
 import pytest
 
 from raytower.cli import main

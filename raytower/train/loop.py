@@ -182,7 +182,6 @@ class Curriculum:
         return [torch.as_tensor(batches[k], device=self.device) for k in perm]
 
     def _train_epoch(self, tau: float, lam: float) -> dict:
-        cfg = self.cfg
         self.user_tower.train()
         if self.item_top is not None:
             self.item_tower.train()
