@@ -3,6 +3,8 @@
     data = TrainData.build(bundle, max_len, device)
     data.train_batch(rows, width)          (len(rows), width) left-padded items: inputs and targets
     data.eval_batch("val", rows, width)    (len(rows), width) the history before each target
+    epoch_batches(data.train_lens, ...)    an epoch's batches of train-user positions
+    training_targets(seqs, "all")          a batch's inputs, targets and which of them train
 
 Sequences stay in CSR form (offsets, items): memory is linear in the interactions, and a batch
 is padded only to its own longest sequence when it is drawn, then copied to the device.
@@ -21,6 +23,7 @@ from raytower.train.config import VAL_USERS_AUTO
 from raytower.train.loss import log_sampling_prob
 
 META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
+SHUFFLE_POOL = 32  # batches sorted by length together: little padding, yet well shuffled
 VAL_SAMPLE_SEED = 0  # one validation sample per data set, whatever the trial's seed
 
 
@@ -79,3 +82,40 @@ class TrainData:
         """The last ``width`` history items (<= max_len) of the evaluated users at positions ``rows``."""
         ev = self.eval_sets[split]
         return torch.as_tensor(left_padded(ev.hist_offsets, ev.hist_items, rows, width), device=self.device)
+
+
+def epoch_batches(lens: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1) -> list[np.ndarray]:
+    """One rank's batches of one epoch, as positions into the train users (``lens``: their
+    sequence lengths). Shuffled, then grouped by sequence length within pools of SHUFFLE_POOL
+    batches, so a batch is cropped to little padding; the batch order is shuffled. A fresh
+    generator per (seed, epoch) makes a resumed run draw the same batches.
+
+    ``batch_size`` counts users; with ``targets = "last"`` each user is one training row, so it
+    counts rows too. With "all" a batch trains every position of its users: its number of targets
+    follows their lengths."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lens), generator=g)
+    # Every DDP rank must take the same number of steps, or the last all-reduce hangs.
+    order = order[: len(order) - len(order) % world_size][rank::world_size].numpy()
+    batches = []
+    for p in range(0, len(order), SHUFFLE_POOL * batch_size):
+        pool = order[p:p + SHUFFLE_POOL * batch_size]
+        pool = pool[np.argsort(lens[pool], kind="stable")]
+        batches += [pool[s:s + batch_size] for s in range(0, len(pool), batch_size)]
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[k] for k in perm]
+
+
+def training_targets(seqs: torch.Tensor, targets: str = "all") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, targets, valid) of a ``train_batch``: position t's target is item t + 1.
+
+    "all": every position with an input and a target trains; targets and valid are (B, width - 1).
+    "last": only each sequence's last item, in the last column of the left-padded batch (every
+    train user has an input and a target): targets and valid are (B, 1), one row per user, and
+    the user tower need only output its last position (``last_only``)."""
+    inp, tgt = seqs[:, :-1], seqs[:, 1:]
+    if targets == "last":
+        tgt = tgt[:, -1:]
+        return inp, tgt, (inp[:, -1:] > 0) & (tgt > 0)
+    return inp, tgt, (inp > 0) & (tgt > 0)
