@@ -214,7 +214,8 @@ class Fusion(nn.Module):
 
 
 class HybridUserTower(nn.Module):
-    """Long-term taste (frozen LightGCN user vector), short-term intent (sequence), meta features."""
+    """Long-term taste (LightGCN user vector, frozen unless ``gnn_unfreeze``), short-term intent
+    (sequence), meta features."""
 
     def __init__(self, cfg, n_items: int, gnn_user: torch.Tensor, graph_users: torch.Tensor,
                  meta_cardinalities: dict[str, int]):
@@ -226,6 +227,9 @@ class HybridUserTower(nn.Module):
         self.register_buffer("graph_users", graph_users, persistent=False)
         self.cold_vec = nn.Parameter(torch.randn(gnn_user.shape[1]) * 0.02)
         self.gnn_dropout = cfg.gnn_dropout
+        # A trainable table drifts off the unit sphere: its rows are normalised at lookup, in every
+        # stage and at evaluation alike. A frozen table is normalised once, above, and used as is.
+        self.normalize_gnn = cfg.gnn_unfreeze
         self.seq = SequenceEncoder(n_items, cfg.dim, cfg.max_len, cfg.n_blocks, cfg.n_heads, cfg.dropout, cfg.pooling)
         self.meta = MetaEncoder(meta_cardinalities, cfg.dim)
         self.fusion = Fusion(cfg.fusion, cfg.dim, cfg.n_experts, cfg.dropout)
@@ -237,11 +241,38 @@ class HybridUserTower(nn.Module):
             # hiding it at random keeps the fusion from leaning on that leak (and trains cold start).
             in_graph = in_graph & (torch.rand(users.shape, device=users.device) >= self.gnn_dropout)
         cold = F.normalize(self.cold_vec, dim=-1).expand(users.shape[0], -1)
-        return torch.where(in_graph[:, None], self.gnn_user[users], cold)
+        rows = self.gnn_user[users]
+        if self.normalize_gnn:
+            rows = F.normalize(rows, dim=-1)
+        return torch.where(in_graph[:, None], rows, cold)
+
+    @property
+    def gnn_trainable(self) -> bool:
+        return isinstance(self.gnn_user, nn.Parameter)
+
+    def unfreeze_gnn(self) -> nn.Parameter:
+        """Make the LightGCN table a parameter (``gnn_unfreeze``, at Stage 2) and return it.
+
+        From here on it is state: ``state_dict`` carries it (key ``gnn_user``), so a checkpoint
+        grows with the users, which only a trainable table justifies."""
+        if not self.gnn_trainable:
+            table = self.gnn_user
+            delattr(self, "gnn_user")  # the buffer
+            self.gnn_user = nn.Parameter(table.detach().clone())
+        return self.gnn_user
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         # Checkpoints written before the GNN table became a buffer carry a copy of it: not state.
         state = {k: v for k, v in state.items() if k != "gnn_user.weight"}
+        if "gnn_user" in state and not self.gnn_trainable:
+            # A table trained in Stage 2, loaded to evaluate or export: it goes into the buffer
+            # (nothing trains it here, and the model's state stays that of a frozen table).
+            table = state.pop("gnn_user")
+            if table.shape != self.gnn_user.shape:
+                raise RuntimeError(f"size mismatch for gnn_user: checkpoint {tuple(table.shape)}, "
+                                   f"model {tuple(self.gnn_user.shape)}")
+            with torch.no_grad():
+                self.gnn_user.copy_(table)
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     def forward(self, users: torch.Tensor, seq: torch.Tensor, meta: torch.Tensor, last_only: bool = False) -> torch.Tensor:

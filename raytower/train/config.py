@@ -23,6 +23,8 @@ VAL_USERS_AUTO = 20_000  # SE of a Recall@100 near 0.4 on this many users: about
 LIMITS = {"dim": 4096, "max_len": 10_000, "n_blocks": 64, "n_heads": 256, "n_experts": 256,
           "item_layers": 64, "batch_size": 1 << 20, "epochs": 100_000}
 POOLING_TYPES = ("last", "attention")
+LOGQ_TYPES = ("frequency", "inclusion")
+TARGET_TYPES = ("all", "last")
 
 
 @dataclass
@@ -41,7 +43,10 @@ class TrainConfig:
     # --- optimisation -------------------------------------------------------------------------
     lr: float = 1e-3  # user-tower learning rate
     weight_decay: float = 0.0
-    batch_size: int = 128  # users per step; every position of each sequence is a training example
+    batch_size: int = 128  # users per step; with targets=last, also the rows (training examples) per step
+    # all: every position of each sequence is a training example; last: only each sequence's last
+    # item (one row per user), as the seed trained
+    targets: str = "all"
     epochs: int = 100
     seed: int = 0
     # --- temperature: tau(epoch) = max(temp_min, temp_start * anneal_rate ** epoch) ------------
@@ -52,12 +57,19 @@ class TrainConfig:
     logq_warmup_epochs: int = 2
     logq_max: float = 0.05
     logq_ramp_epochs: int = 5
+    # What lambda multiplies: frequency = log p_j (p_j: share of the train interactions, add-one
+    # smoothed); inclusion = log(1 - (1 - p_j)^T), the chance that j is among the step's distinct
+    # candidates, T = the step's number of targets
+    logq: str = "frequency"
+    logq_positive: bool = True  # also correct each row's own positive (False: only its negatives)
     # --- curriculum: leave Stage 1 at the first of these; thresholds are relative to the data --
-    stage1_max_epochs: int = 10
+    stage1_max_epochs: int = 10  # 0: no Stage 1, Stage 2's unfreezing from the first step
     stage2_min_recall: float = 1.0  # x popularity's validation Recall@100
     stage2_max_loss: float = 0.6  # x the random-guess loss
     unfreeze_depth: int = 1  # Stage 2: 0 = item tower stays frozen, 1 = head, 2 = head + top block...
     lr_ratio: float = 0.01  # Stage 2 item-tower LR = lr * lr_ratio
+    gnn_unfreeze: bool = False  # Stage 2 also trains the LightGCN user table (then checkpoints carry it)
+    gnn_lr_ratio: float = 0.01  # its LR = lr * gnn_lr_ratio
     # --- evaluation -----------------------------------------------------------------------------
     # Per-epoch validation on a seeded sample of this many users, the same for every trial; 0: all
     # of them; -1 (auto): all up to VAL_USERS_AUTO, a sample of VAL_USERS_AUTO above. Test: all.
@@ -72,16 +84,16 @@ class TrainConfig:
 
         for f in fields(self):
             v = getattr(self, f.name)
-            want = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
+            want = {"int": int, "float": float, "str": str, "bool": bool}[f.type] if isinstance(f.type, str) else f.type
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 setattr(self, f.name, float(v))
                 continue
-            if not isinstance(v, want) or isinstance(v, bool):
+            if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
                 bad(f"{f.name} must be {want.__name__}, got {reprlib.repr(v)}")
             if want is float and not math.isfinite(v):
                 bad(f"{f.name} must be finite, got {v!r}")
         positive = ["dim", "max_len", "n_blocks", "n_heads", "n_experts", "batch_size", "lr",
-                    "temp_start", "temp_min", "stage1_max_epochs", "lr_ratio", "epochs"]
+                    "temp_start", "temp_min", "lr_ratio", "gnn_lr_ratio", "epochs"]
         for name in positive:
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
@@ -93,7 +105,8 @@ class TrainConfig:
         if self.val_users < -1:
             bad(f"val_users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
         non_negative = ["item_layers", "weight_decay", "logq_warmup_epochs", "logq_max",
-                        "logq_ramp_epochs", "stage2_min_recall", "stage2_max_loss", "unfreeze_depth"]
+                        "logq_ramp_epochs", "stage1_max_epochs", "stage2_min_recall", "stage2_max_loss",
+                        "unfreeze_depth"]
         for name in non_negative:
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -108,6 +121,10 @@ class TrainConfig:
             bad(f"unknown fusion type {self.fusion!r}; choose one of {', '.join(FUSION_TYPES)}")
         if self.pooling not in POOLING_TYPES:
             bad(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_TYPES)}")
+        if self.logq not in LOGQ_TYPES:
+            bad(f"unknown logq {self.logq!r}; choose one of {', '.join(LOGQ_TYPES)}")
+        if self.targets not in TARGET_TYPES:
+            bad(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGET_TYPES)}")
         if self.dim % self.n_heads:
             bad(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.unfreeze_depth > self.item_layers + 2:
@@ -120,6 +137,9 @@ class TrainConfig:
         if self.lr_ratio > 1:
             out.append(f"lr_ratio {self.lr_ratio:g} > 1: Stage 2 would train the item tower faster than the user "
                        "tower, where the curriculum means it to move slowly (0.01 by default)")
+        if self.gnn_unfreeze and self.gnn_lr_ratio > 1:
+            out.append(f"gnn_lr_ratio {self.gnn_lr_ratio:g} > 1: Stage 2 would train the LightGCN table faster "
+                       "than the user tower (0.01 by default)")
         return out
 
     # --- (de)serialisation ------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Stage 1: item tower and GNN table frozen (requires_grad off, outside the optimiz
 encoder, meta encoder and fusion train. Stage 2 (at the first of: validation Recall@100 reaches
 ``stage2_min_recall`` x popularity's, train loss falls to ``stage2_max_loss`` x the random-guess
 loss, ``stage1_max_epochs`` epochs): the top ``unfreeze_depth`` pieces of the item tower join in
-their own optimizer group at ``lr * lr_ratio``.
+their own optimizer group at ``lr * lr_ratio``, and with ``gnn_unfreeze`` the LightGCN user table in
+another at ``lr * gnn_lr_ratio``. ``stage1_max_epochs = 0``: Stage 2 from the first step.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ import torch.nn as nn
 from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts
 from raytower.train.config import TrainConfig
-from raytower.train.data import TrainData
+from raytower.train.data import TrainData, epoch_batches, training_targets
 from raytower.train.evaluate import evaluate, popularity
-from raytower.train.loss import candidates, inbatch_softmax
+from raytower.train.loss import candidates, inbatch_softmax, log_inclusion_prob
 from raytower.train.schedules import logq_weight, temperature
 
 CHECKPOINT_FORMAT = 1
-SHUFFLE_POOL = 32  # batches sorted by length together: little padding, yet well shuffled
 
 
 class Curriculum:
@@ -59,6 +59,8 @@ class Curriculum:
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.item_cache = model.item_vectors()
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
+        if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
+            self._enter_stage2("stage1_max_epochs 0: no Stage 1")
 
     @classmethod
     def create(cls, cfg: TrainConfig, bundle, artifacts: Artifacts, device: str | torch.device = "cpu",
@@ -147,9 +149,15 @@ class Curriculum:
     def _enter_stage2(self, reason: str) -> None:
         self.stage = 2
         self.switch = {"epoch": self.epoch, "reason": reason}
-        depth = self.cfg.unfreeze_depth
-        if depth == 0:
-            return
+        if self.cfg.unfreeze_depth > 0:
+            self._unfreeze_item_tower(self.cfg.unfreeze_depth)
+        if self.cfg.gnn_unfreeze:
+            table = self.user_tower.unfreeze_gnn()
+            # Under DDP the wrapped set of trainable parameters was fixed at wrapping and just grew.
+            self.user_module = self._wrap(self.user_tower)
+            self.optimizer.add_param_group({"params": [table], "lr": self.cfg.lr * self.cfg.gnn_lr_ratio})
+
+    def _unfreeze_item_tower(self, depth: int) -> None:
         pieces = self.item_tower.stages()[:depth]
         for p in pieces:
             p.requires_grad_(True)
@@ -165,21 +173,10 @@ class Curriculum:
         self.optimizer.add_param_group({"params": params, "lr": self.cfg.lr * self.cfg.lr_ratio})
 
     def _batches(self) -> list[torch.Tensor]:
-        """This rank's batches of this epoch: shuffled, then grouped by sequence length within
-        pools of SHUFFLE_POOL batches, so a batch is cropped to little padding; the batch order is shuffled.
-        A fresh generator per epoch makes a resumed run draw the same batches."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.data.train_users), generator=g)
-        # Every DDP rank must take the same number of steps, or the last all-reduce hangs.
-        order = order[: len(order) - len(order) % self.world_size][self.rank::self.world_size].numpy()
-        bs = self.cfg.batch_size
-        batches = []
-        for p in range(0, len(order), SHUFFLE_POOL * bs):
-            pool = order[p:p + SHUFFLE_POOL * bs]
-            pool = pool[np.argsort(self.data.train_lens[pool], kind="stable")]
-            batches += [pool[s:s + bs] for s in range(0, len(pool), bs)]
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        return [torch.as_tensor(batches[k], device=self.device) for k in perm]
+        """This rank's batches of this epoch (``data.epoch_batches``), on the device."""
+        rows = epoch_batches(self.data.train_lens, self.cfg.batch_size, self.cfg.seed, self.epoch,
+                             self.rank, self.world_size)
+        return [torch.as_tensor(b, device=self.device) for b in rows]
 
     def _train_epoch(self, tau: float, lam: float) -> dict:
         self.user_tower.train()
@@ -194,12 +191,16 @@ class Curriculum:
             users = users_all[idx]
             rows = idx.cpu().numpy()
             seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
-            inp, tgt = seqs[:, :-1], seqs[:, 1:]
-            valid = (inp > 0) & (tgt > 0)
-            u = self.user_module(users, inp, data.meta[users])[valid]
+            last_only = self.cfg.targets == "last"
+            inp, tgt, valid = training_targets(seqs, self.cfg.targets)
+            u = self.user_module(users, inp, data.meta[users], last_only=last_only)[valid]
             cand, labels = candidates(tgt[valid])
             v = self._candidate_vectors(cand)
-            loss, random_loss = inbatch_softmax(u, v, labels, data.log_q[cand], tau, lam)
+            log_q = data.log_q[cand]
+            if self.cfg.logq == "inclusion" and lam:
+                # T is this step's number of targets: batches are sorted by length, so it varies.
+                log_q = log_inclusion_prob(log_q, len(labels))
+            loss, random_loss = inbatch_softmax(u, v, labels, log_q, tau, lam, self.cfg.logq_positive)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -253,7 +254,8 @@ class Curriculum:
         with _checkpoint_errors():
             self.epoch, self.history = int(state["epoch"]), list(state["history"])
             if state["stage"] == 2:
-                self._enter_stage2(state["switch"]["reason"])
+                if self.stage == 1:  # (a run without Stage 1 entered Stage 2 when it was created)
+                    self._enter_stage2(state["switch"]["reason"])
                 self.switch = state["switch"]
             load_model_state(self.model, state)
             self.item_cache = self.model.item_vectors()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from raytower.model.pretrain import build_item_tower
-from raytower.model.two_tower import Fusion, SequenceEncoder
+from raytower.model.two_tower import Fusion, HybridUserTower, SequenceEncoder
 from raytower.train.config import TrainConfig
 
 
@@ -82,3 +82,45 @@ def test_config_rejects_bad_values_in_one_line():
         with pytest.raises(ConfigError) as e:
             TrainConfig.from_dict(bad, source="cfg.yaml")
         assert str(e.value).startswith("cfg.yaml: ") and "\n" not in str(e.value)
+
+
+def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
+    from raytower.errors import ConfigError
+
+    cases = [({"logq": "sampled"}, "unknown logq 'sampled'; choose one of frequency, inclusion"),
+             ({"targets": "first"}, "unknown targets 'first'; choose one of all, last"),
+             ({"logq_positive": "no"}, "logq_positive must be bool"),
+             ({"logq_positive": 0}, "logq_positive must be bool"),  # an int is not a yes/no
+             ({"gnn_unfreeze": 1}, "gnn_unfreeze must be bool"),
+             ({"gnn_lr_ratio": 0.0}, "gnn_lr_ratio must be > 0"),
+             ({"stage1_max_epochs": -1}, "stage1_max_epochs must be >= 0")]
+    for bad, message in cases:
+        with pytest.raises(ConfigError) as e:
+            TrainConfig.from_dict(bad, source="cfg.yaml")
+        assert str(e.value).startswith(f"cfg.yaml: {message}") and "\n" not in str(e.value), bad
+    ok = TrainConfig.from_dict({"logq": "inclusion", "logq_positive": False, "targets": "last", "gnn_unfreeze": True,
+                                "stage1_max_epochs": 0})
+    assert (ok.logq, ok.logq_positive, ok.targets, ok.gnn_unfreeze, ok.stage1_max_epochs) == ("inclusion", False, "last", True, 0)
+    # The defaults keep what raytower did before these options: existing results stay true.
+    d = TrainConfig()
+    assert (d.logq, d.logq_positive, d.targets, d.gnn_unfreeze) == ("frequency", True, "all", False)
+    assert any("gnn_lr_ratio" in line for line in TrainConfig(gnn_unfreeze=True, gnn_lr_ratio=2.0).advice())
+    assert not TrainConfig(gnn_lr_ratio=2.0).advice()  # a frozen table's ratio is never used
+
+
+def test_a_trainable_gnn_table_is_state_and_a_frozen_one_is_not():
+    cfg = TrainConfig(dim=16, max_len=10, n_heads=2, gnn_unfreeze=True)
+    table = torch.nn.functional.normalize(torch.randn(11, 16), dim=-1)
+    tower = HybridUserTower(cfg, 50, table, torch.ones(11, dtype=torch.bool), {"age_bucket": 8, "gender_idx": 3,
+                                                                                 "occupation_idx": 22})
+    assert "gnn_user" not in tower.state_dict() and not tower.gnn_trainable
+    param = tower.unfreeze_gnn()
+    assert tower.unfreeze_gnn() is param  # once
+    assert isinstance(param, torch.nn.Parameter) and any(p is param for p in tower.parameters())
+    assert torch.allclose(tower.state_dict()["gnn_user"], table)
+    with torch.no_grad():
+        param.mul_(3.0)  # off the unit sphere, as training may take it
+    tower.eval()
+    users = torch.tensor([1, 2])
+    assert torch.allclose(tower.gnn_vector(users).norm(dim=-1), torch.ones(2))  # normalised at lookup
+
