@@ -44,3 +44,18 @@ def test_two_ranks_stay_in_sync_through_the_stage_switch(small_bundle, small_art
     for key, value in r0["head"].items():
         assert torch.allclose(value, r1["head"][key]), key  # and the unfrozen head after the switch
     assert [r["loss"] for r in r0["rows"]] == [r["loss"] for r in r1["rows"]]  # all-reduced epoch loss
+
+
+def test_a_trainable_gnn_table_stays_in_sync_across_ranks(small_bundle, small_artifacts, small_config, tmp_path):
+    # The table becomes a parameter of the already-wrapped user tower at Stage 2: without wrapping
+    # it again, DDP would not all-reduce its gradient and each rank would train its own table.
+    cfg = small_config.replace(epochs=3, stage1_max_epochs=1, unfreeze_depth=1, gnn_unfreeze=True, gnn_lr_ratio=1.0,
+                               targets="last")
+    mp.spawn(_worker, args=(2, _free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    table = r0["user"]["gnn_user"]
+    start = torch.nn.functional.normalize(small_artifacts.gnn_user, dim=-1)
+    assert not torch.allclose(table, start)  # it trained
+    for key, value in r0["user"].items():
+        assert torch.allclose(value, r1["user"][key]), key
