@@ -49,9 +49,10 @@ def load_bundle(data: str = "synthetic", **prepare: Any):
 def search(data: str = "synthetic", space: str = "default", out: str | Path = "runs/search",
            prepare: dict | None = None, log=print, **settings: Any) -> SearchResult:
     """Run a search (``raytower tune``); ``settings`` are SearchSettings' fields (num_samples,
-    max_epochs, seed, executor, cpus_per_trial, patience, val_users, resume, ...)."""
+    max_epochs, metric, searcher, seed, executor, cpus_per_trial, patience, val_users, resume, ...)."""
     from raytower.data import PrepareOptions
-    from raytower.tune.search import SearchSettings, run_search
+    from raytower.tune.search import run_search
+    from raytower.tune.settings import SearchSettings
 
     s = SearchSettings(space=str(space), out=str(out), **settings)
     doc = run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log)
@@ -59,11 +60,12 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
 
 
 def fit(config: Any = None, data: str = "synthetic", out: str | Path | None = None, *, device: str = "cpu",
-          threads: int | None = None, force: bool = False, prepare: dict | None = None, log=print,
-          **overrides: Any) -> dict:
-    """Train one configuration (``raytower train``; named fit, as ``raytower.train`` is the package): ``config`` is a TrainConfig, a dict of its
-    fields, or a JSON/YAML file (a best_config.json too); ``overrides`` replace single fields.
-    Returns what metrics.json holds."""
+        threads: int | None = None, force: bool = False, prepare: dict | None = None, log=print,
+        metric: str = "recall@100", **overrides: Any) -> dict:
+    """Train one configuration (``raytower train``; named fit, as ``raytower.train`` is the package):
+    ``config`` is a TrainConfig, a dict of its fields, or a JSON/YAML file (a best_config.json too);
+    ``overrides`` replace single fields; ``metric`` chooses the best epoch, the one tested. Returns
+    what metrics.json holds."""
     from raytower.data import PrepareOptions
     from raytower.data import load_bundle as _load
     from raytower.train.config import TrainConfig
@@ -81,4 +83,4 @@ def fit(config: Any = None, data: str = "synthetic", out: str | Path | None = No
         cfg = cfg.replace(**overrides)
     bundle = _load(data, PrepareOptions(**(prepare or {})))
     return _train(cfg, bundle, Path(out or f"runs/train-{bundle.name}"), device=device, threads=threads, log=log,
-                  force=force)
+                  force=force, metric=metric)

@@ -11,88 +11,20 @@ import os
 import sys
 from pathlib import Path
 
+from raytower._flags import Parser, add_data_flags, add_force, add_tune_flags, positive_int, prepare_options
 from raytower.errors import RaytowerError
-
-DATA_HELP = (
-    "data source: a directory (MovieLens layout auto-detected), an interactions file "
-    "(.csv/.parquet, options as FILE:user=COL,item=COL,time=COL,rating=COL,items=FILE,users=FILE), "
-    "a dataset name (ml-100k, ml-1m, ...; downloaded if missing), a prepared bundle directory, or "
-    "synthetic[:key=value,...] (default: synthetic)"
-)
-
 
 # The machine's problems, not raytower's: a full disk, a quota, a read-only or forbidden place.
 _ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (no usage block), like every other raytower error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
-
-
-def _add_force(p: argparse.ArgumentParser, kind: str) -> None:
-    p.add_argument("--force", action="store_true",
-                   help=f"replace an earlier raytower {kind} at the destination (never anything else)")
-
-
-def _val_users(text: str) -> int:
-    v = int(text)
-    if v < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (auto), 0 (all) or a number of users, got {text}")
-    return v
-
-
-def _add_val_users(p: argparse.ArgumentParser, default: int | None) -> None:
+def _add_val_users(p: argparse.ArgumentParser) -> None:
     from raytower.train.config import VAL_USERS_AUTO
 
-    p.add_argument("--val-users", type=_val_users, default=default, metavar="N",
-                   help=f"validate each epoch on a seeded sample of N users, the same for every trial (its "
-                        f"standard error is printed beside Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} "
-                        f"users, a sample of {VAL_USERS_AUTO:,} above (default{'' if default is None else ' -1'}"
-                        f"{': the config' if default is None else ''}). Test always ranks every user")
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data preparation")
-    g.add_argument("--data", default="synthetic", metavar="SOURCE", help=DATA_HELP)
-    g.add_argument("--split", choices=["leave_last_out", "temporal"], default="leave_last_out",
-                   help="leave-last-out per user (default) or a global temporal split")
-    g.add_argument("--cold-frac", type=_fraction, default=0.1,
-                   help="fraction of users kept out of the LightGCN graph (cold start), seeded (default 0.1)")
-    g.add_argument("--k-core", type=_non_negative_int, default=0, help="k-core filter (default 0: off)")
-    g.add_argument("--min-rating", type=float, default=None,
-                   help="implicit feedback: keep interactions with rating >= this (default: keep all)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the cold-start draw (default 0)")
-
-
-def prepare_options(args):
-    from raytower.data import PrepareOptions
-
-    return PrepareOptions(split=args.split, cold_frac=args.cold_frac, k_core=args.k_core,
-                          min_rating=args.min_rating, seed=args.data_seed)
+    p.add_argument("--val-users", type=int, default=None, metavar="N",
+                   help=f"validate each epoch on a seeded sample of N users (its standard error is printed beside "
+                        f"Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} users, a sample of "
+                        f"{VAL_USERS_AUTO:,} above (default: the config's). Test always ranks every user")
 
 
 def load_data(args, progress: bool = True):
@@ -118,7 +50,7 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from raytower.data._download import cached_dataset, download
+    from raytower.data import cached_dataset, download
 
     path = download(args.name, args.dest, force=args.force) if args.dest else cached_dataset(args.name)
     print(path)
@@ -168,27 +100,32 @@ def cmd_train(args) -> int:
     from raytower.train.run import train
 
     out = Path(args.out or f"runs/train-{bundle.name}")
-    train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force)
+    train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force, metric=_train_metric(args))
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
-def cmd_tune(args) -> int:
-    from raytower.tune.search import SearchInterrupted, SearchSettings, run_search
+def _train_metric(args) -> str:
+    """--metric, else the metric a best_config.json was chosen by, else Recall@100."""
+    from raytower.names import DEFAULT_METRIC, check_metric
 
+    if args.metric:
+        return check_metric(args.metric)
+    import json
+
+    try:
+        chosen = json.loads(Path(args.config).read_text())["selection"]["metric"] if args.config else None
+    except (OSError, ValueError, KeyError, TypeError):
+        chosen = None  # not a best_config.json
+    return chosen.removeprefix("val/") if isinstance(chosen, str) else DEFAULT_METRIC
+
+
+def cmd_tune(args) -> int:
+    from raytower.tune.search import SearchInterrupted, run_search
+    from raytower.tune.settings import from_args
+
+    settings = from_args(args)
     _stop_on_sigterm()
-    settings = SearchSettings(
-        space=args.space, num_samples=args.num_samples, max_epochs=args.max_epochs, out=args.out,
-        address=args.address, executor=args.executor, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
-        max_concurrent=args.max_concurrent, seed=args.seed, time_budget_s=args.time_budget,
-        grace_period=args.grace_period, reduction_factor=args.reduction_factor, scheduler=args.scheduler,
-        searcher=args.searcher, truthful_pruning=not args.no_truthful_pruning, storage=args.storage,
-        storage_path=args.storage_path,
-        chance_patience=args.chance_patience, patience=args.patience, resume=args.resume, warm_start=args.warm_start,
-        min_free_gb=args.min_free_gb, threads_per_trial=args.threads_per_trial, val_users=args.val_users,
-        verbose=args.verbose,
-    )
     try:
         run_search(settings, data=args.data, prepare_options=prepare_options(args))
     except SearchInterrupted as e:
@@ -196,8 +133,20 @@ def cmd_tune(args) -> int:
         print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
         return _interrupted_status()
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
-    print(f"retrain it: raytower train --config {Path(args.out) / 'best_config.json'} --data {args.data}")
+    print(f"retrain it: {_retrain_command(args)}")
     return 0
+
+
+def _retrain_command(args) -> str:
+    """`raytower train` on the same data, prepared the same way: every data flag that was given."""
+    import shlex
+
+    data = ["--data", args.data]
+    for flag, default in (("split", "leave_last_out"), ("cold_frac", 0.1), ("k_core", 0), ("min_rating", None),
+                          ("data_seed", 0)):
+        if getattr(args, flag) != default:
+            data += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return shlex.join(["raytower", "train", "--config", str(Path(args.out) / "best_config.json"), *data])
 
 
 _TERMINATED: list[int] = []
@@ -235,7 +184,8 @@ def cmd_best(args) -> int:
         from raytower._io import check_file_destination
 
         check_file_destination(args.output, "best_config.json", is_best_config, args.force)
-    doc = export_results(args.dir)
+    # Reads the search and writes nothing in it; the JSON alone goes to stdout (pipe it to jq).
+    doc = export_results(args.dir, write=False, log=lambda line: print(line, file=sys.stderr))
     if args.output:
         from raytower._io import write_json
 
@@ -290,124 +240,98 @@ def cmd_submit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="raytower",
         description="Hyperparameter search for two-tower recommenders trained with a two-stage curriculum.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for add in (_data_parsers, _train_parser, _tune_parser, _best_parser, _report_parsers, _export_parsers,
+                _submit_parser):
+        add(sub)
+    return parser
 
+
+def _data_parsers(sub) -> None:
     data = sub.add_parser("data", help="download and prepare data sets")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser)
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", parser_class=Parser)
     p = data_sub.add_parser("prepare", help="prepare a data source into a cached bundle and print its summary")
-    add_data_args(p)
+    add_data_flags(p)
     p.add_argument("--out", dest="bundle_out", metavar="DIR", help="write the bundle here instead of the cache")
-    _add_force(p, "bundle")
+    add_force(p, "bundle")
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("download", help="download a MovieLens release (checksum-verified)")
     p.add_argument("name", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest")
     p.add_argument("--dest", default=None, metavar="DIR", help="unpack into DIR/NAME (default: the raytower cache)")
-    _add_force(p, "download in DIR/NAME")
+    add_force(p, "download in DIR/NAME")
     p.set_defaults(func=cmd_data_download)
 
+
+def _train_parser(sub) -> None:
+    from raytower.names import METRICS
+
     p = sub.add_parser("train", help="train one configuration: pretraining (cached), the curriculum, test once")
-    add_data_args(p)
+    add_data_flags(p)
     p.add_argument("--config", metavar="FILE", help="config fields as JSON or YAML, or a best_config.json")
-    p.add_argument("--epochs", type=_positive_int, help="override the config's epochs")
-    _add_val_users(p, default=None)
+    p.add_argument("--epochs", type=positive_int, help="override the config's epochs")
+    _add_val_users(p)
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="the validation metric that chooses the best epoch, the one tested (default: the one a "
+                        "best_config.json was chosen by, else recall@100)")
     p.add_argument("--out", metavar="DIR", help="run directory, new or empty (default runs/train-<dataset>)")
-    _add_force(p, "run")
+    add_force(p, "run")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (fix it for reproducible runs; default: torch's choice)")
     p.add_argument("--strict", action="store_true",
                    help="a best_config.json chosen on other data (another fingerprint) is an error, not a warning")
     p.set_defaults(func=cmd_train)
 
+
+def _tune_parser(sub) -> None:
     p = sub.add_parser(
         "tune", help="search the curriculum's knobs with Ray Tune + Optuna (TPE) + ASHA",
         description="Search the curriculum's knobs. Writes OUT/best_config.json, OUT/trials.parquet and "
                     "the Optuna study (OUT/optuna.db). --resume continues an interrupted search in OUT; "
                     "it restores Ray Tune's experiment state, which Tune stores as pickles: resume only "
                     "directories raytower itself wrote.")
-    add_data_args(p)
-    p.add_argument("--space", default="default", metavar="SPACE",
-                   help="search space: quick or default (shipped with raytower; copies in the repository's "
-                        "search_spaces/), or a YAML file (default %(default)s)")
-    p.add_argument("--num-samples", type=_positive_int, default=20, help="trials (default %(default)s)")
-    p.add_argument("--max-epochs", type=_positive_int, default=30, help="epochs of a trial that is never stopped")
-    _add_val_users(p, default=-1)
-    p.add_argument("--out", default="runs/search", metavar="DIR", help="experiment directory (default %(default)s)")
-    p.add_argument("--address", default=None,
-                   help="join a Ray cluster ('auto' on a cluster node, or host:port); default: a private local Ray")
-    p.add_argument("--executor", choices=["auto", "function", "train"], default="auto",
-                   help="function: the loop runs in the Tune trial (one CPU worker, least overhead); "
-                        "train: a Ray Train TorchTrainer per trial (DDP, GPUs); auto: train when GPUs or "
-                        "several workers are asked for")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--threads-per-trial", type=_positive_int, default=None,
-                   help="torch threads in each trial (default: --cpus-per-trial, at least 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
-    p.add_argument("--workers-per-trial", type=_positive_int, default=1, help="DDP workers (executor train)")
-    p.add_argument("--max-concurrent", type=_positive_int, default=None, help="default: as many as resources allow")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="stop starting trials after this")
-    p.add_argument("--grace-period", type=_positive_int, default=None,
-                   help="ASHA's first rung in epochs (default: after the latest Stage 2 switch + 3)")
-    p.add_argument("--reduction-factor", type=int, default=2)
-    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
-    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe")
-    p.add_argument("--no-truthful-pruning", action="store_true",
-                   help="tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED")
-    p.add_argument("--storage", default=None, metavar="URL", help="Optuna RDB URL (default sqlite in OUT)")
-    p.add_argument("--storage-path", default=os.environ.get("RAYTOWER_STORAGE") or None, metavar="URI",
-                   help="where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., "
-                        "or a directory every node mounts (default: $RAYTOWER_STORAGE, else OUT). The search goes "
-                        "in URI/<name of OUT>; "
-                        "the Optuna study stays in OUT and is copied there at the end")
-    p.add_argument("--chance-patience", type=_positive_int, default=3,
-                   help="epochs at or above the random-guess loss before a trial is stopped as 'chance'")
-    p.add_argument("--patience", type=int, default=5,
-                   help="stop a trial as 'plateau' when its validation Recall@100 has not improved for this many "
-                        "epochs, counted from ASHA's grace period on; 0 turns it off (default %(default)s)")
-    p.add_argument("--min-free-gb", type=float, default=1.0,
-                   help="refuse to start with less free disk than this under --out (default %(default)s)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search in --out (only directories raytower wrote: "
-                        "Ray Tune restores its state from pickles)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="also show Ray's own output (progress tables, trial logs); by default it goes to OUT/ray.log")
-    p.add_argument("--warm-start", metavar="DIR", default=None,
-                   help="seed TPE with the finished trials of an earlier search's study")
+    add_tune_flags(p)
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("best", help="re-export best_config.json from a finished or interrupted search")
+
+def _best_parser(sub) -> None:
+    p = sub.add_parser("best", help="print the chosen configuration of a finished or interrupted search "
+                                    "(what its best_config.json holds); nothing in DIR is written")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here too (default: print)")
-    _add_force(p, "best_config.json at FILE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead of printing it")
+    add_force(p, "best_config.json at FILE")
     p.set_defaults(func=cmd_best)
 
+
+def _report_parsers(sub) -> None:
     p = sub.add_parser("report", help="leaderboard and plots of a finished or interrupted search (DIR/report/)")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--top", type=_positive_int, default=15, help="leaderboard rows (default %(default)s)")
+    p.add_argument("--top", type=positive_int, default=15, help="leaderboard rows (default %(default)s)")
     p.set_defaults(func=cmd_report)
-
     p = sub.add_parser("compare", help="several searches side by side")
     p.add_argument("dirs", metavar="DIR", nargs="+")
     p.set_defaults(func=cmd_compare)
 
+
+def _export_parsers(sub) -> None:
     p = sub.add_parser("export", help="write the chosen model for serving (TorchScript user tower, item vectors)")
     p.add_argument("dir", metavar="DIR", help="a search directory with best_config.json")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="a new or empty directory")
-    _add_force(p, "exported model")
+    add_force(p, "exported model")
     p.set_defaults(func=cmd_export)
-
     p = sub.add_parser("recommend", help="top items for a user from an exported model")
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--user", required=True, help="the user id as in the source data")
-    p.add_argument("-k", type=_positive_int, default=10)
+    p.add_argument("-k", type=positive_int, default=10)
     p.set_defaults(func=cmd_recommend)
 
+
+def _submit_parser(sub) -> None:
     p = sub.add_parser("submit", help="run a search on a Ray cluster as a Ray Job; fetch best_config.json back",
                        description="Submit `raytower tune ...` as a Ray Job (it joins the cluster with "
                                    "--address auto), follow its logs, and on success copy best_config.json and "
@@ -417,14 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Jobs API (default %(default)s: `ray dashboard cluster.yaml` tunnels it here)")
     p.add_argument("--fetch-to", metavar="DIR", default=None,
                    help="copy the results here when the job succeeds (a new or empty directory)")
-    _add_force(p, "fetched results")
+    add_force(p, "fetched results")
     p.add_argument("--working-dir", metavar="DIR", default=None, help="upload this directory as the job's working_dir")
     p.add_argument("--insecure", action="store_true",
                    help="allow plain http:// to a non-loopback address (the token then travels unencrypted)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the job after this")
     p.add_argument("tune_args", nargs=argparse.REMAINDER, metavar="-- tune ...", help="the tune command and its flags")
     p.set_defaults(func=cmd_submit)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,8 +47,7 @@ def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
     if not best_file.is_file():
         raise ConfigError("no best_config.json: run `raytower best DIR` first", exp)
     best = json.loads(best_file.read_text())
-    setup = json.loads((exp / "setup.json").read_text())["setup"]
-    model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]), setup)
+    model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]))
     return model, cfg, bundle, best
 
 

@@ -17,7 +17,9 @@ import pandas as pd
 
 from raytower._io import atomic_path, read_json
 from raytower.errors import ConfigError
-from raytower.tune.results import METRIC, is_search_dir, read_trials, trial_rows
+from raytower.names import BEST_CONFIG, DEFAULT_METRIC, best_key, label, title, val_key
+from raytower.tune.record import SearchRecord
+from raytower.tune.results import is_search_dir, read_trials, trial_rows
 
 KNOBS = ("temp_start", "anneal_rate", "logq_warmup_epochs", "logq_max", "logq_ramp_epochs", "unfreeze_depth",
          "lr_ratio", "lr")
@@ -30,7 +32,7 @@ REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
 LEADERBOARD_COLUMNS = [
     ("trial", "trial_id"), ("fusion", "param/fusion"), ("temp_start", "param/temp_start"),
     ("anneal", "param/anneal_rate"), ("logq_max", "param/logq_max"), ("depth", "param/unfreeze_depth"),
-    ("lr_ratio", "param/lr_ratio"), ("lr", "param/lr"), ("val R@10", "best/val/recall@10"), ("val R@100", f"best/{METRIC}"),
+    ("lr_ratio", "param/lr_ratio"), ("lr", "param/lr"), ("val R@10", "best/val/recall@10"), ("val R@100", "best/val/recall@100"),
     ("val NDCG@10", "best/val/ndcg@10"), ("best epoch", "best_epoch"), ("epochs run", "epochs"), ("status", "status"), ("stop", "stop_reason"),
 ]
 
@@ -44,7 +46,7 @@ def _plt():
     return plt
 
 
-def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict | None, dict]:
+def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict | None, SearchRecord]:
     exp = Path(exp)
     if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
@@ -53,14 +55,17 @@ def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], d
     if df.empty:
         raise ConfigError("no trial has reported yet", exp)
     histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in trials if t["history"]}
-    best = read_json(exp / "best_config.json", None)
-    setup = json.loads((exp / "setup.json").read_text())
-    return df, histories, best, setup
+    best = read_json(exp / BEST_CONFIG, None)
+    return df, histories, best, SearchRecord.read(exp)
 
 
-def leaderboard(df: pd.DataFrame, top: int = 15) -> pd.DataFrame:
-    board = df.sort_values(f"best/{METRIC}", ascending=False, na_position="last").head(top)
-    cols = {label: board[key] for label, key in LEADERBOARD_COLUMNS if key in board}  # knobs the space searched
+def leaderboard(df: pd.DataFrame, top: int = 15, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
+    """The trials by their best validation ``metric`` (the search's selection metric)."""
+    board = df.sort_values(best_key(metric), ascending=False, na_position="last").head(top)
+    columns = list(LEADERBOARD_COLUMNS)
+    if best_key(metric) not in {key for _, key in columns}:
+        columns.insert(columns.index(("best epoch", "best_epoch")), (f"val {label(metric)}", best_key(metric)))
+    cols = {name: board[key] for name, key in columns if key in board}  # knobs the space searched
     return pd.DataFrame(cols).reset_index(drop=True)
 
 
@@ -102,19 +107,21 @@ def _schedule(params: dict) -> str:
     return f"{params['fusion']} fusion; {temp}; {logq}; {stage2}; LR {params['lr']:.3g}"
 
 
-def _median_by(done: pd.DataFrame, col: str, label) -> str:
+def _median_by(done: pd.DataFrame, col: str, name, metric: str = DEFAULT_METRIC) -> str:
     parts = []
     for value, g in done.groupby(col):
-        y = g[f"best/{METRIC}"].astype(float)
-        parts.append(f"{label(value)} {y.median():.3f} (n={len(g)})")
+        y = g[best_key(metric)].astype(float)
+        parts.append(f"{name(value)} {y.median():.3f} (n={len(g)})")
     return ", ".join(parts)
 
 
 def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importance: dict,
-                importance_basis: str = "", n_users: int = 0) -> list[str]:
-    """Bullet points a reader can check against the table and the pictures below them."""
+                importance_basis: str = "", n_users: int = 0, metric: str = DEFAULT_METRIC) -> list[str]:
+    """Bullet points a reader can check against the table and the pictures below them. ``pop``:
+    popularity's figures ``{"val": ..}`` in ``metric``, the search's selection metric."""
     lines = []
-    y = f"best/{METRIC}"
+    y = best_key(metric)
+    name = title(metric)
     if best:
         lines.append(f"**Chosen:** trial `{best['trial_id']}`, {_schedule(best['params'])}.")
     searched = {c[len("param/"):] for c in df.columns if c.startswith("param/")}
@@ -122,16 +129,17 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
     if len(done):
         by = []
         if "fusion" in searched:
-            by.append(f"by fusion: {_median_by(done, 'param/fusion', str)}")
+            by.append(f"by fusion: {_median_by(done, 'param/fusion', str, metric)}")
         if "unfreeze_depth" in searched:
             unfrozen = done.assign(unfrozen=pd.to_numeric(done["param/unfreeze_depth"]) > 0)
-            by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen", lambda u: "unfrozen" if u else "kept frozen"))
+            by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen",
+                                                             lambda u: "unfrozen" if u else "kept frozen", metric))
         plateau = int((done.stop_reason == "plateau").sum())
         # the search's horizon, not the longest trial's: with plateau stops no trial may reach it
         horizon = int((best or {}).get("search", {}).get("max_epochs") or df["epochs"].max())
         lines.append(f"**Trials that ran all {horizon} epochs"
                      + (f" or stopped on a plateau ({plateau})" if plateau else "") + f": {len(done)} of {len(df)}.** "
-                     + (f"Their median best validation Recall@100 {'; '.join(by)}." if by else ""))
+                     + (f"Their median best validation {name} {'; '.join(by)}." if by else ""))
         if {"temp_start", "anneal_rate"} <= searched:
             top = done.sort_values(y, ascending=False).head(3)
             lines.append("**The best finishers** " + ", ".join(
@@ -148,7 +156,7 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
                      "a low-fidelity figure, so the choice is made among the finishers.")
     flat = df[df.stop_reason == "plateau"]
     if len(flat):
-        lines.append(f"**{len(flat)} trial(s) stopped on a plateau** (no better validation Recall@100 for the "
+        lines.append(f"**{len(flat)} trial(s) stopped on a plateau** (no better validation {name} for the "
                      f"patience window) at epochs {', '.join(str(e) for e in sorted(flat['epochs']))}, their best "
                      f"epochs {', '.join(str(int(e)) for e in sorted(flat['best_epoch'].dropna()))}: converged, so "
                      "they compete for the choice.")
@@ -159,11 +167,11 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
                      + (", ".join(f"`{t.trial_id}` at epoch {t.epochs}" for t in bad.itertuples()) or "none") + ".")
     if pop:
         above = (df[y].astype(float) > pop["val"]).sum()
-        lines.append(f"**Against popularity** (validation Recall@100 {pop['val']:.3f}): {above} of {len(df)} trials beat it.")
-    if best and n_users:
+        lines.append(f"**Against popularity** (validation {name} {pop['val']:.3f}): {above} of {len(df)} trials beat it.")
+    if best and n_users and metric.startswith("recall@"):  # a hit rate: binomial SE
         p_ = best["selection"]["value"]
         se = math.sqrt(p_ * (1 - p_) / n_users)
-        lines.append(f"**Noise:** one search, one seed, {n_users:,} validation users: a Recall@100 near {p_:.2f} "
+        lines.append(f"**Noise:** one search, one seed, {n_users:,} validation users: a {name} near {p_:.2f} "
                      f"has a standard error of about {se:.3f}, so trials closer than about {2 * se:.2f} are not "
                      "told apart, and a knob's effect seen in one or two trials is a hint, not a finding.")
     if importance:
@@ -176,21 +184,23 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
 # --- pictures -------------------------------------------------------------------------------------
 
 
-def plot_learning_curves(df, histories, path: Path, chosen: str | None = None, popularity: float | None = None) -> None:
+def plot_learning_curves(df, histories, path: Path, chosen: str | None = None, popularity: float | None = None,
+                         metric: str = DEFAULT_METRIC) -> None:
     plt = _plt()
+    key = val_key(metric)
     fig, ax = plt.subplots(figsize=(8, 5))
     for _, t in df.iterrows():
         h = histories.get(t.trial_id)
-        if h is None or METRIC not in h:
+        if h is None or key not in h:
             continue
         colour, marker = REASON_STYLE.get(t.stop_reason, ("tab:blue", "."))
-        ax.plot(h["epoch"], h[METRIC], color=colour, alpha=1.0 if t.trial_id == chosen else 0.6,
+        ax.plot(h["epoch"], h[key], color=colour, alpha=1.0 if t.trial_id == chosen else 0.6,
                 lw=2.6 if t.trial_id == chosen else 1.2)
-        ax.plot(h["epoch"].iloc[-1], h[METRIC].iloc[-1], marker=marker, color=colour, ms=7, ls="none")
+        ax.plot(h["epoch"].iloc[-1], h[key].iloc[-1], marker=marker, color=colour, ms=7, ls="none")
         if t.stage_switch_epoch is not None and not pd.isna(t.stage_switch_epoch):
             at = h[h["epoch"] == t.stage_switch_epoch]
             if len(at):
-                ax.plot(at["epoch"], at[METRIC], marker="|", color="black", ms=12, ls="none")
+                ax.plot(at["epoch"], at[key], marker="|", color="black", ms=12, ls="none")
     handles = [plt.Line2D([], [], color=c, marker=m, ls="-", label=r) for r, (c, m) in REASON_STYLE.items()
                if r in set(df.stop_reason)]
     handles.append(plt.Line2D([], [], color="black", marker="|", ls="none", ms=12, label="Stage 2 starts"))
@@ -203,7 +213,7 @@ def plot_learning_curves(df, histories, path: Path, chosen: str | None = None, p
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="validation Recall@100", title="Learning curves (marker: where each trial ended)")
+    ax.set(xlabel="epoch", ylabel=f"validation {label(metric)}", title="Learning curves (marker: where each trial ended)")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -226,42 +236,55 @@ def plot_loss_vs_random(df, histories, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_knobs(df, path: Path, popularity: float | None) -> None:
+def plot_knobs(df, path: Path, popularity: float | None, metric: str = DEFAULT_METRIC) -> None:
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(3, 3, figsize=(12, 10), sharey=True)
-    y = df[f"best/{METRIC}"].astype(float)
-    for ax, knob in zip(axes.flat, KNOBS):
-        col = f"param/{knob}"
-        if col in df:
-            x = pd.to_numeric(df[col], errors="coerce")
-            for reason, (colour, marker) in REASON_STYLE.items():
-                sel = (df.stop_reason == reason) & x.notna()
-                ax.scatter(x[sel], y[sel], c=colour, marker=marker, s=30, label=reason if sel.any() else None)
-            if knob in LOG_KNOBS:
-                ax.set_xscale("log")
-            elif knob.endswith(("_epochs", "_depth")):
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # A panel per knob the space searched (a fixed knob has no param/ column): no empty panels.
+    knobs = [k for k in KNOBS if f"param/{k}" in df] + (["fusion"] if "param/fusion" in df else [])
+    if not knobs:
+        return
+    cols = min(3, len(knobs))
+    rows = math.ceil(len(knobs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows + 0.6), sharey=True, squeeze=False)
+    for ax in axes.flat[len(knobs):]:
+        ax.set_visible(False)
+    y = df[best_key(metric)].astype(float)
+    for ax, knob in zip(axes.flat, knobs):
+        if knob == "fusion":
+            continue
+        x = pd.to_numeric(df[f"param/{knob}"], errors="coerce")
+        for reason, (colour, marker) in REASON_STYLE.items():
+            sel = (df.stop_reason == reason) & x.notna()
+            ax.scatter(x[sel], y[sel], c=colour, marker=marker, s=30, label=reason if sel.any() else None)
+        if knob in LOG_KNOBS:
+            ax.set_xscale("log")
+        elif knob.endswith(("_epochs", "_depth")):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel=knob)
         ax.grid(alpha=0.3)
-    ax = axes.flat[-1]
-    if "param/fusion" in df:
-        kinds = sorted(df["param/fusion"].dropna().unique())
+    if "fusion" in knobs:
+        ax = axes.flat[len(knobs) - 1]
+        kinds = sorted(df["param/fusion"].dropna().unique())  # the fusion types some trial used
         for i, k in enumerate(kinds):
             for reason, (colour, marker) in REASON_STYLE.items():
                 sel = (df["param/fusion"] == k) & (df.stop_reason == reason)
                 ax.scatter(np.full(int(sel.sum()), i), y[sel], c=colour, marker=marker, s=30)
         ax.set_xticks(range(len(kinds)), kinds)
         ax.set_xlim(-0.5, len(kinds) - 0.5)
-    ax.set(xlabel="fusion")
-    ax.grid(alpha=0.3)
+        ax.set(xlabel="fusion")
+        ax.grid(alpha=0.3)
     for row in axes:
-        row[0].set_ylabel("best validation Recall@100")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+        row[0].set_ylabel(f"best validation {label(metric)}")
+    handles, labels = [], []
+    for ax in axes.flat:  # the fusion panel draws without labels: take them from a knob's panel
+        h, lab = ax.get_legend_handles_labels()
+        if lab:
+            handles, labels = h, lab
+            break
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9)
     pop = f"; popularity, off the scale: {popularity:.3f}" if popularity and popularity < y.min() else ""
-    fig.suptitle("Effect of each knob: each trial's best validation Recall@100 against its value\n"
+    fig.suptitle(f"Effect of each knob: each trial's best validation {label(metric)} against its value\n"
                  "(a trial ASHA stopped shows its best before the stop, a lower-fidelity figure" + pop + ")")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     _save(fig, path, tight=False)
@@ -272,25 +295,32 @@ def importance(exp: Path) -> tuple[dict, dict, str, int]:
     in all of them, so the conditional lr_ratio is evaluated apart, on trials with unfreeze_depth > 0."""
     import optuna
 
-    db = exp / "optuna.db"
-    if not db.is_file():
-        return {}, {}, "no optuna.db", 0
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{db}")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    from raytower.tune.results import own_trials, read_study
+
+    study = read_study(exp)
+    if study is None:
+        return {}, {}, "the study could not be read (no optuna.db, or its --storage out of reach)", 0
+    # This search's trials only: those --warm-start copied in are not in trials.parquet either.
+    complete = [t for t in own_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}, {}, f"{len(complete)} COMPLETE trial(s): importance needs at least 2", len(complete)
     common = set.intersection(*(set(t.params) for t in complete)) - {"lr_ratio"}
+    unfrozen = [t for t in complete if "lr_ratio" in t.params]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        main = optuna.importance.get_param_importances(study, params=sorted(common)) if common else {}
-        unfrozen = [t for t in complete if "lr_ratio" in t.params]
-        sub = {}
-        if len(unfrozen) >= 2:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            tmp = optuna.create_study(direction="maximize")
-            tmp.add_trials(unfrozen)
-            sub = optuna.importance.get_param_importances(tmp, params=sorted(set.intersection(*(set(t.params) for t in unfrozen))))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        main = _importance(complete, sorted(common)) if common else {}
+        sub = _importance(unfrozen, sorted(set.intersection(*(set(t.params) for t in unfrozen)))) \
+            if len(unfrozen) >= 2 else {}
     return main, sub, f"{len(complete)} COMPLETE trials", len(complete)
+
+
+def _importance(trials: list, params: list[str]) -> dict:
+    import optuna
+
+    study = optuna.create_study(direction="maximize")  # in memory: the stored study is only read
+    study.add_trials(trials)
+    return optuna.importance.get_param_importances(study, params=params)
 
 
 def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
@@ -299,13 +329,13 @@ def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
     if sub:
         panels.append((sub, "COMPLETE trials with unfreeze_depth > 0"))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 6 * len(panels)), 5), squeeze=False)
-    for ax, (imp, title) in zip(axes[0], panels):
+    for ax, (imp, caption) in zip(axes[0], panels):
         if imp:
             names = list(imp)[::-1]
             ax.barh(names, [imp[n] for n in names], color="tab:blue")
         else:
             ax.text(0.5, 0.5, "not enough trials", ha="center", va="center", transform=ax.transAxes)
-        ax.set(title=title, xlabel="importance (Optuna's default evaluator)")
+        ax.set(title=caption, xlabel="importance (Optuna's default evaluator)")
     fig.suptitle(f"Parameter importance from {note}\n(only parameters present in every one of them count"
                  + (")" if sub else "; lr_ratio: fewer than 2 of them unfroze the item tower)"), fontsize=10)
     _save(fig, path)
@@ -377,35 +407,40 @@ def _save(fig, path: Path, tight: bool = True) -> None:
 
 def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
     exp = Path(exp)
-    df, histories, best, setup = load_experiment(exp)
+    df, histories, best, record = load_experiment(exp)
+    metric, name = record.metric, title(record.metric)
     out = exp / "report"
     out.mkdir(exist_ok=True)
-    board = leaderboard(df, top)
-    pop = _popularity(setup)
+    board = leaderboard(df, top, metric)
+    pop = _popularity(record)
+    pop_val = pop["val"].get(metric) if pop else None
     plot_learning_curves(df, histories, out / "learning_curves.png", best["trial_id"] if best else None,
-                         pop.get("val") if pop else None)
+                         pop_val, metric)
     plot_loss_vs_random(df, histories, out / "loss_vs_random.png")
-    plot_knobs(df, out / "knobs.png", pop.get("val") if pop else None)
+    plot_knobs(df, out / "knobs.png", pop_val, metric)
     main, sub, note, n_complete = importance(exp)
     plot_importance(main, sub, note, out / "importance.png")
     has_gates = plot_gates(df, histories, out / "gates.png")
     log(board.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    data = record.dataset
     md = [f"# Search report: {exp.name}", "",
-          f"Data: {setup['dataset']['name']} ({setup['dataset']['n_users']:,} users, {setup['dataset']['n_items']:,} items, "
-          f"fingerprint {setup['dataset']['fingerprint']}). Space: `{setup['settings']['space']}`, "
-          f"{len(df)} of {setup['settings']['num_samples']} trials, up to {setup['settings']['max_epochs']} epochs each. "
+          f"Data: {data['name']} ({data['n_users']:,} users, {data['n_items']:,} items, "
+          f"fingerprint {data['fingerprint']}). Space: `{record.settings['space']}`, "
+          f"{len(df)} of {record.num_samples} trials, up to {record.max_epochs} epochs each; selected on "
+          f"validation {name}. "
           f"Stop reasons: {', '.join(f'{k} {v}' for k, v in df.stop_reason.value_counts().items())}.", "",
-          "## At a glance", ""] + [f"- {line}" for line in at_a_glance(df, best, pop, main, note, setup["dataset"]["n_users"])] + [""]
+          "## At a glance", ""] + [f"- {line}" for line in at_a_glance(
+              df, best, {"val": pop_val} if pop_val is not None else None, main, note, data["n_users"], metric)] + [""]
     if best:
         t = best.get("test") or {}
         md += ["## Chosen configuration", "",
-               f"Trial `{best['trial_id']}`: validation Recall@100 {best['selection']['value']:.4f} at epoch "
+               f"Trial `{best['trial_id']}`: validation {name} {best['selection']['value']:.4f} at epoch "
                f"{best['selection']['epoch']} (chosen on validation); test, evaluated once after selection: "
                f"Recall@100 {t.get('recall@100', float('nan')):.4f}, Recall@10 {t.get('recall@10', float('nan')):.4f}, "
                f"NDCG@10 {t.get('ndcg@10', float('nan')):.4f}."]
         if pop:
-            md += [f"Popularity, by the same code: validation Recall@100 {pop['val']:.4f}; test Recall@100 "
-                   f"{pop['test']:.4f}, Recall@10 {pop['test10']:.4f}."]
+            md += [f"Popularity, by the same code: validation {name} {pop_val:.4f}; test Recall@100 "
+                   f"{pop['test']['recall@100']:.4f}, Recall@10 {pop['test']['recall@10']:.4f}."]
         params = dict(best["params"])
         idle = [k for k, unused in (("lr_ratio", not params.get("unfreeze_depth")),
                                     ("n_experts", params.get("fusion") != "moe")) if unused and k in params]
@@ -431,12 +466,12 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
            "- **Cold-start users:** a seeded share of users kept out of the graph LightGCN trains on "
            "(`--cold-frac`), so their GNN vector is the learned cold-start vector.",
            "- **Stop reasons:** `completed` ran every epoch; `asha` was stopped by ASHA at a rung (PRUNED in the "
-           "Optuna study, with its per-epoch values); `plateau` had not improved its validation Recall@100 for "
+           f"Optuna study, with its per-epoch values); `plateau` had not improved its validation {name} for "
            "`--patience` epochs past the grace period (converged: COMPLETE, and a candidate for the choice); "
            "`chance`, `collapsed`, `diverged` by raytower's stopper.",
            "",
            "## Leaderboard (each trial at its best validation epoch)", "", markdown_table(board), "",
-           "## Learning curves", "", "Validation Recall@100 per trial; the marker shows where and why each trial "
+           "## Learning curves", "", f"Validation {name} per trial; the marker shows where and why each trial "
            "ended (ASHA's stops are crosses), the black tick where Stage 2 began.", "", "![](learning_curves.png)", "",
            "## Loss against the random-guess loss", "", "A trial whose solid line stays on or above its dashed "
            "line is doing no better than chance.", "", "![](loss_vs_random.png)", "",
@@ -457,13 +492,13 @@ def write_report(exp: str | Path, top: int = 15, log=print) -> Path:
     return out / "report.md"
 
 
-def _popularity(setup: dict) -> dict | None:
+def _popularity(record: SearchRecord) -> dict | None:
+    """Popularity's validation and test figures (every metric), cached with the bundle."""
     try:
         from raytower.data import Bundle
         from raytower.train.evaluate import popularity
 
-        pop = popularity(Bundle(setup["setup"]["bundle"]))  # cached with the bundle
-        return {"val": pop["val"]["recall@100"], "test": pop["test"]["recall@100"], "test10": pop["test"]["recall@10"]}
+        return popularity(Bundle(record.shared.bundle))
     except Exception:  # the bundle may live on another machine (a cluster's head node)
         return None
 
@@ -472,13 +507,14 @@ def compare(dirs: list[str | Path]) -> pd.DataFrame:
     rows = []
     for d in dirs:
         d = Path(d)
-        df, _, best, setup = load_experiment(d)
-        s = setup["settings"]
+        df, _, best, record = load_experiment(d)
+        s = record.settings
         rows.append({
-            "search": d.name, "data": setup["dataset"]["name"], "trials": len(df),
+            "search": d.name, "data": record.dataset["name"], "trials": len(df),
             "scheduler": s["scheduler"], "searcher": s["searcher"], "truthful": s["truthful_pruning"],
-            "best val R@100": df[f"best/{METRIC}"].max(),
-            "chosen val R@100": best["selection"]["value"] if best else None,
+            "metric": record.metric,
+            "best val R@100": df["best/val/recall@100"].max(),
+            "chosen val": best["selection"]["value"] if best else None,
             "test R@100": (best.get("test") or {}).get("recall@100") if best else None,
             "test R@10": (best.get("test") or {}).get("recall@10") if best else None,
             "trial-epochs": int(df["epochs"].sum()), "trial CPU s": float(df["cpu_time_s"].sum()),

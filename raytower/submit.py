@@ -35,10 +35,12 @@ def _given(args: list[str], flag: str) -> bool:
 
 
 def _parse_tune(tune_args: list[str]):
-    """The tune flags, read by the parser the job itself will use: a bad flag fails here, before submitting."""
-    from raytower.cli import build_parser
+    """The tune flags (after "tune"), read by the parser the job itself will use: a bad flag fails
+    here, before submitting."""
+    from raytower._flags import parse_tune
 
-    return build_parser().parse_args(tune_args)
+    _, settings = parse_tune(tune_args[1:])
+    return settings
 
 
 def entrypoint(tune_args: list[str]) -> tuple[str, Path]:
@@ -57,7 +59,7 @@ def entrypoint(tune_args: list[str]) -> tuple[str, Path]:
 
 def results_location(tune_args: list[str], out: Path) -> str:
     """Where the finished search's results can be read from here: its storage path, else --out."""
-    from raytower.tune._storage import experiment_uri
+    from raytower.tune import experiment_uri
 
     # only a storage path given on the command line: RAYTOWER_STORAGE here says nothing of the head's
     storage = _parse_tune(list(tune_args)).storage_path if _given(tune_args, "--storage-path") else None
@@ -134,7 +136,7 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
         raise RaytowerError(f"job {job_id} ended {status}: {(info.message or '').splitlines()[0][:300] if info.message else ''}")
     if fetch_to:
         from raytower._io import output_dir
-        from raytower.tune._storage import ExperimentStore
+        from raytower.tune import ExperimentStore
 
         dest = Path(fetch_to)
         where = results_location(tune_args, out)

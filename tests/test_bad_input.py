@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from raytower.cli import main
+from raytower.tune import SearchRecord, Shared
 from tests.conftest import REPO, SMALL_SYNTHETIC
 
 QUICK = str(REPO / "search_spaces" / "quick.yaml")
@@ -57,7 +58,7 @@ def local_search(tmp, mode=None):
     """What a search without --storage-path leaves in --out, as far as --resume reads it."""
     out = tmp / "out"
     (out / "tune").mkdir(parents=True)
-    (out / "setup.json").write_text(json.dumps({"settings": {"storage_path": None}}))
+    _record(out, storage_path=None)
     if mode is not None:
         (out / "tune").chmod(mode)
     return tmp
@@ -82,12 +83,24 @@ def marked(tmp, name, kind):
     return str(d)
 
 
+def other_data_search(tmp):
+    """A search --resume would continue, run on other data than --data prepares."""
+    out = tmp / "out"
+    (out / "tune").mkdir(parents=True)
+    SearchRecord(settings={"storage_path": None, "metric": "recall@100"}, data="ml-100k",
+                 shared=Shared(bundle="", artifacts={}), dataset={"fingerprint": "0123456789abcdef"}).write(out)
+    return tmp
+
+
+def _record(out, **settings):
+    SearchRecord(settings=settings, data="synthetic", shared=Shared(bundle="", artifacts={}), dataset={}).write(out)
+
+
 def diverged_search(tmp):
     """A search whose only trial diverged (its NaN epochs once ranked every target first)."""
     out = tmp / "s"
     (out / "tune" / "trial_a").mkdir(parents=True)
-    (out / "setup.json").write_text(json.dumps({"settings": {"storage_path": None, "max_epochs": 3, "num_samples": 1},
-                                                "setup": {}, "dataset": {}}))
+    _record(out, storage_path=None, max_epochs=3, num_samples=1)
     (out / "tune" / "trial_a" / "params.json").write_text(json.dumps({"lr": 1e30}))
     rows = [{"epoch": 1, "trial_id": "a", "val/recall@100": 1.0, "loss": float("nan"), "diverged": 1.0}]
     (out / "tune" / "trial_a" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -154,6 +167,10 @@ BAD_INPUT = [
      "--storage-path: cannot reach it"),
     (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
     (lambda t: tune(local_search(t, mode=0o777), "--resume"), "writable by every user"),
+    (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
+    (lambda t: tune(t, "--metric", "ndcg@7"), "argument --metric: invalid choice"),
+    (lambda t: tune(t, "--searcher", "cmaes"), "argument --searcher: invalid choice"),
+    (lambda t: tune(t, "--collapse-frac", "1.5"), "--collapse-frac must be in (0, 1)"),
     (lambda t: ["train", "--config", text(t, "c.json", "{not json")], "not valid JSON"),
     (lambda t: ["train", "--config", text(t, "best_config.json", BEST_NO_PARAMS)], "'params'"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),
@@ -165,7 +182,7 @@ BAD_INPUT = [
     (lambda t: ["train", "--seed", "-1"], "seed must be in [0, 2**63)"),
     (lambda t: ["train", "--config", text(t, "c.yaml", "max_len: 1000000000\n")], "max_len must be at most 10,000"),
     (lambda t: ["train", "--config", text(t, "c.yaml", "max_len: 1e9\n")], "max_len must be int"),
-    (lambda t: ["train", "--val-users", "-2"], "--val-users"),
+    (lambda t: ["train", "--val-users", "-2"], "val_users must be -1"),
     (lambda t: ["train", "--device", "cuda"] if not torch.cuda.is_available() else ["train", "--epochs", "x"], "cuda"),
     (lambda t: ["best", str(t)], "not a raytower search directory"),
     (lambda t: ["report", str(t)], "not a raytower search directory"),

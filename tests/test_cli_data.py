@@ -254,3 +254,14 @@ def test_download_without_dest_goes_to_the_cache(ctx, capsys):
     out, _ = capsys.readouterr()
     assert out.strip() == str(ctx.cache / "datasets" / "ml-latest-small")
     assert (ctx.cache / "datasets" / "ml-latest-small" / "ratings.csv").is_file()
+
+
+def test_the_retrain_hint_keeps_every_data_flag():
+    from raytower.cli import _retrain_command, build_parser
+
+    argv = ["tune", "--data", "ml-100k", "--split", "temporal", "--cold-frac", "0.2", "--k-core", "5",
+            "--min-rating", "4", "--data-seed", "3", "--out", "runs/s"]
+    hint = _retrain_command(build_parser().parse_args(argv))
+    assert hint == ("raytower train --config runs/s/best_config.json --data ml-100k --split temporal "
+                    "--cold-frac 0.2 --k-core 5 --min-rating 4.0 --data-seed 3")
+    assert _retrain_command(build_parser().parse_args(["tune", "--out", "o"])).endswith("--data synthetic")

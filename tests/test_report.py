@@ -79,3 +79,32 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     # the horizon is the search's, even when every trial stopped short of it on a plateau
     short = flat.assign(epochs=flat.epochs.clip(upper=4), stop_reason="plateau", full_fidelity=True)
     assert f"Trials that ran all {best['search']['max_epochs']} epochs" in "\n".join(at_a_glance(short, best, None, {}))
+
+
+def test_importance_reads_the_study_where_the_search_kept_it(search, tmp_path):
+    """A study at --storage URL (not OUT/optuna.db) still gives the report its importance section."""
+    import shutil
+
+    from raytower.report import importance
+    from raytower.tune import SearchRecord
+
+    copy = tmp_path / "s"
+    shutil.copytree(search, copy)
+    (copy / "optuna.db").rename(tmp_path / "elsewhere.db")
+    record = SearchRecord.read(copy)
+    record.settings["storage"] = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    record.write(copy)
+    assert importance(copy)[:3] == importance(search)[:3]
+    assert importance(copy)[3] >= 2  # COMPLETE trials were read
+    (tmp_path / "elsewhere.db").unlink()
+    assert "could not be read" in importance(copy)[2]
+
+
+def test_the_knob_panels_are_the_searched_knobs(search, trials, tmp_path):
+    from raytower.report import plot_knobs
+
+    few = trials.drop(columns=[c for c in trials if c.startswith("param/") and c != "param/temp_start"])
+    plot_knobs(few, tmp_path / "one.png", None)  # one panel, not nine mostly empty ones
+    w, h = _png_size(tmp_path / "one.png")
+    plot_knobs(trials, tmp_path / "all.png", None)
+    assert _png_size(tmp_path / "all.png")[0] > w and h < _png_size(tmp_path / "all.png")[1]

@@ -29,6 +29,10 @@ def test_without_a_storage_path_results_are_read_from_out(monkeypatch):
 
 
 def test_a_bad_tune_flag_fails_before_anything_is_submitted():
-    with pytest.raises(SystemExit) as e:
+    from raytower.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--num-samples must be >= 1"):  # the job's own check, run here
         entrypoint(["tune", "--out", "runs/x", "--num-samples", "0"])
+    with pytest.raises(SystemExit) as e:  # a flag tune does not know
+        entrypoint(["tune", "--out", "runs/x", "--trials", "3"])
     assert e.value.code == 2

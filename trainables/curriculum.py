@@ -22,11 +22,17 @@ import torch
 from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.model.pretrain import Artifacts
+from raytower.names import train_run_name, val_key
 from raytower.train.config import TrainConfig
 from raytower.train.fit import SCALARS, best_epoch, fit
 from raytower.train.loop import Curriculum
+from raytower.tune.artifacts import local_copy
+from raytower.tune.record import Shared
 
 STATE_FILE = "state.pt"
+# A Train worker that dies (a lost node) is restarted this often before its trial fails; Tune's own
+# FailureConfig then restarts the trial itself.
+WORKER_MAX_FAILURES = 2
 
 
 def load_state(checkpoint) -> dict | None:
@@ -45,11 +51,14 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
               rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None,
               report_again_when_done: bool = True) -> None:
     """Run the curriculum from ``state`` (or the start) to the last epoch, reporting every epoch."""
-    torch.set_num_threads(int(setup.get("threads", 1)))
+    shared = Shared.from_dict(setup)
+    torch.set_num_threads(shared.threads)
     cfg = TrainConfig.from_dict(config)
-    bundle = Bundle(setup["bundle"])
-    artifacts = Artifacts.load(setup["artifacts"][f"{cfg.dim}-{cfg.item_layers}"])
+    # By path on the driver's node; elsewhere, this node's copy, fetched once from the storage path.
+    bundle = Bundle(str(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key)))
+    artifacts = Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain"))
     run = Curriculum.create(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
+    metric = val_key(shared.metric)
     if state is not None:
         run.load_state_dict(state)
     if run.done and run.history:
@@ -57,17 +66,17 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
         # end of the trial) must report its last row again, or Tune sees a trial that ends without
         # its metric. A restarted Train worker must not: its run already forwarded that row.
         if report_again_when_done:
-            report(_tune_row(run.history[-1], best_epoch(run.history)), run.state_dict())
+            report(_tune_row(run.history[-1], best_epoch(run.history, metric), metric), run.state_dict())
         return
     # Nothing past a diverged epoch: fit stops there, and the stopper records the reason.
-    fit(run, lambda row, best: report(_tune_row(row, best), run.state_dict()),
-        tb_dir=tb_dir if rank == 0 else None)
+    fit(run, lambda row, best: report(_tune_row(row, best, metric), run.state_dict()),
+        tb_dir=tb_dir if rank == 0 else None, metric=metric, hparams=config)
 
 
-def _tune_row(step: dict, best: dict | None) -> dict:
+def _tune_row(step: dict, best: dict | None, metric: str = val_key()) -> dict:
     # The first keys are the columns of Ray's progress table.
-    return {"epoch": step["epoch"], "stage": step["stage"], "val/recall@100": step["val/recall@100"],
-            "best/val/recall@100": best["val/recall@100"] if best else float("-inf"), **step}
+    return {"epoch": step["epoch"], "stage": step["stage"], metric: step[metric],
+            "best/" + metric: best[metric] if best else float("-inf"), **step}
 
 
 def _reporter(report_fn, checkpoint_cls, rank: int = 0):
@@ -109,7 +118,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config, setup = loop_config["config"], loop_config["setup"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = str(ray.train.torch.get_device()) if setup.get("use_gpu") else "cpu"
+    device = str(ray.train.torch.get_device()) if setup["use_gpu"] else "cpu"
     state = load_state(ray.train.get_checkpoint())
     run_trial(config, setup, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
               rank=rank, world_size=world, device=device, tb_dir=loop_config["trial_dir"],
@@ -124,21 +133,21 @@ def train_driver(config: dict, setup: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
+    shared = Shared.from_dict(setup)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "setup": setup, "trial_dir": ctx.get_trial_dir()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(setup.get("workers", 1)), use_gpu=bool(setup.get("use_gpu")),
-            resources_per_worker=setup.get("resources_per_worker"),
+            num_workers=shared.workers, use_gpu=shared.use_gpu, resources_per_worker=shared.resources_per_worker,
         ),
         run_config=ray.train.RunConfig(
             # A stable name per trial: a restarted trial finds its own Train run and resumes it.
-            name=f"train-{ctx.get_trial_id()}",
-            storage_path=setup["train_storage"],
+            name=train_run_name(ctx.get_trial_id()),
+            storage_path=shared.train_storage,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=int(setup.get("worker_max_failures", 2))),
+            failure_config=ray.train.FailureConfig(max_failures=WORKER_MAX_FAILURES),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val/recall@100", checkpoint_score_order="max"),
+                num_to_keep=2, checkpoint_score_attribute=val_key(shared.metric), checkpoint_score_order="max"),
         ),
     )
     trainer.fit()

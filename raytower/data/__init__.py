@@ -18,10 +18,12 @@ from typing import Any
 
 from raytower._io import atomic_dir, cache_root, check_destination, output_dir
 from raytower.data._bundle import Bundle, EvalSet
+from raytower.data._download import cached_dataset, download
 from raytower.data._prepare import PrepareOptions, fingerprint, hash_files, is_bundle, prepare
 from raytower.errors import DataError
 
-__all__ = ["Bundle", "EvalSet", "PrepareOptions", "load_bundle", "summary_rows", "DEFAULT_SOURCE"]
+__all__ = ["Bundle", "EvalSet", "PrepareOptions", "load_bundle", "summary_rows", "DEFAULT_SOURCE", "cached_dataset",
+           "download"]
 
 DEFAULT_SOURCE = "synthetic"
 _MOVIELENS_FILES = {

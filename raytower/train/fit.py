@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from raytower.names import val_key
 from raytower.train.loop import Curriculum
-
-METRIC = "val/recall@100"  # what the best epoch is chosen by
 
 # Stable TensorBoard names: the same in `raytower train` and in every search trial. TensorBoard
 # tags allow [A-Za-z0-9_./-] only, hence "recall_at_100" for the metric "val/recall@100".
@@ -25,8 +24,13 @@ SCALARS = {
     "loss/train": "loss",
     "loss/random_guess": "loss_random",
     "val/recall_at_10": "val/recall@10",
+    "val/recall_at_20": "val/recall@20",
+    "val/recall_at_50": "val/recall@50",
     "val/recall_at_100": "val/recall@100",
     "val/ndcg_at_10": "val/ndcg@10",
+    "val/ndcg_at_20": "val/ndcg@20",
+    "val/ndcg_at_50": "val/ndcg@50",
+    "val/ndcg_at_100": "val/ndcg@100",
     "val/cold_recall_at_100": "val/cold/recall@100",
     "val/coverage_at_100": "val/coverage@100",
     "val/tail_recall_at_100": "val/tail_recall@100",
@@ -45,33 +49,60 @@ def tensorboard_scalars(row: dict) -> dict[str, float]:
     return out
 
 
-def best_epoch(history: list[dict]) -> dict | None:
-    """The epoch with the highest validation metric, among epochs that did not diverge."""
-    finite = [r for r in history if not r.get("diverged") and math.isfinite(r.get(METRIC, math.nan))]
-    return max(finite, key=lambda r: r[METRIC], default=None)
+def best_epoch(history: list[dict], metric: str = val_key()) -> dict | None:
+    """The epoch with the highest validation ``metric`` (a row key), among epochs that did not diverge."""
+    finite = [r for r in history if not r.get("diverged") and math.isfinite(r.get(metric, math.nan))]
+    return max(finite, key=lambda r: r[metric], default=None)
 
 
-def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: str | None = None) -> dict | None:
+def tag(key: str) -> str:
+    """A row key as a TensorBoard tag ([A-Za-z0-9_./-] only): val/recall@100 -> val/recall_at_100."""
+    return key.replace("@", "_at_")
+
+
+def best_tag(metric: str) -> str:
+    """The scalar TensorBoard's HPARAMS tab compares runs by: the best validation metric so far."""
+    return "hparams/best_" + tag(metric).replace("/", "_")
+
+
+def _start_hparams_session(writer, hparams: dict, metric: str) -> None:
+    """Each run's (trial's) knobs as an HPARAMS session. Only the session's start is written: a trial
+    ASHA stops never reaches an end, and TensorBoard builds the experiment from the runs' sessions,
+    taking the metric's value from the ``best_tag`` scalar written every epoch."""
+    from tensorboardX.summary import hparams as hparams_summary
+
+    values = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
+    _, session_start, _ = hparams_summary(values, {best_tag(metric): 0.0})
+    writer.file_writer.add_summary(session_start)
+
+
+def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: str | None = None,
+        metric: str = val_key(), hparams: dict | None = None) -> dict | None:
     """Step ``run`` to its last epoch, or to the first diverged one (nothing past a NaN counts).
 
     After each epoch: its TensorBoard scalars go to ``tb_dir`` (flushed, so TensorBoard shows a
     running trial), then ``on_epoch(row, best)``, ``best`` being the best epoch's row so far (``row``
-    itself when this epoch is the new best; None before any). Returns the best epoch's row, or
-    None when no epoch had a finite metric."""
-    best = best_epoch(run.history)  # a resumed run keeps the best of its earlier epochs
+    itself when this epoch is the new best by ``metric``; None before any). Returns the best epoch's
+    row, or None when no epoch had a finite metric. ``hparams`` (the run's config) go to
+    TensorBoard's HPARAMS tab, with the best ``metric`` so far."""
+    best = best_epoch(run.history, metric)  # a resumed run keeps the best of its earlier epochs
     writer = None
     if tb_dir:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(tb_dir)
+        if hparams:
+            _start_hparams_session(writer, hparams, metric)
     try:
         while not run.done:
             row = run.step()
-            if not row["diverged"] and (best is None or row[METRIC] > best[METRIC]):
+            if not row["diverged"] and (best is None or row[metric] > best[metric]):
                 best = row
             if writer:
                 for name, value in tensorboard_scalars(row).items():
                     writer.add_scalar(name, value, row["epoch"])
+                if hparams and best is not None:
+                    writer.add_scalar(best_tag(metric), float(best[metric]), row["epoch"])
                 writer.flush()
             on_epoch(row, best)
             if row["diverged"]:

@@ -18,6 +18,7 @@ import raytower
 from raytower._io import atomic_path, claim_output_dir, write_json
 from raytower._progress import Progress
 from raytower.errors import RaytowerError
+from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
 from raytower.train.evaluate import evaluate
@@ -58,11 +59,14 @@ def versions() -> dict[str, str]:
 
 
 def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", threads: int | None = None,
-          log=print, pretrain_cfg: PretrainConfig | None = None, force: bool = False) -> dict:
-    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics.
+          log=print, pretrain_cfg: PretrainConfig | None = None, force: bool = False,
+          metric: str = DEFAULT_METRIC) -> dict:
+    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics. The best
+    epoch, the one tested, is chosen by validation ``metric`` (``raytower.names.METRICS``).
 
     ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
     replaced; anything else is refused before training starts."""
+    check_metric(metric)
     out = claim_output_dir(out_dir, "run", force)
     if threads:
         torch.set_num_threads(threads)
@@ -94,7 +98,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
             kept["state"] = copy.deepcopy(run.state_dict())
             save_checkpoint(kept["state"], out / "checkpoints" / "best.pt")
 
-    best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"))
+    best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"), metric=val_key(metric), hparams=cfg.to_dict())
     if best is None:
         raise RaytowerError(f"training diverged in its first epoch (loss {run.history[-1]['loss']}): no epoch has a "
                             "validation metric to choose; lower lr or raise temp_start", out)
@@ -105,6 +109,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
         "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
                     "n_users": bundle.n_users, "n_items": bundle.n_items},
         "best_epoch": best["epoch"],
+        "selection_metric": metric,
         "stage_switch": run.switch,
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val/")},
         "test": test,
@@ -115,7 +120,8 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
         "versions": versions(),
     }
     write_json(out / "metrics.json", result)
-    log(f"best epoch {best['epoch']}: val Recall@100 {best['val/recall@100']:.4f}; "
+    log(f"best epoch {best['epoch']} by val {label(metric)} {best[val_key(metric)]:.4f}: val Recall@100 "
+        f"{best['val/recall@100']:.4f}; "
         f"test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}")
     return result
 

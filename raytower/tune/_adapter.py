@@ -1,8 +1,8 @@
 """The one place raytower reaches into Ray's and Optuna's private internals, and the versions that
 reach is tested with. A version outside the range fails in one line before a search starts.
 
-(``_callbacks.TruthfulOptunaSearch`` subclasses Ray's OptunaSearch and reads its trial maps; the
-range below is what those reads, too, are tested against.)
+``_callbacks.TruthfulOptunaSearch`` subclasses Ray's OptunaSearch and ``RecordingASHA`` Ray's ASHA;
+what they read of their parents' state, they read through the functions here.
 """
 
 from __future__ import annotations
@@ -50,4 +50,39 @@ def published_node_groups() -> list[dict] | None:
 
 def add_trials(searcher, trials) -> None:
     """Add finished Optuna trials to the study behind Ray's OptunaSearch (a warm start)."""
-    searcher._ot_study.add_trials(trials)
+    study(searcher).add_trials(trials)
+
+
+# --- Ray's OptunaSearch: its study, its Tune trial id -> Optuna trial map, the trials it has told ---
+
+
+def study(searcher):
+    """The Optuna study behind Ray's OptunaSearch."""
+    return searcher._ot_study
+
+
+def optuna_trials(searcher) -> dict:
+    """Tune trial id -> the optuna.Trial Ray's OptunaSearch asked for it (live: the searcher's own dict)."""
+    return searcher._ot_trials
+
+
+def told(searcher) -> set:
+    """Tune trial ids whose Optuna trial has been told its end (live: the searcher's own set)."""
+    return searcher._completed_trials
+
+
+def optuna_trial_id(trial) -> int:
+    """The study-wide id of an optuna.Trial or FrozenTrial (its storage key, not its number)."""
+    return trial._trial_id
+
+
+def optuna_trial(study_, trial_id: int):
+    """An optuna.Trial handle on the stored trial ``trial_id`` (to take over one left RUNNING)."""
+    import optuna
+
+    return optuna.trial.Trial(study_, trial_id)
+
+
+def asha_max_t(scheduler) -> int:
+    """Ray's ASHA's last rung (max_t)."""
+    return scheduler._max_t

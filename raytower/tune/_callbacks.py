@@ -3,7 +3,7 @@
 * ``CurriculumStopper`` ends a trial that diverged (NaN/inf loss), sits at chance (loss at or above
   its random-guess loss for ``chance_patience`` epochs once the logQ warm-up is over and the
   temperature has decayed once) or whose item vectors collapsed (effective rank under
-  ``collapse_frac`` x dim after Stage 2 starts); and one whose validation Recall@100 has not
+  ``collapse_frac`` x dim after Stage 2 starts); and one whose validation metric has not
   improved for ``patience`` epochs once ASHA's grace period is over (``plateau``: it has converged,
   so its best is a full-fidelity figure, unlike an ASHA stop's).
 * ``RecordingASHA`` is Ray's ASHA that also writes down which trials it stopped, and when.
@@ -29,8 +29,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raytower._io import write_json
+from raytower.names import EPOCHS, STOP_REASON, TUNE_TRIAL_ID, val_key
+from raytower.tune import _adapter as private
 
-METRIC = "val/recall@100"
 TIME_ATTR = "epoch"  # training_iteration restarts at 1 when Tune restarts a trial; epoch does not
 
 
@@ -95,8 +96,9 @@ class DriverMemory(tune.Callback):
 
 class CurriculumStopper(tune.Stopper):
     def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.1,
-                 patience: int = 0, grace: int = 0):
+                 patience: int = 0, grace: int = 0, metric: str = val_key()):
         self.log = log
+        self.metric = metric  # the validation key the plateau stop watches
         self.chance_patience = chance_patience
         self.collapse_frac = collapse_frac
         self.patience = patience  # 0: off
@@ -124,7 +126,7 @@ class CurriculumStopper(tune.Stopper):
             return True
         if epoch >= cfg.get("epochs", math.inf):
             return False  # its last epoch: it ends as completed, not as a plateau
-        return self._plateaued(trial_id, epoch, result.get(METRIC))
+        return self._plateaued(trial_id, epoch, result.get(self.metric))
 
     def _plateaued(self, trial_id: str, epoch: int, value) -> bool:
         if value is None or not math.isfinite(value):
@@ -152,7 +154,7 @@ class RecordingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < self._max_t:
+        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < private.asha_max_t(self):
             self.log.record(trial.trial_id, "asha", result.get(TIME_ATTR, 0))
         return decision
 
@@ -172,26 +174,33 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         from optuna.trial import TrialState
 
-        mine = {t._trial_id for t in self._ot_trials.values()}
-        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        self._orphans = [t._trial_id for t in running if t._trial_id not in mine]
+        study, trials = private.study(self), private.optuna_trials(self)
+        mine = {private.optuna_trial_id(t) for t in trials.values()}
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self._orphans = [private.optuna_trial_id(t) for t in running if private.optuna_trial_id(t) not in mine]
         # The study (SQLite) is written at once, Tune's searcher state only at its periodic saves:
         # a trial that ended between the last save and a killed driver is still open in this
         # restored state but closed in the study. Telling the study again is an error that would
         # end the search, so such trials count as told.
-        closed = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
-        self._completed_trials |= {tid for tid, t in self._ot_trials.items() if t._trial_id in closed}
+        closed = {private.optuna_trial_id(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        private.told(self).update(tid for tid, t in trials.items() if private.optuna_trial_id(t) in closed)
 
     def suggest(self, trial_id: str):
         orphans = getattr(self, "_orphans", None)
-        if orphans and trial_id not in self._ot_trials:
-            import optuna
+        trials = private.optuna_trials(self)
+        if orphans and trial_id not in trials:
+            trials[trial_id] = private.optuna_trial(private.study(self), orphans.pop(0))
+        suggestion = super().suggest(trial_id)
+        if trial_id in trials:  # the study's trial names its Tune trial: trials.parquet links back by it
+            trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return suggestion
 
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
-        return super().suggest(trial_id)
+    def _open(self, trial_id: str) -> bool:
+        """Whether this searcher asked Optuna for the trial and has not told its end yet."""
+        return trial_id in private.optuna_trials(self) and trial_id not in private.told(self)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not self._open(trial_id):
             return
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -202,26 +211,29 @@ class TruthfulOptunaSearch(OptunaSearch):
         reported = self._reported.setdefault(trial_id, set())
         if step not in reported:
             reported.add(step)
-            self._ot_trials[trial_id].report(value, step)
+            private.optuna_trials(self)[trial_id].report(value, step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not self._open(trial_id):
             return
         from optuna.trial import TrialState
 
         if result:  # Tune hands a trial's last result to on_trial_complete only
             self.on_trial_result(trial_id, result)
         reason = self.log.reason(trial_id)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial, study = private.optuna_trials(self)[trial_id], private.study(self)
+        epochs = int((result or {}).get(TIME_ATTR, 0))
+        ot_trial.set_user_attr(STOP_REASON, "error" if error else reason or "completed")
+        ot_trial.set_user_attr(EPOCHS, epochs)
         if error or reason == "diverged":
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            study.tell(ot_trial, state=TrialState.FAIL)
         elif reason in ("asha", "chance", "collapsed"):
             if self.truthful:
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                study.tell(ot_trial, state=TrialState.PRUNED)
             else:  # what Ray's OptunaSearch does: COMPLETE with the last, low-fidelity value
-                self._ot_study.tell(ot_trial, (result or {}).get(self.metric), state=TrialState.COMPLETE)
+                study.tell(ot_trial, (result or {}).get(self.metric), state=TrialState.COMPLETE)
         elif trial_id in self._best:
-            self._ot_study.tell(ot_trial, self._best[trial_id], state=TrialState.COMPLETE)
+            study.tell(ot_trial, self._best[trial_id], state=TrialState.COMPLETE)
         else:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        self._completed_trials.add(trial_id)
+            study.tell(ot_trial, state=TrialState.FAIL)
+        private.told(self).add(trial_id)

@@ -20,9 +20,7 @@ from typing import Iterator
 from ray import tune
 
 from raytower._progress import LOG_EVERY_S, TERMINAL_EVERY_S, clock
-
-METRIC = "val/recall@100"
-BROKEN = ("diverged", "chance", "collapsed", "error")  # never the best so far
+from raytower.names import BROKEN, DEFAULT_METRIC, best_key, label
 SHORT = {"temp_start": "T0", "anneal_rate": "anneal", "temp_min": "Tmin", "logq_warmup_epochs": "logq_wu",
          "logq_max": "logq", "logq_ramp_epochs": "logq_ramp", "unfreeze_depth": "depth", "lr_ratio": "lr_ratio",
          "fusion": "fusion", "lr": "lr", "dim": "dim", "item_layers": "layers", "stage1_max_epochs": "s1_max"}
@@ -80,8 +78,8 @@ def _short(config: dict, knobs: list[str]) -> str:
 
 class ConsoleReporter(tune.Callback):
     # Tune pickles its callbacks into the experiment state (for --resume): no stream is kept here.
-    def __init__(self, total: int, knobs: list[str], stops, max_epochs: int):
-        self.total, self.knobs, self.stops, self.max_epochs = total, knobs, stops, max_epochs
+    def __init__(self, total: int, knobs: list[str], stops, max_epochs: int, metric: str = DEFAULT_METRIC):
+        self.total, self.knobs, self.stops, self.max_epochs, self.metric = total, knobs, stops, max_epochs, metric
         self.ended: dict[str, float] = {}
         self.t0 = self.last = time.monotonic()
         self.drawn = False
@@ -105,12 +103,12 @@ class ConsoleReporter(tune.Callback):
         if trial.trial_id in self.ended:
             return
         result = trial.last_result or {}
-        best = result.get(f"best/{METRIC}", math.nan)
+        best = result.get(best_key(self.metric), math.nan)
         epochs = int(result.get("epoch", 0))
         reason = "error" if error else (self.stops.reason(trial.trial_id) or
                                         ("completed" if epochs >= self.max_epochs else "stopped"))
-        self.ended[trial.trial_id] = math.nan if reason in BROKEN else best
-        self._print(f"  trial {trial.trial_id}  {reason:<9} epochs {epochs:>3}  best val R@100 "
+        self.ended[trial.trial_id] = math.nan if reason in BROKEN else best  # never the best so far
+        self._print(f"  trial {trial.trial_id}  {reason:<9} epochs {epochs:>3}  best val {label(self.metric)} "
                     f"{best:.4f}  {_short(trial.config, self.knobs)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

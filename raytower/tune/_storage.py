@@ -9,15 +9,15 @@ ends), ``setup.json`` and the exported results.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raytower.errors import ConfigError
+from raytower.names import BEST_CONFIG, DRIVER_MEMORY, OPTUNA_DB, SETUP, STOPS, TRIALS
 
-PUBLISHED = ("best_config.json", "trials.parquet", "optuna.db", "stops.json", "setup.json", "driver_memory.json")
+PUBLISHED = (BEST_CONFIG, TRIALS, OPTUNA_DB, STOPS, SETUP, DRIVER_MEMORY)
 
 
 def experiment_uri(out: Path, storage_path: str | None) -> str:
@@ -45,8 +45,9 @@ class ExperimentStore:
 
     @classmethod
     def of(cls, exp: Path) -> "ExperimentStore":
-        setup = json.loads((Path(exp) / "setup.json").read_text())
-        return cls(setup["setup"].get("experiment_uri") or str(Path(exp).resolve()))
+        from raytower.tune.record import SearchRecord
+
+        return cls(SearchRecord.read(exp).shared.experiment_uri or str(Path(exp).resolve()))
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -101,6 +102,23 @@ class ExperimentStore:
                                 destination_filesystem=self.fs)
                 copied.append(name)
         return copied
+
+    def copy_in(self, local: Path, rel: str) -> None:
+        """Copy the local file or directory ``local`` (recursively) to ``rel`` in the store."""
+        # copy_files makes the subdirectories of a directory, not the directory itself
+        self.fs.create_dir(self._path(rel) if Path(local).is_dir() else self._path(rel).rsplit("/", 1)[0],
+                           recursive=True)
+        pafs.copy_files(str(local), self._path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def copy_out(self, rel: str, local: Path) -> None:
+        """Copy ``rel`` (a file or a directory, recursively) from the store to the local ``local``."""
+        pafs.copy_files(self._path(rel), str(local), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.fs.open_output_stream(self._path(rel)) as f:
+            f.write(data)
 
     def fetch(self, names: tuple[str, ...], dest: Path) -> list[str]:
         """Copy ``names`` from the store into the local directory ``dest``; the names missing there."""

@@ -16,19 +16,24 @@ import pandas as pd
 
 from raytower._io import atomic_path, read_json, write_json
 from raytower.errors import ConfigError
+from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, METRICS, OPTUNA_DB, SETUP, STOPS, STUDY,
+                            TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, best_key, label, train_run_name,
+                            trial_dirname, val_key)
 from raytower.train.config import TrainConfig
 from raytower.tune._storage import ExperimentStore
+from raytower.tune.record import SearchRecord, Shared
 
-METRIC = "val/recall@100"
-REPORT_KEYS = ("val/recall@10", "val/recall@20", "val/recall@50", "val/recall@100", "val/ndcg@10",
-               "val/cold/recall@100", "val/coverage@100", "val/tail_recall@100", "loss", "loss_random",
-               "gate_mean", "effective_rank", "stage")
+# Every selectable metric, then the diagnostics: each trial's values at its best epoch ("best/")
+# and at its last ("final/").
+REPORT_KEYS = tuple(val_key(m) for m in METRICS) + (
+    "val/cold/recall@100", "val/coverage@100", "val/tail_recall@100", "loss", "loss_random",
+    "gate_mean", "effective_rank", "stage")
 
 
 def is_search_dir(exp: Path) -> bool:
     try:
-        return (exp / "setup.json").is_file() and ExperimentStore.of(exp).is_dir("tune")
-    except (ValueError, KeyError, TypeError):
+        return (exp / SETUP).is_file() and ExperimentStore.of(exp).is_dir(EXPERIMENT)
+    except ConfigError:
         return False  # setup.json that raytower did not write
 
 
@@ -45,8 +50,8 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
     """One record per trial directory: its config and its per-epoch results (deduplicated by epoch)."""
     store = ExperimentStore.of(exp)
     trials = []
-    for name in store.subdirs("tune"):
-        params_text = store.read_text(f"tune/{name}/params.json")
+    for name in store.subdirs(EXPERIMENT):
+        params_text = store.read_text(f"{EXPERIMENT}/{name}/params.json")
         if params_text is None:
             continue
         try:
@@ -54,7 +59,7 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a trial whose params.json a kill cut short (or someone damaged): not a candidate
         rows: dict[int, dict] = {}
-        for line in (store.read_text(f"tune/{name}/result.json") or "").splitlines():
+        for line in (store.read_text(f"{EXPERIMENT}/{name}/result.json") or "").splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
@@ -64,7 +69,7 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
         history = [rows[e] for e in sorted(rows)]
         trial_id = history[-1]["trial_id"] if history else name.removeprefix("trial_")
         trials.append({"dir": name, "trial_id": trial_id, "params": params, "history": history,
-                       "error": store.is_file(f"tune/{name}/error.txt")})
+                       "error": store.is_file(f"{EXPERIMENT}/{name}/error.txt")})
     return trials
 
 
@@ -76,7 +81,7 @@ def tune_statuses(exp: Path) -> dict[str, str]:
     store = ExperimentStore.of(exp)
     # The newest by the start time in its name: on a local storage path Ray rewrites the older
     # session's file at the end too, so modification times do not tell them apart.
-    states = sorted(rel for rel, _ in store.files("tune")
+    states = sorted(rel for rel, _ in store.files(EXPERIMENT)
                     if rel.rsplit("/", 1)[-1].startswith("experiment_state-") and rel.endswith(".json"))
     if not states:
         return {}
@@ -92,15 +97,18 @@ def tune_statuses(exp: Path) -> dict[str, str]:
 
 
 def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per trial; ``trials`` is ``read_trials(exp)`` when the caller already has it."""
-    setup = json.loads((exp / "setup.json").read_text())
-    max_epochs = setup["settings"]["max_epochs"]
-    stops = read_json(exp / "stops.json", {})
+    """One row per trial; ``trials`` is ``read_trials(exp)`` when the caller already has it. A
+    trial's best epoch is its best by the search's selection metric."""
+    record = SearchRecord.read(exp)
+    max_epochs, metric = record.max_epochs, val_key(record.metric)
+    stops = read_json(exp / STOPS, {})
     statuses = tune_statuses(exp)
+    numbers = optuna_numbers(exp, record)
     rows = []
     for t in read_trials(exp) if trials is None else trials:
         h = t["history"]
-        row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"]}
+        # optuna_number: the trial in the study (optuna-dashboard, OUT/optuna.db), by its user attribute
+        row: dict[str, Any] = {"trial_id": t["trial_id"], "trial_dir": t["dir"], "optuna_number": numbers.get(t["trial_id"])}
         row |= {f"param/{k}": v for k, v in t["params"].items()}
         epochs = int(h[-1]["epoch"]) if h else 0
         row["epochs"] = epochs
@@ -121,8 +129,8 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
         row["reached_final_rung"] = epochs >= max_epochs
         # A trial stopped on a plateau had converged: its best is as trustworthy as a finisher's.
         row["full_fidelity"] = row["reached_final_rung"] or reason == "plateau"
-        finite = [r for r in h if _finite(r.get(METRIC))]
-        best = max(finite, key=lambda r: r[METRIC]) if finite else None
+        finite = [r for r in h if _finite(r.get(metric))]
+        best = max(finite, key=lambda r: r[metric]) if finite else None
         row["best_epoch"] = int(best["epoch"]) if best else None
         for k in REPORT_KEYS:
             row[f"best/{k}"] = best.get(k) if best else None
@@ -136,19 +144,44 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def read_study(exp: Path, record: SearchRecord | None = None):
+    """The search's Optuna study (OUT/optuna.db, or the --storage URL it ran with); None when it
+    cannot be read (an RDB server out of reach, a directory copied without it)."""
+    import optuna
+
+    record = record or SearchRecord.read(exp)
+    url = record.settings.get("storage") or (f"sqlite:///{exp / OPTUNA_DB}" if (exp / OPTUNA_DB).is_file() else None)
+    if url is None:
+        return None
+    try:
+        return optuna.load_study(study_name=STUDY, storage=url)
+    except Exception:
+        return None
+
+
+def own_trials(study) -> list:
+    """The study's trials that this search ran: the ones --warm-start copied in are left out."""
+    return [t for t in study.trials if WARM_START_FROM not in t.user_attrs]
+
+
+def optuna_numbers(exp: Path, record: SearchRecord | None = None) -> dict[str, int]:
+    """Tune trial id -> the Optuna trial number of the same trial."""
+    study = read_study(exp, record)
+    if study is None:
+        return {}
+    return {str(t.user_attrs[TUNE_TRIAL_ID]): t.number for t in own_trials(study) if TUNE_TRIAL_ID in t.user_attrs}
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-# A trial stopped for one of these is broken, whatever its best epoch reads: it never wins.
-BROKEN = ("diverged", "chance", "collapsed", "error")
-
-
-def choose(df: pd.DataFrame) -> pd.Series:
-    """The best validation value at the trial's best epoch, among trials that reached the final rung
-    or converged before it (``plateau``); an ASHA-stopped trial's best is a low-fidelity figure. All
-    sound trials if none qualifies; a broken one (``BROKEN``) never."""
-    sound = df[~df["stop_reason"].isin(BROKEN) & df[f"best/{METRIC}"].notna()]
+def choose(df: pd.DataFrame, metric: str = DEFAULT_METRIC) -> pd.Series:
+    """The best validation ``metric`` at the trial's best epoch, among trials that reached the final
+    rung or converged before it (``plateau``); an ASHA-stopped trial's best is a low-fidelity figure.
+    All sound trials if none qualifies; a broken one (``raytower.names.BROKEN``) never."""
+    key = best_key(metric)
+    sound = df[~df["stop_reason"].isin(BROKEN) & df[key].notna()]
     pool = sound[sound["full_fidelity"]]
     if pool.empty:
         pool = sound
@@ -157,11 +190,12 @@ def choose(df: pd.DataFrame) -> pd.Series:
         why = ", ".join(f"{n} {r}" for r, n in broken.items())
         raise ConfigError("no trial is eligible to be chosen: " + (f"every one that reported was stopped as broken ({why})"
                           if why else "none reported a validation metric yet"))
-    return pool.loc[pool[f"best/{METRIC}"].astype(float).idxmax()]
+    return pool.loc[pool[key].astype(float).idxmax()]
 
 
-def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> dict:
-    """Write trials.parquet and best_config.json (atomically); return the best config document."""
+def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write: bool = True) -> dict:
+    """Write trials.parquet and best_config.json (atomically); return the best config document.
+    ``write=False`` (``raytower best``) only reads: nothing in ``exp`` changes."""
     exp = Path(exp)
     if not is_search_dir(exp):
         raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
@@ -169,23 +203,26 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
     df = trial_rows(exp, trials)
     if df.empty:
         raise ConfigError("no trial has started in this search", exp)
-    with atomic_path(exp / "trials.parquet") as tmp:
-        df.to_parquet(tmp, index=False)
-    best = choose(df)
-    setup = json.loads((exp / "setup.json").read_text())
+    if write:
+        with atomic_path(exp / TRIALS) as tmp:
+            df.to_parquet(tmp, index=False)
+    record = SearchRecord.read(exp)
+    metric = record.metric
+    best = choose(df, metric)
     trial = next(t for t in trials if t["trial_id"] == best["trial_id"])
     # Every field, defaults included: a later change of a default cannot change the exported model.
     params = TrainConfig.from_dict(trial["params"]).to_dict()
     if best["stop_reason"] == "plateau":  # retraining stops where the trial did, on the same path
         params["epochs"] = int(best["epochs"])
-    finished = search_finished(df, setup)
+    finished = search_finished(df, record)
     # Test is touched once, for the configuration the whole search chose: an interrupted search's
     # leader may still lose to a trial the resume finishes.
-    test = _test_once(exp, trial, int(best["best_epoch"]), setup) if evaluate_test and finished else None
+    test = (_test_once(exp, trial, int(best["best_epoch"]), record.shared, remember=write)
+            if evaluate_test and finished else None)
     versions = _versions()
     doc = {
         "params": params,
-        "selection": {"metric": METRIC, "value": float(best[f"best/{METRIC}"]), "split": "validation",
+        "selection": {"metric": val_key(metric), "value": float(best[best_key(metric)]), "split": "validation",
                       "epoch": int(best["best_epoch"]),
                       "rule": "best epoch of the best trial that reached the final rung or converged (plateau) before it"},
         "validation": {k[5:]: best[k] for k in best.index if k.startswith("best/") and best[k] is not None},
@@ -193,34 +230,36 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True) -> di
         "trial_id": best["trial_id"],
         "epochs": int(best["epochs"]),
         "stop_reason": best["stop_reason"],
-        "dataset": setup["dataset"],
-        "search": {k: setup["settings"][k] for k in ("space", "num_samples", "max_epochs", "seed", "executor",
-                                                        "scheduler", "searcher", "truthful_pruning", "grace_period",
-                                                        "reduction_factor")},
+        "dataset": record.dataset,
+        "search": {k: record.settings.get(k) for k in ("space", "num_samples", "max_epochs", "seed", "executor",
+                                                         "scheduler", "searcher", "truthful_pruning", "grace_period",
+                                                         "reduction_factor", "metric")},
         "finished": finished,
         "trials": {"total": int(len(df)), **{str(k): int(v) for k, v in df["stop_reason"].value_counts().items()}},
         "versions": versions,
     }
-    write_json(exp / "best_config.json", doc)
+    if write:
+        write_json(exp / BEST_CONFIG, doc)
     if not finished:
         log(f"the search is unfinished ({int((df['stop_reason'] != 'unfinished').sum())} of "
-            f"{setup['settings']['num_samples']} trials ended): the leader so far is below; test figures "
+            f"{record.num_samples} trials ended): the leader so far is below; test figures "
             "come once, when the search ends")
-    log(f"best trial {best['trial_id']}: val Recall@100 {doc['selection']['value']:.4f} at epoch {doc['selection']['epoch']}"
+    log(f"best trial {best['trial_id']}: val {label(metric)} {doc['selection']['value']:.4f} at epoch "
+        f"{doc['selection']['epoch']}"
         + (f"; test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}" if test else ""))
     return doc
 
 
-def search_finished(df: pd.DataFrame, setup: dict) -> bool:
+def search_finished(df: pd.DataFrame, record: SearchRecord) -> bool:
     """Every trial ended, and all num_samples of them started (or the time budget ran out)."""
     if (df["stop_reason"] == "unfinished").any():
         return False
-    return len(df) >= int(setup["settings"]["num_samples"]) or (df["stop_reason"] == "time_budget").any() \
-        or bool(setup.get("time_budget_spent"))
+    return len(df) >= record.num_samples or (df["stop_reason"] == "time_budget").any() or record.time_budget_spent
 
 
-def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
-    """Test is touched once, for the chosen trial's best-epoch checkpoint; cached in test_eval.json."""
+def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: bool = True) -> dict:
+    """Test is touched once, for the chosen trial's best-epoch checkpoint; cached in test_eval.json
+    (unless ``remember`` is False: then the same checkpoint gives the same figures again)."""
     cache = exp / "test_eval.json"
     key = f"{trial['trial_id']}@{epoch}"
     try:
@@ -232,25 +271,28 @@ def _test_once(exp: Path, trial: dict, epoch: int, setup: dict) -> dict:
     from raytower.train.data import TrainData
     from raytower.train.evaluate import evaluate
 
-    model, cfg, bundle = trial_model(exp, trial["trial_id"], epoch, setup["setup"])
+    model, cfg, bundle = trial_model(exp, trial["trial_id"], epoch, shared)
     test, _ = evaluate(model, TrainData.build(bundle, cfg.max_len), "test")
-    write_json(cache, {"key": key, "test": test})
+    if remember:
+        write_json(cache, {"key": key, "test": test})
     return test
 
 
-def trial_model(exp: Path, trial_id: str, epoch: int, shared: dict):
+def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = None):
     """(model, config, bundle) of a trial at ``epoch``, rebuilt from its kept checkpoint and the
     search's shared artifacts."""
     from raytower.data import Bundle
     from raytower.model.pretrain import Artifacts
     from raytower.train.loop import load_model
 
-    state = _checkpoint_state(ExperimentStore.of(exp), [f"tune/trial_{trial_id}", f"train/train-{trial_id}"], epoch)
+    shared = shared or SearchRecord.read(exp).shared
+    state = _checkpoint_state(ExperimentStore.of(exp), [f"{EXPERIMENT}/{trial_dirname(trial_id)}",
+                                                        f"{TRAIN_RUNS}/{train_run_name(trial_id)}"], epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
     cfg = TrainConfig.from_dict(state["config"])
-    bundle = Bundle(shared["bundle"])
-    model = load_model(state, bundle, Artifacts.load(shared["artifacts"][f"{cfg.dim}-{cfg.item_layers}"]))
+    bundle = Bundle(shared.bundle)
+    model = load_model(state, bundle, Artifacts.load(shared.artifact_path(cfg)))
     return model, cfg, bundle
 
 

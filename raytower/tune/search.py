@@ -1,11 +1,11 @@
 """The search: prepare once, build the Tuner, run it, export the best configuration.
 
-    settings = SearchSettings(space="quick", num_samples=8, max_epochs=6, out="runs/s")
+    settings = SearchSettings(space="quick", num_samples=8, max_epochs=6, out="runs/s")  # tune/settings.py
     result = run_search(settings, data="synthetic")
 
 Layout of the experiment directory (``out``):
 
-    setup.json            what every trial shares: bundle and pretraining artifact paths
+    setup.json            the search's record (raytower.tune.record): settings, data, what every trial shares
     optuna.db             the Optuna study (SQLite; any RDB URL with --storage)
     stops.json            why each early-stopped trial ended (asha, plateau, chance, collapsed, diverged)
     driver_memory.json    the search driver's resident memory each time a trial ended
@@ -18,22 +18,22 @@ Layout of the experiment directory (``out``):
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from raytower._io import check_destination, claim_output_dir, output_kind, write_json
+from raytower._io import check_destination, claim_output_dir, output_kind
 from raytower.errors import ConfigError
+from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, WARM_START_FROM,
+                            WARM_START_NUMBER, trial_dirname, val_key)
 from raytower.tune._storage import ExperimentStore, experiment_uri
+from raytower.tune.record import SearchRecord, Shared
+from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace, load_space
-
-EXPERIMENT = "tune"
-STUDY = "raytower"
 
 
 class SearchInterrupted(Exception):
@@ -44,80 +44,18 @@ class SearchInterrupted(Exception):
         super().__init__(f"interrupted: {ended} of {total} trials ended; the search is saved in {out}")
 
 
-@dataclass
-class SearchSettings:
-    space: str = "default"  # quick | default (shipped in the package) | a YAML file
-    num_samples: int = 20
-    max_epochs: int = 30
-    out: str = "runs/search"
-    address: str | None = None  # None: a private local Ray; "auto" or host:port: join a cluster
-    executor: str = "auto"  # auto | function | train
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    workers_per_trial: int = 1
-    max_concurrent: int | None = None
-    seed: int = 0
-    time_budget_s: float | None = None
-    grace_period: int | None = None  # default: after the latest Stage 2 switch plus 3 epochs
-    reduction_factor: int = 2
-    scheduler: str = "asha"  # asha | none
-    searcher: str = "tpe"  # tpe | random
-    truthful_pruning: bool = True
-    storage: str | None = None  # Optuna RDB URL; default sqlite in out/
-    storage_path: str | None = None  # Tune and Train state (s3://, gs://, a shared mount); default out/
-    chance_patience: int = 3
-    patience: int = 5  # plateau stop: epochs without a better val Recall@100, past the grace period; 0 off
-    collapse_frac: float = 0.1
-    resume: bool = False
-    warm_start: str | None = None  # an earlier search directory whose finished trials TPE learns from
-    threads_per_trial: int | None = None
-    min_free_gb: float = 1.0
-    val_users: int = -1  # TrainConfig.val_users of every trial: the same validation sample for all
-    verbose: int = 0  # 0: raytower's lines only, Ray's go to OUT/ray.log; 1: Ray's progress tables and logs too
-
-    def validate(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.max_epochs < 1:
-            raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
-        if self.executor not in ("auto", "function", "train"):
-            raise ConfigError(f"--executor must be auto, function or train, got {self.executor!r}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.workers_per_trial < 1:
-            raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --workers-per-trial >= 1")
-        if self.patience < 0:
-            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
-        if not 0 <= self.seed < 2**32:  # the TPE sampler's numpy seed
-            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
-        if self.searcher not in ("tpe", "random"):
-            raise ConfigError(f"--searcher must be tpe or random, got {self.searcher!r}")
-        if self.scheduler not in ("asha", "none"):
-            raise ConfigError(f"--scheduler must be asha or none, got {self.scheduler!r}")
-        if self.val_users < -1:
-            raise ConfigError(f"--val-users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
-
-    @property
-    def resolved_executor(self) -> str:
-        if self.executor != "auto":
-            return self.executor
-        # One CPU worker: the Tune function is the same loop without a Train run's start-up cost.
-        return "train" if self.gpus_per_trial > 0 or self.workers_per_trial > 1 else "function"
-
-
 def default_grace_period(space: SearchSpace, max_epochs: int) -> int:
     """ASHA's first rung must come after the latest possible Stage 2 switch and the logQ ramp's
     start, plus a few epochs, or the Stage 2 and logQ knobs cannot change which trials survive."""
-    fixed = space.config({})
-    stage1 = int(fixed.stage1_max_epochs)
-    warmup = max([int(k.high) for k in space.knobs if k.name == "logq_warmup_epochs"] or [fixed.logq_warmup_epochs])
-    return max(1, min(max_epochs, max(stage1, warmup) + 3))
+    stage1, warmup = (space.largest(name) for name in ("stage1_max_epochs", "logq_warmup_epochs"))
+    return max(1, min(max_epochs, int(max(stage1, warmup)) + 3))
 
 
 # --- setup: everything the trials share, done once before the first trial -----------------------
 
 
-def prepare_shared(space: SearchSpace, bundle, out: Path, log=print) -> dict[str, Any]:
+def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: str, log=print) -> Shared:
+    """Pretrain once per (dim, item_layers) the space can ask for, and compute popularity once."""
     from raytower.model.pretrain import PretrainConfig, pretrain
 
     shapes = set()
@@ -134,7 +72,30 @@ def prepare_shared(space: SearchSpace, bundle, out: Path, log=print) -> dict[str
     from raytower.train.evaluate import popularity
 
     popularity(bundle)  # once, here, into the bundle: every trial reads it
-    return {"bundle": str(bundle.path), "artifacts": artifacts}
+    if settings.storage_path:  # a cluster: other nodes read the storage path, not this disk
+        from raytower.tune.artifacts import publish
+
+        store = ExperimentStore(uri)
+        publish(store, Path(bundle.path), "bundles", f"{bundle.name}-{bundle.fingerprint}")
+        for path in artifacts.values():
+            publish(store, Path(path), "pretrain")
+        log(f"published the data bundle and the pretraining artifacts to {uri}/artifacts")
+    resources = None
+    if settings.resolved_executor == "train":
+        resources = {"CPU": settings.cpus_per_trial}
+        if settings.gpus_per_trial:
+            resources["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
+    return Shared(
+        bundle=str(bundle.path), artifacts=artifacts,
+        # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
+        # so a moved or rsync'ed directory still reads.
+        experiment_uri=uri if settings.storage_path else None,
+        train_storage=uri.rstrip("/") + "/train",
+        threads=settings.threads_per_trial or max(1, int(settings.cpus_per_trial)),
+        workers=settings.workers_per_trial, use_gpu=settings.gpus_per_trial > 0,
+        resources_per_worker=resources, metric=settings.metric, published=uri if settings.storage_path else None,
+        bundle_key=f"{bundle.name}-{bundle.fingerprint}",
+    )
 
 
 def _values(space: SearchSpace, name: str) -> list:
@@ -150,6 +111,52 @@ def _values(space: SearchSpace, name: str) -> list:
 
 
 def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print) -> dict:
+    """Preflight, reconcile with an earlier session (``--resume``), prepare what the trials share
+    and write the record, fit, finish. ``settings`` is never changed."""
+    space = _preflight(settings, log)
+    out = Path(settings.out).resolve()
+    previous = _previous_record(settings, out)
+    if previous:  # resume where the search keeps its Tune state, even if the flag was left off this time
+        settings = dataclasses.replace(settings, storage_path=previous.settings.get("storage_path"))
+    # The resolved grace period is what the record (and best_config.json) says, never null.
+    settings = dataclasses.replace(settings, grace_period=settings.grace_period
+                                   or default_grace_period(space, settings.max_epochs))
+    uri = experiment_uri(out, settings.storage_path)
+    _check_where_it_runs(settings, uri)
+    import ray
+
+    if settings.address:
+        _join_cluster(settings, log)  # first: a trial the cluster can never place fails now, not later
+    from raytower.data import load_bundle
+
+    bundle = load_bundle(data, prepare_options, progress=True)
+    if previous and previous.dataset.get("fingerprint") != bundle.fingerprint:
+        raise ConfigError(f"--resume: this search ran on data with fingerprint {previous.dataset.get('fingerprint')} "
+                          f"({previous.data}), but --data {data} prepares to {bundle.fingerprint}: give the same "
+                          "--data and preparation flags", out / SETUP)
+    record = SearchRecord(settings=asdict(settings), data=data, dataset=_dataset_info(bundle),
+                          shared=prepare_shared(space, bundle, settings, uri, log),
+                          elapsed_s=previous.elapsed_s if previous else 0.0)
+    if not settings.resume:  # --out is created only now: a start that failed before left it untouched
+        claim_output_dir(out, "search", force=output_kind(out) == "search")
+    record.write(out)
+    _log_header(settings, space, record, out, log)
+
+    from raytower.tune._console import ray_logs_to
+
+    with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / RAY_LOG):
+        if not settings.address:
+            _init_ray(settings)
+        start = time.monotonic()
+        try:
+            _fit(settings, space, record.shared, out, uri)
+        finally:
+            ray.shutdown()
+    return _finish(settings, record, out, uri, record.elapsed_s + time.monotonic() - start, log)
+
+
+def _preflight(settings: SearchSettings, log=print) -> SearchSpace:
+    """Every check that needs neither Ray nor the data: a bad flag, space or --out fails here."""
     settings.validate()
     from raytower.tune._adapter import check_versions
 
@@ -157,96 +164,90 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     for line in space.advice():
         log(f"raytower: warning: {settings.space}: {line}")
-    out = Path(settings.out).resolve()
-    _check_output_dir(out, settings.resume, settings.min_free_gb)
-    previous = json.loads((out / "setup.json").read_text()) if settings.resume and (out / "setup.json").is_file() else {}
-    if previous:
-        # resume where the search keeps its Tune state, even if the flag was left off this time
-        recorded = previous["settings"].get("storage_path")
-        if settings.storage_path and settings.storage_path != recorded:
-            how = (f"in {recorded}; resume it with that storage path" if recorded else
-                   "in its --out directory; resume it without --storage-path (and with RAYTOWER_STORAGE unset)")
-            raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state {how}",
-                              out / "setup.json")
-        settings.storage_path = recorded
-    uri = experiment_uri(out, settings.storage_path)
-    if settings.storage_path:
-        store = ExperimentStore(uri)  # an unknown scheme fails now
-        if not settings.resume and store.is_dir(EXPERIMENT):
-            raise ConfigError(f"already holds a search named {out.name!r}: choose another --out name", uri)
-    if not settings.address and settings.gpus_per_trial > 0:
-        import torch
-
-        if settings.gpus_per_trial > torch.cuda.device_count():
-            raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has "
-                              f"{torch.cuda.device_count()} GPU(s), so no trial could ever start")
-    if not settings.address:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if settings.cpus_per_trial * settings.workers_per_trial > cpus:
-            raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g} x --workers-per-trial "
-                              f"{settings.workers_per_trial}: this machine has {cpus} CPU(s), so no trial could ever start")
+    _check_output_dir(Path(settings.out).resolve(), settings.resume, settings.min_free_gb)
     if settings.warm_start:
         _check_warm_start(Path(settings.warm_start))
     if settings.storage:
         _check_storage(settings.storage)
     if settings.address:
         _check_reachable(settings.address)
+    return space
+
+
+def _previous_record(settings: SearchSettings, out: Path) -> SearchRecord | None:
+    """The record of the session a --resume continues; its storage path must be the one given."""
+    if not (settings.resume and (out / SETUP).is_file()):
+        return None
+    previous = SearchRecord.read(out)
+    recorded = previous.settings.get("storage_path")
+    if settings.storage_path and settings.storage_path != recorded:
+        how = (f"in {recorded}; resume it with that storage path" if recorded else
+               "in its --out directory; resume it without --storage-path (and with RAYTOWER_STORAGE unset)")
+        raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state {how}",
+                          out / SETUP)
+    if previous.metric != settings.metric:
+        raise ConfigError(f"--metric {settings.metric}: this search selects on {previous.metric}; resume it with "
+                          f"--metric {previous.metric}", out / SETUP)
+    return previous
+
+
+def _check_where_it_runs(settings: SearchSettings, uri: str) -> None:
+    """The storage path is usable and new, and a local machine has what one trial asks for."""
+    if settings.storage_path:
+        store = ExperimentStore(uri)  # an unknown scheme fails now
+        if not settings.resume and store.is_dir(EXPERIMENT):
+            raise ConfigError(f"already holds a search named {Path(settings.out).name!r}: choose another --out name",
+                              uri)
+    if settings.address:
+        return  # a cluster's nodes are judged once joined (_join_cluster)
+    if settings.gpus_per_trial > 0:
+        import torch
+
+        if settings.gpus_per_trial > torch.cuda.device_count():
+            raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), so no trial could ever start")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if settings.cpus_per_trial * settings.workers_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g} x --workers-per-trial "
+                          f"{settings.workers_per_trial}: this machine has {cpus} CPU(s), so no trial could ever start")
+
+
+def _join_cluster(settings: SearchSettings, log=print) -> None:
     import ray
 
-    if settings.address:
-        _init_ray(settings)  # join the cluster first: a trial it can never place fails now, not later
-        try:
-            offers = _cluster_offers()
-            if offers is None:
-                log("the resources of this cluster's autoscaler node types are unknown here (KubeRay keeps them in "
-                    "its RayCluster): whether a trial fits is not checked, and one that fits no node will wait")
-            _check_cluster_fits(settings, offers)
-        except BaseException:
-            ray.shutdown()
-            raise
-    from raytower.data import load_bundle
+    _init_ray(settings)
+    try:
+        offers = _cluster_offers()
+        if offers is None:
+            log("the resources of this cluster's autoscaler node types are unknown here (KubeRay keeps them in "
+                "its RayCluster): whether a trial fits is not checked, and one that fits no node will wait")
+        _check_cluster_fits(settings, offers)
+    except BaseException:
+        ray.shutdown()
+        raise
 
-    bundle = load_bundle(data, prepare_options, progress=True)
-    setup = prepare_shared(space, bundle, out, log)
-    # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
-    # so a moved or rsync'ed directory still reads.
-    setup["experiment_uri"] = uri if settings.storage_path else None
-    setup["train_storage"] = uri.rstrip("/") + "/train"
-    setup["threads"] = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
-    setup["workers"] = settings.workers_per_trial
-    setup["use_gpu"] = settings.gpus_per_trial > 0
-    # Wall time is summed over sessions: whether Tune restarts the budget on --resume or not, a
-    # search that ended short of num_samples after the budget was spent ended for the budget.
-    elapsed_before = float(previous.get("elapsed_s", 0.0))
-    if not settings.resume:  # --out is created only now: a start that failed before left it untouched
-        claim_output_dir(out, "search", force=output_kind(out) == "search")
-    write_json(out / "setup.json", {"settings": asdict(settings), "data": data, "setup": setup,
-                                    "dataset": _dataset_info(bundle), "elapsed_s": elapsed_before})
-    grace = settings.grace_period or default_grace_period(space, settings.max_epochs)
-    info = _dataset_info(bundle)
-    stopping = (f"ASHA grace period {grace} epochs, reduction factor {settings.reduction_factor}"
+
+def _log_header(settings: SearchSettings, space: SearchSpace, record: SearchRecord, out: Path, log=print) -> None:
+    info = record.dataset
+    stopping = (f"ASHA grace period {settings.grace_period} epochs, reduction factor {settings.reduction_factor}"
                 if settings.scheduler == "asha" else "no early stopping")
     log(f"search: {settings.num_samples} trials of up to {settings.max_epochs} epochs on {info['name']} "
         f"({info['n_users']:,} users, {info['n_items']:,} items, {info['n_interactions']:,} interactions); "
-        f"space {settings.space} ({len(space.knobs)} knobs); {settings.searcher.upper()}, {stopping}; "
-        f"results in {out}" + ("" if settings.verbose else f" (Ray's own log: {out / 'ray.log'})"))
+        f"space {settings.space} ({len(space.knobs)} knobs); {settings.searcher.upper()} on validation "
+        f"{settings.metric}, {stopping}; results in {out}"
+        + ("" if settings.verbose else f" (Ray's own log: {out / RAY_LOG})"))
 
-    from raytower.tune._console import ray_logs_to
 
-    with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / "ray.log"):
-        if not settings.address:
-            _init_ray(settings)
-        start = time.monotonic()
-        try:
-            _fit(settings, space, setup, grace, out, uri)
-        finally:
-            ray.shutdown()
+def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str, elapsed: float, log=print) -> dict:
+    """Record the session's time; export the results, or raise SearchInterrupted when trials are left.
+
+    Wall time is summed over sessions: whether Tune restarts the budget on --resume or not, a
+    search that ended short of num_samples after the budget was spent ended for the budget."""
     from raytower.tune.results import export_results, tune_statuses
 
     statuses = tune_statuses(out)
-    elapsed = elapsed_before + time.monotonic() - start
-    write_json(out / "setup.json", {**json.loads((out / "setup.json").read_text()), "elapsed_s": round(elapsed, 1)})
     budget_spent = settings.time_budget_s is not None and elapsed >= settings.time_budget_s
+    record.finish(out, elapsed, budget_spent)
     ended = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
     if ended < len(statuses) or (len(statuses) < settings.num_samples and not budget_spent):
         # Tune catches the first Ctrl-C itself, saves the experiment and returns: what ended is
@@ -256,14 +257,12 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
         except ConfigError:
             pass  # no trial had reported yet
         raise SearchInterrupted(out, ended, settings.num_samples)
-    if budget_spent:
-        write_json(out / "setup.json", {**json.loads((out / "setup.json").read_text()), "time_budget_spent": True})
-    _close_study(settings.storage or f"sqlite:///{out / 'optuna.db'}", log)
+    _close_study(settings.storage or f"sqlite:///{out / OPTUNA_DB}", log)
     doc = export_results(out, log=log)
     if settings.storage_path:
         # The SQLite study lived on the driver's disk (never on object storage or a network
         # filesystem); a copy goes beside the Tune state now that nothing writes to it.
-        copied = store.publish(out)
+        copied = ExperimentStore(uri).publish(out)
         log(f"copied {', '.join(copied)} to {uri}")
     return doc
 
@@ -294,7 +293,7 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
     if out == Path("/dev/shm") or Path("/dev/shm") in out.parents:
         raise ConfigError("--out is in /dev/shm, which holds Ray's object store: checkpoints there would "
                           "starve it; choose a directory on disk", out)
-    exists = (out / EXPERIMENT).exists() or (out / "setup.json").exists()
+    exists = (out / EXPERIMENT).exists() or (out / SETUP).exists()
     if resume and not exists:
         raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
     if exists and not resume:
@@ -464,7 +463,7 @@ def _free_port() -> int:
 
 
 def _check_warm_start(earlier: Path) -> None:
-    if not (earlier / "optuna.db").is_file():
+    if not (earlier / OPTUNA_DB).is_file():
         raise ConfigError("--warm-start: no optuna.db there (expected an earlier search's --out)", earlier)
 
 
@@ -494,32 +493,38 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         raise ConfigError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
-def _warm_start(searcher, earlier: Path) -> None:
-    """Give the new study the earlier study's finished trials (values and pruned histories)."""
+def _warm_trials(earlier: Path) -> list:
+    """The earlier study's finished trials (values and pruned histories), each marked with where it
+    came from, so the new study tells them apart from its own trials."""
     import optuna
 
-    from raytower.tune._adapter import add_trials
-
-    db = earlier / "optuna.db"
+    db = earlier / OPTUNA_DB
     try:
         old = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
     except Exception as e:  # not a raytower study
         raise ConfigError(f"--warm-start: cannot read the study ({type(e).__name__})", db) from None
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    add_trials(searcher, [t for t in old.trials if t.state in done])
+    return [optuna.trial.create_trial(
+        state=t.state, value=t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
+        params=t.params, distributions=t.distributions, intermediate_values=t.intermediate_values,
+        user_attrs={**t.user_attrs, WARM_START_FROM: str(earlier.resolve()), WARM_START_NUMBER: t.number},
+    ) for t in old.trials if t.state in done]
 
 
-def _trainable(settings: SearchSettings, setup: dict, executor: str):
+def _not_run_yet(points: list[dict], trials: list) -> list[dict]:
+    """Start points that no warm-start trial has already run (they would only be run again)."""
+    return [p for p in points if not any(t.params == p for t in trials)]
+
+
+def _trainable(settings: SearchSettings, shared: Shared):
     from ray import tune
 
     from raytower.trainables.curriculum import function_trainable, train_driver
 
-    if executor == "function":
+    setup = asdict(shared)  # plain data to the trials: they need not import this module
+    if settings.resolved_executor == "function":
         return tune.with_resources(tune.with_parameters(function_trainable, setup=setup),
                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    setup["resources_per_worker"] = {"CPU": settings.cpus_per_trial}
-    if settings.gpus_per_trial:
-        setup["resources_per_worker"]["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
     # The trial is only the Train run's driver: it holds a raytower_driver slot, no CPU. Its
     # workers get their own placement group; reserving their CPUs in the trial too deadlocks.
     return tune.with_resources(tune.with_parameters(train_driver, setup=setup), {"cpu": 0, "raytower_driver": 1})
@@ -530,21 +535,41 @@ def startup_trials(num_samples: int) -> int:
     return min(10, max(4, num_samples // 4))
 
 
-def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+def make_sampler(settings: SearchSettings):
+    """Optuna's sampler for ``--searcher``. tpe-mv is TPE over the joint distribution of knobs that
+    are sampled together (Falkner et al.'s multivariate TPE); ``group=True`` splits the space by which
+    knobs each trial has, so the conditional ``lr_ratio`` (only with unfreeze_depth > 0) is modelled
+    jointly where present instead of falling back to independent sampling."""
+    import warnings
+
+    import optuna
+
+    if settings.searcher == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    # Both spelled out: Optuna 5 made multivariate (None -> True for one objective) and the constant
+    # liar (penalise configurations near running trials) the defaults, Optuna 4 had neither; "tpe"
+    # means the same, independent TPE on every supported version.
+    multivariate = settings.searcher == "tpe-mv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, group, liar
+        return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials(settings.num_samples),
+                                          multivariate=multivariate, group=multivariate, constant_liar=True)
 
 
-def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, out: Path, uri: str):
+def _trial_dirname(trial) -> str:
+    return trial_dirname(trial.trial_id)
+
+
+def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path, uri: str):
     import optuna
     from ray import tune
 
-    from raytower.tune._callbacks import (METRIC, CurriculumStopper, DriverMemory, RecordingASHA, StopLog,
-                                          TruthfulOptunaSearch)
+    from raytower.tune._callbacks import CurriculumStopper, DriverMemory, RecordingASHA, StopLog, TruthfulOptunaSearch
     from raytower.tune._console import ConsoleReporter
 
-    stops = StopLog(str(out / "stops.json"))
-    executor = settings.resolved_executor
-    trainable = _trainable(settings, setup, executor)
+    metric = val_key(settings.metric)
+    stops = StopLog(str(out / STOPS))
+    trainable = _trainable(settings, shared)
     experiment = f"{uri.rstrip('/')}/{EXPERIMENT}"
     if settings.resume and tune.Tuner.can_restore(experiment):
         # Restores the searcher (TPE state, the study's trial map), the stopper and every unfinished
@@ -554,24 +579,23 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit(), stops
     # A fresh search, or a resumed one whose start failed before Tune saved anything: it starts now.
-    storage_url = settings.storage or f"sqlite:///{out / 'optuna.db'}"
+    storage_url = settings.storage or f"sqlite:///{out / OPTUNA_DB}"
     storage = optuna.storages.RDBStorage(storage_url)
     # Optuna's 10 random start-up trials are half of a 20-trial search; a quarter of the budget
     # (the start points among them) leaves TPE most of it.
-    sampler = (optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup_trials(settings.num_samples))
-               if settings.searcher == "tpe"
-               else optuna.samplers.RandomSampler(seed=settings.seed))
+    sampler = make_sampler(settings)
+    warm = _warm_trials(Path(settings.warm_start)) if settings.warm_start else []
     searcher = TruthfulOptunaSearch(
-        space=space.define_by_run, metric=METRIC, mode="max", sampler=sampler, storage=storage,
-        study_name=STUDY, points_to_evaluate=list(space.start_from) or None,
+        space=space.define_by_run, metric=metric, mode="max", sampler=sampler, storage=storage,
+        study_name=STUDY, points_to_evaluate=_not_run_yet(list(space.start_from), warm) or None,
         log=stops, truthful=settings.truthful_pruning,
     )
-    scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=grace,
+    scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=settings.grace_period,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else None)
     param_space = {"epochs": settings.max_epochs, "val_users": settings.val_users}
     stopper = CurriculumStopper(stops, settings.chance_patience, settings.collapse_frac,
-                                patience=settings.patience, grace=grace)
+                                patience=settings.patience, grace=settings.grace_period, metric=metric)
     # The trainable writes the curriculum's scalars to TensorBoard under stable names; Tune's own
     # TBX logger would write a second copy of every metric. Keep its JSON and CSV loggers only.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
@@ -581,21 +605,24 @@ def _fit(settings: SearchSettings, space: SearchSpace, setup: dict, grace: int, 
         name=EXPERIMENT, storage_path=uri, stop=stopper, verbose=1 if settings.verbose else 0,
         # Trial directories (TensorBoard files) go to the storage path too, not only checkpoints.
         sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / "driver_memory.json"))]
-        + ([] if settings.verbose else [ConsoleReporter(settings.num_samples, space.names, stops, settings.max_epochs)]),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / DRIVER_MEMORY))]
+        + ([] if settings.verbose else [ConsoleReporter(settings.num_samples, space.names, stops, settings.max_epochs,
+                                                       settings.metric)]),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),
     )
-    if settings.warm_start:
-        _warm_start(searcher, Path(settings.warm_start))
+    if warm:
+        from raytower.tune._adapter import add_trials
+
+        add_trials(searcher, warm)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
                                     max_concurrent_trials=settings.max_concurrent,
                                     time_budget_s=settings.time_budget_s,
                                     # metric/mode here (not on ASHA) so the progress table shows the best trial
-                                    metric=METRIC, mode="max", trial_dirname_creator=trial_dirname),
+                                    metric=metric, mode="max", trial_dirname_creator=_trial_dirname),
         run_config=run_config,
     )
     return tuner.fit(), stops

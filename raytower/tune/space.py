@@ -97,6 +97,14 @@ class SearchSpace:
                 params[knob.name] = knob.suggest(trial)
         return dict(self.fixed)
 
+    def largest(self, name: str):
+        """The largest value a trial can get for the numeric field ``name``: its knob's high end or
+        largest choice when searched, else the fixed (or default) value."""
+        for k in self.knobs:
+            if k.name == name:
+                return max(k.choices) if k.distribution == "categorical" else k.high
+        return getattr(self.config({}), name)
+
     def active(self, params: dict[str, Any]) -> dict[str, Any]:
         """The subset of ``params`` that this space would sample (conditions applied in order)."""
         out: dict[str, Any] = {}
@@ -164,7 +172,7 @@ def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
     knobs: list[Knob] = []
     for name, spec in search.items():
         check = lambda v, n=name: _check_value(n, v, fixed, set(search), bad)  # noqa: E731
-        knobs.append(_parse_knob(name, spec, [k.name for k in knobs], check, bad))
+        knobs.append(_parse_knob(name, spec, {k.name: k for k in knobs}, check, bad))
     space = SearchSpace(knobs, dict(fixed), [], source)
     starts = doc.get("start_from") or []
     if not isinstance(starts, list):
@@ -188,7 +196,7 @@ def parse_space(doc: Any, source: str = "<space>") -> SearchSpace:
     return space
 
 
-def _parse_knob(name: str, spec: Any, earlier: list[str], check, bad) -> Knob:
+def _parse_knob(name: str, spec: Any, earlier: dict[str, Knob], check, bad) -> Knob:
     if not isinstance(spec, dict):
         bad(f"{name}: expected a mapping like {{distribution: uniform, low: 0.1, high: 1.0}}")
     unknown = sorted(set(spec) - {"distribution", "low", "high", "choices", "when"})
@@ -240,7 +248,10 @@ def _check_value(name: str, value: Any, fixed: dict, searched: set[str], bad) ->
             bad(f"{name}: {e}")
 
 
-def _parse_when(name: str, text: Any, earlier: list[str], bad) -> Condition | None:
+def _parse_when(name: str, text: Any, earlier: dict[str, Knob], bad) -> Condition | None:
+    """One comparison of an earlier knob with a value it can take. Anything else would load and
+    silently never hold, turning the knob off: a compound condition (its tail read as the value) or a
+    value outside the parent's choices."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*", str(text))
@@ -249,4 +260,17 @@ def _parse_when(name: str, text: Any, earlier: list[str], bad) -> Condition | No
     knob, op, raw = m.groups()
     if knob not in earlier:
         bad(f"{name}: condition names {knob!r}, which must be a knob listed before it")
-    return Condition(knob, op, yaml.safe_load(raw))
+    if re.search(r"(==|!=|<|>)|\b(and|or|not)\b", raw):
+        bad(f"{name}: condition {text!r} is compound; a condition compares one knob with one value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        bad(f"{name}: cannot read the value in condition {text!r}")
+    parent = earlier[knob]
+    if parent.distribution == "categorical":
+        if op in ("==", "!=") and value not in parent.choices:
+            bad(f"{name}: condition {text!r}: {reprlib.repr(value)} is not one of {knob}'s choices "
+                f"{list(parent.choices)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        bad(f"{name}: condition {text!r}: {knob} is a number, compared with {reprlib.repr(value)}")
+    return Condition(knob, op, value)

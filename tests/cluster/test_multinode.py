@@ -47,19 +47,24 @@ class LocalCluster:
         self.workers: dict[str, int] = {}  # node name -> its node manager port
         self.node_ids: dict[str, str] = {}  # node name -> Ray node id
 
-    def _start(self, *args: str) -> None:
+    def cache(self, name: str) -> Path:
+        """Each node's own RAYTOWER_CACHE, as on machines that share no disk but the storage path."""
+        return self.home / f"cache-{name}"
+
+    def _start(self, name: str, *args: str) -> None:
         subprocess.run([RAY, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
-                       env=self.env, check=True, capture_output=True, timeout=120)
+                       env={**self.env, "RAYTOWER_CACHE": str(self.cache(name))}, check=True, capture_output=True,
+                       timeout=120)
 
     def start_head(self) -> None:
         # As cluster.yaml's head: no CPUs for training, a custom resource that only drivers ask for.
-        self._start("--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+        self._start("head", "--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
                     "--num-cpus=0", '--resources={"raytower_driver": 64}',
                     f"--ray-client-server-port={_free_port()}", *_node_ports())
 
     def add_worker(self, name: str) -> None:
         ports = _node_ports()
-        self._start(f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", *ports)
+        self._start(name, f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", *ports)
         self.workers[name] = int(ports[0].split("=")[1])
         cmd = self.raylet(name).cmdline()
         self.node_ids[name] = next(a.split("=", 1)[1] for a in cmd if a.startswith("--node_id="))
@@ -127,6 +132,16 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     assert at_kill[-1] < epochs and seen == list(range(1, epochs + 1)), (at_kill, seen)
     nodes = list(df.loc[victim_trial, "nodes"])
     assert nodes[0] == a and len(nodes) >= 2 and a not in nodes[1:]
+    # Every node that trained fetched the bundle and the artifacts into its own cache, by name, from
+    # the storage path; the head prepared them in its own.
+    name_of = {node_id: name for name, node_id in cluster.node_ids.items()}
+    key = f"{best['dataset']['name']}-{best['dataset']['fingerprint']}"
+    assert (cluster.cache("head") / "bundles" / key / "manifest.json").is_file()
+    assert (shared / "exp" / "artifacts" / "bundles" / key / ".published").is_file()
+    for node in {n for ns in df["nodes"] for n in ns}:
+        cache = cluster.cache(name_of[node])
+        assert (cache / "bundles" / key / "manifest.json").is_file(), name_of[node]
+        assert len(list((cache / "pretrain").glob("*/manifest.json"))) == 1, name_of[node]
 
 
 def test_more_gpus_than_any_node_offers_fails_before_the_search(cluster, tmp_path):

@@ -98,8 +98,9 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
 
     # The interrupted directory already gives its leader, but not test figures: test is touched
     # once, for what the whole search chooses.
-    assert main(["best", str(out)]) == 0
-    interim = json.loads((out / "best_config.json").read_text())
+    assert main(["best", str(out), "-o", str(tmp_path / "interim.json")]) == 0
+    interim = json.loads((tmp_path / "interim.json").read_text())
+    assert not (out / "best_config.json").exists() and not (out / "trials.parquet").exists()  # best only reads
     assert interim["finished"] is False and interim["test"] is None
     assert interim["trial_id"] in done
     assert any(t.state.name == "RUNNING" for t in _study(out).trials)  # what the kill left dangling

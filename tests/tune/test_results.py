@@ -31,3 +31,10 @@ def test_a_broken_trial_never_wins_whatever_its_metric_reads(reason):
     assert choose(_rows(("bad", reason, 9, 1.0), ("cut", "asha", 9, 0.5)))["trial_id"] == "cut"
     with pytest.raises(Exception, match=f"no trial is eligible.*1 {reason}"):
         choose(_rows(("bad", reason, 30, 1.0)))
+
+
+def test_the_choice_follows_the_selection_metric():
+    df = _rows(("wide", "completed", 30, 0.60), ("sharp", "completed", 30, 0.55))
+    df["best/val/ndcg@10"] = [0.10, 0.14]  # the sharper model ranks its hits higher
+    assert choose(df)["trial_id"] == "wide"
+    assert choose(df, "ndcg@10")["trial_id"] == "sharp"

@@ -62,6 +62,33 @@ def test_trial_tensorboard_files_are_written_once_with_stable_names(search, tria
     assert {"curriculum/tau", "curriculum/lambda", "loss/train", "loss/random_guess", "val/recall_at_100",
             "collapse/effective_rank"} <= tags
     assert len(acc.Scalars("val/recall_at_100")) == trials.epochs.iloc[0]
+    # HPARAMS: the trial's knobs as a session, its best validation metric so far as the session's metric
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    params = {k[len("param/"):]: v for k, v in trials.iloc[0].items() if k.startswith("param/") and v == v}
+    assert set(params) <= set(start.hparams)
+    assert start.hparams["fusion"].string_value == params["fusion"]
+    assert acc.Scalars("hparams/best_val_recall_at_100")[-1].value == pytest.approx(trials["best/val/recall@100"].iloc[0])
+
+
+def test_study_and_trials_parquet_link_to_each_other(search, trials):
+    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{search / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    for row in trials.itertuples():
+        t = by_number[row.optuna_number]  # trials.parquet names each trial's Optuna number
+        assert t.user_attrs["tune_trial_id"] == row.trial_id
+        assert t.user_attrs["stop_reason"] == row.stop_reason and t.user_attrs["epochs"] == row.epochs
+
+
+def test_best_prints_and_writes_nothing_in_the_search(search, capsys):
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (search / "best_config.json", search / "trials.parquet")}
+    capsys.readouterr()
+    assert main(["best", str(search)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["trial_id"] == json.loads((search / "best_config.json").read_text())["trial_id"]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == files
 
 
 def test_retraining_best_config_reproduces_its_validation(search, tmp_path):
@@ -88,17 +115,31 @@ def test_a_second_search_in_the_same_dir_needs_resume(search, capsys):
 def test_train_executor_reports_the_same_metrics_and_checkpoints(search, trials, tmp_path):
     out = tmp_path / "train-exec"
     rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "1", "--max-epochs", "2",
-               "--scheduler", "none", "--executor", "train", "--out", str(out), "--warm-start", str(search)])
+               "--scheduler", "none", "--executor", "train", "--out", str(out), "--warm-start", str(search),
+               # and another selection metric, with multivariate TPE learning from the warm start's trials
+               "--metric", "ndcg@10", "--searcher", "tpe-mv"])
     assert rc == 0
     # --warm-start: the new study starts from the earlier study's finished trials
     study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
     assert len(study.trials) == 8 + 1
+    warm = [t for t in study.trials if "warm_start_from" in t.user_attrs]  # marked as copies
+    assert len(warm) == 8 and {t.user_attrs["warm_start_number"] for t in warm} == set(range(8))
+    new = next(t for t in study.trials if "warm_start_from" not in t.user_attrs)
+    assert all(t.params != new.params for t in warm)  # the start points already ran: not run again
     t = pd.read_parquet(out / "trials.parquet")
     assert len(t) == 1 and t.epochs.iloc[0] == 2 and t.stop_reason.iloc[0] == "completed"
     rows_train = [json.loads(line) for line in (out / "tune" / t.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
     rows_func = [json.loads(line) for line in (search / "tune" / trials.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
-    curriculum_keys = {k for k in rows_func[0] if "/" in k or k in ("loss", "loss_random", "tau", "lambda", "stage", "epoch")}
+    curriculum_keys = {k for k in rows_func[0] if ("/" in k and not k.startswith("best/"))
+                       or k in ("loss", "loss_random", "tau", "lambda", "stage", "epoch")}
     assert curriculum_keys <= set(rows_train[0])
     assert len(list((out / "train").rglob("state.pt"))) == 2  # Train run's checkpoints, newest and best
     best = json.loads((out / "best_config.json").read_text())
     assert math.isfinite(best["test"]["recall@100"])
+    # --metric: the trial's best epoch, and the choice, are by validation NDCG@10
+    assert best["selection"]["metric"] == "val/ndcg@10" and best["search"]["metric"] == "ndcg@10"
+    assert best["search"]["grace_period"] == 2  # resolved, not null: min(--max-epochs 2, stage1 2 + 3)
+    assert t.optuna_number.iloc[0] == new.number
+    by_ndcg = max(rows_train, key=lambda r: r["val/ndcg@10"])
+    assert best["selection"]["epoch"] == by_ndcg["epoch"] and best["selection"]["value"] == by_ndcg["val/ndcg@10"]
+    assert rows_train[-1]["best/val/ndcg@10"] == by_ndcg["val/ndcg@10"]

@@ -38,6 +38,16 @@ def test_lr_ratio_exists_only_when_unfreeze_depth_is_positive():
     assert seen_depths == {0, 1, 2, 3}
 
 
+def test_the_grace_period_follows_searched_stage1_and_categorical_warmups(tmp_path):
+    from raytower.tune.search import default_grace_period
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"search": {
+        "logq_warmup_epochs": {"distribution": "categorical", "choices": [0, 2, 5]},  # crashed on int(k.high)
+        "stage1_max_epochs": {"distribution": "int", "low": 2, "high": 8}}}))  # was read as the fixed default
+    assert default_grace_period(load_space(path), 30) == 8 + 3
+
+
 def test_active_drops_inactive_conditionals():
     space = load_space(REPO / "search_spaces" / "default.yaml")
     assert "lr_ratio" not in space.active({"unfreeze_depth": 0, "lr_ratio": 0.1})
@@ -64,6 +74,17 @@ BAD_SPACES = [  # (document, what the error must say)
     ({**BASE, "fixed": {"fusion": "xgboost"}}, "unknown fusion type"),
     ({**BASE, "start_from": [{"anneal_rate": 0.9}]}, "does not search"),
     ({**BASE, "grid": {}}, "unknown section"),
+    # conditions that would load and never hold, silently turning the knob off
+    ({"search": {"fusion": {"distribution": "categorical", "choices": ["concat", "gated"]},
+                 "n_experts": {"distribution": "int", "low": 2, "high": 8, "when": "fusion == moe"}}},
+     "'moe' is not one of fusion's choices"),
+    # (safe_dump sorts the knobs: each parent's name sorts before its child's)
+    ({"search": {"fusion": {"distribution": "categorical", "choices": ["concat", "gated"]},
+                 "lr_ratio": {"distribution": "log_uniform", "low": 1e-3, "high": 1,
+                              "when": "fusion == gated and unfreeze_depth > 0"}}}, "is compound"),
+    ({"search": {"anneal_rate": {"distribution": "uniform", "low": 0.8, "high": 0.99},
+                 "logq_max": {"distribution": "uniform", "low": 0.0, "high": 0.1, "when": "anneal_rate > high"}}},
+     "anneal_rate is a number"),
 ]
 
 

@@ -1,0 +1,75 @@
+"""The names modules agree on: the selection metric, the files of a search, the study.
+
+One place, so a metric key or a file name is never spelled twice. With one held-out item per user
+(leave-last-out), Recall@K is the hit rate: 1 when that item is in the top K, else 0.
+"""
+
+from __future__ import annotations
+
+from raytower.errors import ConfigError
+
+KS = (10, 20, 50, 100)
+# What a search may select on (``--metric``): validation Recall@K or NDCG@K, full ranking.
+METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
+DEFAULT_METRIC = "recall@100"
+
+# A search's directory (``--out``): files raytower writes beside Tune's experiment.
+SETUP = "setup.json"  # the search's record (raytower.tune.record.SearchRecord)
+BEST_CONFIG = "best_config.json"
+TRIALS = "trials.parquet"
+STOPS = "stops.json"
+OPTUNA_DB = "optuna.db"
+DRIVER_MEMORY = "driver_memory.json"
+RAY_LOG = "ray.log"
+EXPERIMENT = "tune"  # Tune's experiment directory under the storage path
+TRAIN_RUNS = "train"  # Ray Train runs (executor "train")
+STUDY = "raytower"  # the Optuna study's name
+# Optuna user attributes that link a study's trials to the search's records
+TUNE_TRIAL_ID = "tune_trial_id"  # the Tune trial (trials.parquet's trial_id, tune/trial_<id>/)
+STOP_REASON = "stop_reason"  # completed, plateau, asha, chance, collapsed, diverged, error
+EPOCHS = "epochs"  # epochs the trial ran
+WARM_START_FROM = "warm_start_from"  # a trial copied from an earlier search's study (--warm-start)
+WARM_START_NUMBER = "warm_start_number"  # its number in that study
+
+
+# Why a trial ended early. A trial stopped for one of BROKEN never wins, whatever its best reads.
+STOP_REASONS = ("asha", "plateau", "chance", "collapsed", "diverged")
+BROKEN = ("diverged", "chance", "collapsed", "error")
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if raytower can select on it, else a one-line error naming the choices."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return metric
+
+
+def val_key(metric: str = DEFAULT_METRIC) -> str:
+    """The key of a validation metric in a trial's per-epoch row: ``val/recall@100``."""
+    return f"val/{metric}"
+
+
+def best_key(metric: str = DEFAULT_METRIC) -> str:
+    """The key of a trial's best validation value so far: ``best/val/recall@100``."""
+    return f"best/{val_key(metric)}"
+
+
+def label(metric: str) -> str:
+    """Short, for tables and console lines: ``R@100``, ``NDCG@10``."""
+    name, k = metric.split("@")
+    return f"{'R' if name == 'recall' else name.upper()}@{k}"
+
+
+def title(metric: str) -> str:
+    """For prose: ``Recall@100``, ``NDCG@10``."""
+    name, k = metric.split("@")
+    return f"{'Recall' if name == 'recall' else name.upper()}@{k}"
+
+
+def trial_dirname(trial_id: str) -> str:
+    return f"trial_{trial_id}"
+
+
+def train_run_name(trial_id: str) -> str:
+    """The Ray Train run of a trial with executor "train": stable, so a restarted trial resumes it."""
+    return f"train-{trial_id}"

@@ -1,0 +1,66 @@
+"""Artifacts that travel: the data bundle and the pretraining artifacts of a search, published to its
+storage path and fetched by name (which holds the fingerprint) on any node whose cache lacks them.
+
+    published = publish(store, Path(bundle.path), "bundles")      # the driver, once per search
+    path = local_copy(shared.bundle, shared.published, "bundles")   # a trial, on whatever node
+
+A local search needs none of this: its trials run where the driver prepared everything. With
+``--storage-path`` (a cluster) every node can read the storage path, but not the head's disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raytower._io import atomic_dir, cache_root
+from raytower.tune._storage import ExperimentStore
+
+ARTIFACTS = "artifacts"  # under the storage path: artifacts/bundles/<name>-<fingerprint>, artifacts/pretrain/...
+COMPLETE = "manifest.json"  # both kinds of entry are complete once their manifest is there
+PUBLISHED = ".published"  # written last: a half-published entry is never fetched
+
+
+def publish(store: ExperimentStore, local: Path, kind: str, key: str | None = None) -> str:
+    """Copy the entry ``local`` to ``store`` under ``key`` (default: its directory's name, which for
+    a cache entry holds the fingerprint), once: an entry already published is kept. Returns its
+    path relative to the store."""
+    rel = f"{ARTIFACTS}/{kind}/{key or local.name}"
+    if store.is_file(f"{rel}/{PUBLISHED}"):
+        return rel
+    store.copy_in(local, rel)
+    store.write_bytes(f"{rel}/{PUBLISHED}", b"")
+    return rel
+
+
+class _KeepExisting(Exception):
+    pass
+
+
+def local_copy(path: str, published: str | None, kind: str, key: str | None = None) -> Path:
+    """Where this node reads an entry: ``path`` itself in a search that published nothing (a local
+    one); else this node's own cache entry (on the driver's node, usually ``path`` itself), fetched
+    from the search's storage path (``published``) the first time. A node never reads another
+    node's cache, even on a disk they happen to share. Several trials on one node may fetch at once:
+    the first copy to land is kept, and the others are dropped."""
+    here = Path(path)
+    if not published:
+        return here
+    cached = cache_root() / kind / (key or here.name)
+    if (cached / COMPLETE).is_file():
+        return cached
+    store = ExperimentStore(published)
+    rel = f"{ARTIFACTS}/{kind}/{key or here.name}"
+    if not store.is_file(f"{rel}/{PUBLISHED}"):
+        return here
+
+    def keep(existing: Path) -> None:
+        if (existing / COMPLETE).is_file():
+            raise _KeepExisting
+
+    try:
+        with atomic_dir(cached, may_replace=keep) as tmp:
+            store.copy_out(rel, tmp)
+            (tmp / PUBLISHED).unlink(missing_ok=True)
+    except _KeepExisting:
+        pass
+    return cached

@@ -1,0 +1,100 @@
+"""A search's record (``OUT/setup.json``): its settings, its data, what the trials share.
+
+    record = SearchRecord.read(out)
+    record.shared.bundle, record.shared.artifact_path(cfg), record.metric
+
+Written once when the search starts (``write``) and updated once when it ends (``finish``); every
+module that reads a search directory reads it through this class, not by raw keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytower._io import write_json
+from raytower.errors import ConfigError
+from raytower.names import DEFAULT_METRIC, SETUP
+
+
+@dataclass
+class Shared:
+    """What every trial of the search needs, by path (bound to the trainable with
+    ``tune.with_parameters``, so it stays out of the trial's config)."""
+
+    bundle: str
+    artifacts: dict[str, str]  # "dim-item_layers" -> pretraining artifacts directory
+    experiment_uri: str | None = None  # only with --storage-path: else OUT, wherever it is now
+    train_storage: str = ""  # where executor "train" keeps its Ray Train runs
+    threads: int = 1  # torch threads per trial
+    workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None  # executor "train"
+    metric: str = DEFAULT_METRIC  # what a trial's best epoch and kept checkpoints are chosen by
+    # With --storage-path: the store the bundle and artifacts are published to (raytower.tune.artifacts),
+    # so a node whose cache lacks them fetches them by name.
+    published: str | None = None
+    bundle_key: str | None = None  # the bundle's name there: <dataset>-<fingerprint>
+
+    def artifact_path(self, cfg) -> str:
+        return self.artifacts[f"{cfg.dim}-{cfg.item_layers}"]
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Shared":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass
+class SearchRecord:
+    settings: dict[str, Any]  # SearchSettings as given (asdict), the storage path reconciled on resume
+    data: str  # the --data source
+    shared: Shared
+    dataset: dict[str, Any]  # name, fingerprint, n_users, n_items, n_interactions
+    elapsed_s: float = 0.0  # wall time summed over sessions (a resumed search adds to it)
+    time_budget_spent: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer raytower wrote: kept, not read
+
+    @property
+    def metric(self) -> str:
+        """The selection metric (``--metric``); records written before it existed used Recall@100."""
+        return self.settings.get("metric") or DEFAULT_METRIC
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.settings["num_samples"])
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.settings["max_epochs"])
+
+    @classmethod
+    def read(cls, out: str | Path) -> "SearchRecord":
+        path = Path(out) / SETUP
+        try:
+            doc = json.loads(path.read_text())
+            known = {f.name for f in dataclasses.fields(cls)} - {"shared", "extra"}
+            return cls(**{k: doc[k] for k in known if k in doc},
+                       # "setup" is the key raytower 0.x used for the shared part
+                       shared=Shared.from_dict(doc.get("shared") or doc["setup"]),
+                       extra={k: v for k, v in doc.items() if k not in known | {"shared", "setup"}})
+        except FileNotFoundError:
+            raise ConfigError("not a raytower search directory (no setup.json)", Path(out)) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"damaged search record ({type(e).__name__}: {e})", path) from None
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        return {**doc.pop("extra"), **doc}
+
+    def write(self, out: str | Path) -> None:
+        write_json(Path(out) / SETUP, self.to_dict())
+
+    def finish(self, out: str | Path, elapsed_s: float, budget_spent: bool) -> None:
+        """The one update after the search: its total wall time, and whether the budget ended it."""
+        self.elapsed_s = round(elapsed_s, 1)
+        self.time_budget_spent = budget_spent
+        self.write(out)

@@ -1,0 +1,167 @@
+"""A search's settings: one dataclass, and the ``raytower tune`` flags generated from its fields.
+
+    settings = SearchSettings(space="quick", num_samples=8, max_epochs=6, out="runs/s")
+    add_flags(parser); settings = from_args(parser.parse_args(argv))
+
+Each field's flag, type and help live in its ``metadata``, so the dataclass, the CLI and
+``raytower submit`` (which parses the same flags before submitting) cannot drift apart. Validation
+is ``validate()``: a flag and the Python API give the same one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+
+from raytower.errors import ConfigError
+from raytower.names import DEFAULT_METRIC, METRICS, check_metric
+from raytower.train.config import VAL_USERS_AUTO
+
+EXECUTORS = ("auto", "function", "train")
+SCHEDULERS = ("asha", "none")
+SEARCHERS = ("tpe", "tpe-mv", "random")  # tpe-mv: multivariate TPE over groups of knobs
+
+
+def _flag(help: str, flag: str | None = None, **argparse_kw) -> dict:
+    return {"help": help, "flag": flag, **argparse_kw}
+
+
+@dataclass
+class SearchSettings:
+    space: str = field(default="default", metadata=_flag(
+        "search space: quick or default (shipped with raytower; copies in the repository's search_spaces/), "
+        "or a YAML file (default %(default)s)", metavar="SPACE"))
+    num_samples: int = field(default=20, metadata=_flag("trials (default %(default)s)"))
+    max_epochs: int = field(default=30, metadata=_flag("epochs of a trial that is never stopped (default %(default)s)"))
+    metric: str = field(default=DEFAULT_METRIC, metadata=_flag(
+        "the validation metric the search selects on: ASHA, TPE, the plateau stop, the kept checkpoints and "
+        "the final choice all use it. With one held-out item per user, Recall@K is the hit rate "
+        "(default %(default)s)", choices=METRICS))
+    out: str = field(default="runs/search", metadata=_flag("experiment directory (default %(default)s)",
+                                                           metavar="DIR"))
+    address: str | None = field(default=None, metadata=_flag(
+        "join a Ray cluster ('auto' on a cluster node, or host:port); default: a private local Ray"))
+    executor: str = field(default="auto", metadata=_flag(
+        "function: the loop runs in the Tune trial (one CPU worker, least overhead); train: a Ray Train "
+        "TorchTrainer per trial (DDP, GPUs); auto: train when GPUs or several workers are asked for",
+        choices=EXECUTORS))
+    cpus_per_trial: float = field(default=1.0, metadata=_flag("CPUs per trial worker (default %(default)s)"))
+    gpus_per_trial: float = field(default=0.0, metadata=_flag("fractions allowed, e.g. 0.5"))
+    workers_per_trial: int = field(default=1, metadata=_flag("DDP workers (executor train)"))
+    threads_per_trial: int | None = field(default=None, metadata=_flag(
+        "torch threads in each trial (default: --cpus-per-trial, at least 1)"))
+    max_concurrent: int | None = field(default=None, metadata=_flag("default: as many as resources allow"))
+    seed: int = field(default=0, metadata=_flag("seed of the TPE sampler"))
+    time_budget_s: float | None = field(default=None, metadata=_flag(
+        "stop starting trials after this", flag="--time-budget", metavar="SECONDS"))
+    grace_period: int | None = field(default=None, metadata=_flag(
+        "ASHA's first rung in epochs (default: after the latest Stage 2 switch + 3)"))
+    # 3: with the default space's grace period of 9, 30-epoch trials get rungs at 9 and 27, the
+    # setting every ASHA figure in the README and benchmarks/results/search.md was measured with.
+    reduction_factor: int = field(default=3, metadata=_flag("ASHA's reduction factor (default %(default)s)"))
+    scheduler: str = field(default="asha", metadata=_flag("early stopping (default %(default)s)", choices=SCHEDULERS))
+    searcher: str = field(default="tpe", metadata=_flag(
+        "tpe: Optuna's TPE, each knob on its own; tpe-mv: multivariate TPE (multivariate=True, group=True), "
+        "which models knobs that move together, such as temperature and its anneal; random (default %(default)s)",
+        choices=SEARCHERS))
+    truthful_pruning: bool = field(default=True, metadata=_flag(
+        "tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED",
+        flag="--no-truthful-pruning"))
+    storage: str | None = field(default=None, metadata=_flag("Optuna RDB URL (default sqlite in OUT)", metavar="URL"))
+    storage_path: str | None = field(default=None, metadata=_flag(
+        "where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., or a "
+        "directory every node mounts (default: $RAYTOWER_STORAGE, else OUT). The search goes in URI/<name of "
+        "OUT>; the Optuna study stays in OUT and is copied there at the end", metavar="URI",
+        env="RAYTOWER_STORAGE"))
+    chance_patience: int = field(default=3, metadata=_flag(
+        "epochs at or above the random-guess loss before a trial is stopped as 'chance' (default %(default)s)"))
+    patience: int = field(default=5, metadata=_flag(
+        "stop a trial as 'plateau' when its validation metric has not improved for this many epochs, counted "
+        "from ASHA's grace period on; 0 turns it off (default %(default)s)"))
+    collapse_frac: float = field(default=0.1, metadata=_flag(
+        "stop a trial as 'collapsed' when its item vectors' effective rank falls under this x dim in Stage 2 "
+        "(default %(default)s)"))
+    resume: bool = field(default=False, metadata=_flag(
+        "continue the interrupted search in --out (only directories raytower wrote: Ray Tune restores its "
+        "state from pickles)"))
+    warm_start: str | None = field(default=None, metadata=_flag(
+        "seed TPE with the finished trials of an earlier search's study", metavar="DIR"))
+    min_free_gb: float = field(default=1.0, metadata=_flag(
+        "refuse to start with less free disk than this under --out (default %(default)s)"))
+    val_users: int = field(default=-1, metadata=_flag(
+        "validate each epoch on a seeded sample of N users, the same for every trial (its standard error is "
+        f"printed beside Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} users, a sample of "
+        f"{VAL_USERS_AUTO:,} above (default %(default)s). Test always ranks every user", metavar="N"))
+    verbose: int = field(default=0, metadata=_flag(
+        "also show Ray's own output (progress tables, trial logs); by default it goes to OUT/ray.log",
+        flag="-v", action="count"))
+
+    def validate(self) -> None:
+        """One-line errors, named by flag: the CLI and the Python API share them."""
+        positive = ("num_samples", "max_epochs", "workers_per_trial", "threads_per_trial", "max_concurrent",
+                    "grace_period", "chance_patience")
+        for name in positive:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag_of(name)} must be >= 1, got {v}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        for name, choices in (("executor", EXECUTORS), ("scheduler", SCHEDULERS), ("searcher", SEARCHERS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        check_metric(self.metric)
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+        if not 0 < self.collapse_frac < 1:
+            raise ConfigError(f"--collapse-frac must be in (0, 1), got {self.collapse_frac}")
+        if not 0 <= self.seed < 2**32:  # the TPE sampler's numpy seed
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.val_users < -1:
+            raise ConfigError(f"--val-users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
+
+    @property
+    def resolved_executor(self) -> str:
+        if self.executor != "auto":
+            return self.executor
+        # One CPU worker: the Tune function is the same loop without a Train run's start-up cost.
+        return "train" if self.gpus_per_trial > 0 or self.workers_per_trial > 1 else "function"
+
+
+def flag_of(name: str) -> str:
+    f = next(f for f in fields(SearchSettings) if f.name == name)
+    return f.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def _scalar_type(annotation: str):
+    """``int | None`` -> int: the type a flag's text converts to."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[annotation.split("|")[0].strip()]
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of SearchSettings, its default the field's (``out``: required by none)."""
+    for f in fields(SearchSettings):
+        meta = dict(f.metadata)
+        flag, help_, env = meta.pop("flag") or "--" + f.name.replace("_", "-"), meta.pop("help"), meta.pop("env", None)
+        default = f.default if f.default is not MISSING else None
+        if env:
+            default = os.environ.get(env) or default
+        kind = _scalar_type(f.type)
+        if kind is bool:  # a switch that flips the default
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag, dest=f.name, action=action, default=default, help=help_)
+        elif meta.get("action") == "count":
+            parser.add_argument(flag, "--" + f.name, dest=f.name, default=default, help=help_, **meta)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_, **meta)
+
+
+def from_args(args: argparse.Namespace) -> SearchSettings:
+    """The settings a parsed ``raytower tune`` command line asks for, validated."""
+    settings = SearchSettings(**{f.name: getattr(args, f.name) for f in fields(SearchSettings)})
+    settings.validate()
+    return settings
