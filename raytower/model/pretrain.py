@@ -4,8 +4,8 @@ Both are cached by (bundle fingerprint, pretraining config, method) and loaded r
 trial: a search pays for them once, before its first trial.
 
 Both cost time linear in the interactions. LightGCN (He et al. 2020) is trained the post-training
-way (``train_lightgcn``): BPR on plain embedding lookups with sparse gradients, then the graph
-propagation once. Training through the propagation, as raytower did up to artifact format 1,
+way (``train_lightgcn``): BPR with several sampled negatives per positive on plain embedding lookups
+with sparse gradients, then the graph propagation once, mixed into the trained table. Training through the propagation, as raytower did up to artifact format 1,
 propagated over the whole graph at every step: about 85 minutes at 1M interactions, days at 10M
 (``benchmarks/bench_pretrain.py`` keeps that method as the reference of the quality gate).
 """
@@ -31,7 +31,7 @@ from raytower.model.two_tower import ItemTower
 log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = 2
 # The method's name and version: in the cache key, so a cache never serves another method's tables.
-METHOD = "lightgcn-bpr-then-propagate/1"
+METHOD = "lightgcn-bpr-then-propagate/2"  # /2: gnn_negatives and the weighted readout
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class PretrainConfig:
     dim: int = 64
     item_layers: int = 3
     gnn_layers: int = 1  # propagation layers after training; more smoothed too much (bench_pretrain.py)
+    # The readout: (1 - w) E + w mean_k A_hat^k E. LightGCN's uniform mean over layers 0..1 is w = 0.5;
+    # applied after training, that smoothed too much (0.454 against 0.474 at 1M, benchmarks/results/scale.md).
+    gnn_propagation: float = 0.1
+    gnn_negatives: int = 4  # sampled negatives per positive: 1 read 0.436 at 1M, 4 read 0.474
     gnn_epochs: int = 40
     gnn_lr: float = 0.01
     gnn_batch: int = 4096
@@ -103,9 +107,10 @@ def build_item_tower(bundle, dim: int, item_layers: int) -> ItemTower:
     )
 
 
-def pretrain(bundle, pcfg: PretrainConfig, dest: Path | None = None, progress=print) -> Artifacts:
-    """Load the cached artifacts for (bundle, pcfg), or compute and cache them. A cache entry that
-    is damaged or of another format is made again (atomically), never misread."""
+def pretrain(bundle, pcfg: PretrainConfig, dest: Path | None = None, progress=print, device: str = "cpu") -> Artifacts:
+    """Load the cached artifacts for (bundle, pcfg), or compute them on ``device`` and cache them
+    (on the CPU, whatever the device). A cache entry that is damaged or of another format is made
+    again (atomically), never misread."""
     dest = Path(dest) if dest else artifacts_dir(bundle, pcfg)
     if (dest / "manifest.json").is_file():
         try:
@@ -115,11 +120,11 @@ def pretrain(bundle, pcfg: PretrainConfig, dest: Path | None = None, progress=pr
                 progress(f"remaking the pretraining artifacts: {e}")
     torch.manual_seed(pcfg.seed)
     np.random.seed(pcfg.seed)
-    gnn_user, gnn_item, gnn_stats = train_lightgcn(bundle, pcfg, progress)
+    gnn_user, gnn_item, gnn_stats = train_lightgcn(bundle, pcfg, progress, device)
     gnn_stats["lightgcn_val_recall@100"] = graph_recall(bundle, gnn_user, gnn_item, "val")
     if progress:
         progress(f"  lightgcn's own validation Recall@100 (graph users): {gnn_stats['lightgcn_val_recall@100']:.4f}")
-    tower, tower_stats = train_item_tower(bundle, pcfg, gnn_user, gnn_item, progress)
+    tower, tower_stats = train_item_tower(bundle, pcfg, gnn_user, gnn_item, progress, device)
     with atomic_dir(dest) as tmp:
         torch.save({"user": gnn_user, "item": gnn_item}, tmp / "lightgcn.pt")
         torch.save(tower.state_dict(), tmp / "item_tower.pt")
@@ -135,24 +140,27 @@ def _batch_size(n: int, cap: int) -> int:
     return max(64, min(cap, n // 20))
 
 
-def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print):
+def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print, device: str = "cpu"):
     """LightGCN vectors of the graph users and items, in time linear in the interactions.
 
-    BPR trains the layer-0 table on plain lookups with sparse gradients (SparseAdam): a step
-    touches only its batch's rows, whatever the table size. LightGCN's propagation (the mean of
-    the normalised adjacency's powers 0..gnn_layers applied to the table) then runs once, on the
-    trained table: post-training graph convolution (LightGODE, arXiv 2407.18910). Propagating
-    inside every step, as LightGCN's training does, made an epoch cost edges x edges.
+    BPR (``gnn_negatives`` sampled negatives per positive) trains the layer-0 table on plain
+    lookups with sparse gradients (SparseAdam): a step touches only its batch's rows, whatever the
+    table size. LightGCN's propagation (the normalised adjacency's powers 1..gnn_layers applied to
+    the table) then runs once, on the trained table, and is mixed in with weight gnn_propagation:
+    post-training graph convolution (LightGODE, arXiv 2407.18910). Propagating inside every step,
+    as LightGCN's training does, made an epoch cost edges x edges. The random draws are made on the
+    CPU, so a seed gives the same batches on any device. Returns CPU tensors.
     """
     U, I = bundle.n_users, bundle.n_items
     users, items = bundle.train_pairs(graph_only=True)
-    src = torch.as_tensor(users - 1, dtype=torch.long)  # user rows 0..U-1
-    dst = torch.as_tensor(items - 1, dtype=torch.long)  # item rows 0..I-1
+    src = torch.as_tensor(users - 1, dtype=torch.long).to(device)  # user rows 0..U-1
+    dst = torch.as_tensor(items - 1, dtype=torch.long).to(device)  # item rows 0..I-1
     gen = torch.Generator().manual_seed(pcfg.seed)
     user_emb = torch.nn.Embedding(U, pcfg.dim, sparse=True)
     item_emb = torch.nn.Embedding(I, pcfg.dim, sparse=True)
     for table in (user_emb, item_emb):  # LightGCN's initialisation (PyG: Xavier-uniform)
         torch.nn.init.xavier_uniform_(table.weight, generator=gen)
+    user_emb, item_emb = user_emb.to(device), item_emb.to(device)
     opt = torch.optim.SparseAdam([user_emb.weight, item_emb.weight], lr=pcfg.gnn_lr)
     n = len(src)
     batch = _batch_size(n, pcfg.gnn_batch)
@@ -160,25 +168,32 @@ def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print):
     steps = math.ceil(n / batch)
     bar = Progress(f"lightgcn ({pcfg.gnn_epochs} epochs of {steps} steps)", pcfg.gnn_epochs * steps, log=progress)
     for epoch in range(pcfg.gnn_epochs):
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = torch.zeros((), device=device)  # summed on the device: no sync per step
         for start in range(0, n, batch):
             idx = perm[start:start + batch]
-            neg = torch.randint(0, I, (len(idx),), generator=gen)
-            u, pos, negv = user_emb(src[idx]), item_emb(dst[idx]), item_emb(neg)
-            bpr = -F.logsigmoid((u * pos).sum(-1) - (u * negv).sum(-1)).mean()
-            # L2 on the rows this step touches, as LightGCN's BPR loss regularises its batch.
-            reg = pcfg.gnn_reg * (u.pow(2).sum() + pos.pow(2).sum() + negv.pow(2).sum()) / len(idx)
+            k = pcfg.gnn_negatives
+            neg = torch.randint(0, I, (len(idx), k), generator=gen).to(device)
+            u, pos, negv = user_emb(src[idx]), item_emb(dst[idx]), item_emb(neg)  # negv: (batch, k, dim)
+            # BPR against each of k negatives: more of the catalogue is pushed down per positive,
+            # at the cost of k lookups (still linear, and per step independent of the table size).
+            margin = (u * pos).sum(-1, keepdim=True) - (u.unsqueeze(1) * negv).sum(-1)
+            bpr = -F.logsigmoid(margin).mean()
+            # L2 on the rows this step touches, as LightGCN's BPR loss regularises its batch (the
+            # negatives' rows weighed as one negative's).
+            reg = pcfg.gnn_reg * (u.pow(2).sum() + pos.pow(2).sum() + negv.pow(2).sum() / k) / len(idx)
             loss = bpr + reg
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
             bar.update(epoch * steps + start // batch + 1,
-                       lambda: f"epoch {epoch + 1}  bpr loss {total / min(n, start + batch):.4f}")
+                       lambda: f"epoch {epoch + 1}  bpr loss {float(total) / min(n, start + batch):.4f}")
+    total = float(total)
     bar.close(f"bpr loss {total / max(n, 1):.4f}")
     with torch.no_grad():
-        emb = propagate(torch.cat([user_emb.weight, item_emb.weight]), src, dst + U, U + I, pcfg.gnn_layers)
+        emb = propagate(torch.cat([user_emb.weight, item_emb.weight]), src, dst + U, U + I, pcfg.gnn_layers,
+                        pcfg.gnn_propagation).cpu()
     pad = torch.zeros(1, pcfg.dim)
     gnn_user = torch.cat([pad, emb[:U]]).contiguous()
     gnn_item = torch.cat([pad, emb[U:]]).contiguous()
@@ -204,9 +219,11 @@ def graph_recall(bundle, gnn_user: torch.Tensor, gnn_item: torch.Tensor, split: 
     return hits / max(len(rows), 1)
 
 
-def propagate(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_nodes: int, layers: int) -> torch.Tensor:
-    """LightGCN's readout: mean over k = 0..layers of A_hat^k x, A_hat = D^-1/2 A D^-1/2 of the
-    undirected graph with edges src-dst. layers sparse products: O(edges x dim)."""
+def propagate(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_nodes: int, layers: int,
+              weight: float | None = None) -> torch.Tensor:
+    """LightGCN's readout: (1 - weight) x + weight mean over k = 1..layers of A_hat^k x, with
+    A_hat = D^-1/2 A D^-1/2 of the undirected graph with edges src-dst; ``weight`` None is
+    LightGCN's own uniform mean over k = 0..layers. layers sparse products: O(edges x dim)."""
     row, col = torch.cat([src, dst]), torch.cat([dst, src])
     deg = torch.bincount(row, minlength=n_nodes).to(x.dtype)
     inv_sqrt = deg.pow(-0.5).masked_fill(deg == 0, 0)
@@ -216,26 +233,33 @@ def propagate(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_nodes: in
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta", invariant checks
         adj = torch.sparse_coo_tensor(torch.stack([row, col]), inv_sqrt[row] * inv_sqrt[col], (n_nodes, n_nodes))
         adj = adj.coalesce().to_sparse_csr()
-    out, h = x.clone(), x
+    if layers == 0:
+        return x.clone()
+    if weight is None:
+        weight = layers / (layers + 1)
+    hops, h = torch.zeros_like(x), x
     for _ in range(layers):
         h = adj @ h
-        out += h
-    return out / (layers + 1)
+        hops += h
+    return (1 - weight) * x + weight * hops / layers
 
 
-def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_item: torch.Tensor, progress=print):
+def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_item: torch.Tensor, progress=print,
+                     device: str = "cpu"):
     """In-batch softmax of frozen LightGCN user vectors against the tower's outputs.
 
     The tower starts from the LightGCN item vectors but must reproduce them through content
     (ids are hidden ``id_dropout`` of the time), so its outputs live in the user vectors' space.
+    Trained on ``device``; returned on the CPU.
     """
     tower = build_item_tower(bundle, pcfg.dim, pcfg.item_layers)
     with torch.no_grad():
         tower.id_emb.weight.copy_(gnn_item)
+    tower = tower.to(device)
     users, items = bundle.train_pairs(graph_only=True)
-    users = torch.as_tensor(users, dtype=torch.long)
-    items = torch.as_tensor(items, dtype=torch.long)
-    u_vec = F.normalize(gnn_user, dim=-1)
+    users = torch.as_tensor(users, dtype=torch.long).to(device)
+    items = torch.as_tensor(items, dtype=torch.long).to(device)
+    u_vec = F.normalize(gnn_user.to(device), dim=-1)
     # The id table's rows get sparse gradients and SparseAdam, so a step costs the same whatever
     # the catalogue size; the rest is small and dense. (Sparse here only: the curriculum's Adam
     # takes the table dense when Stage 2 unfreezes it.)
@@ -251,8 +275,8 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
     bar = Progress(f"item tower ({budget} steps, {steps} an epoch)", budget, log=progress)
     done, total, seen = 0, 0.0, 0
     for epoch in range(math.ceil(budget / steps)):
-        perm = torch.randperm(n, generator=gen)
-        total, seen = 0.0, 0  # the mean loss of the latest (possibly partial) pass
+        perm = torch.randperm(n, generator=gen).to(device)
+        total, seen = torch.zeros((), device=device), 0  # the mean loss of the latest (possibly partial) pass
         for start in range(0, n, batch):
             if done == budget:
                 break
@@ -266,12 +290,13 @@ def train_item_tower(bundle, pcfg: PretrainConfig, gnn_user: torch.Tensor, gnn_i
             loss.backward()
             opt.step()
             sparse_opt.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
             seen += len(idx)
             done += 1
-            bar.update(done, lambda: f"epoch {epoch + 1}  in-batch loss {total / seen:.4f}")
+            bar.update(done, lambda: f"epoch {epoch + 1}  in-batch loss {float(total) / seen:.4f}")
+    total = float(total)
     bar.close(f"in-batch loss {total / max(seen, 1):.4f}")
     tower.id_emb.sparse = False
-    tower.eval()
+    tower = tower.cpu().eval()
     return tower, {"item_tower_loss": float(total / max(seen, 1)), "item_tower_steps": done,
                    "item_tower_random_loss": math.log(min(batch, bundle.n_items))}
