@@ -24,7 +24,7 @@ demo: install
 		--max-epochs 6 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=10
 
 # pytest exits 5 when no test carries the slow marker: an empty tier is not a failure.
 test-slow: install

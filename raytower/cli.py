@@ -214,7 +214,7 @@ def cmd_export(args) -> int:
     from raytower.export import export_model
 
     path = export_model(args.dir, args.out, force=args.force)
-    print(f"wrote {path} (user_tower.pt, item_vectors.npy, items.parquet, users.parquet, manifest.json)")
+    print(f"wrote {path} (user_tower.pt2, item_vectors.npy, items.parquet, users.parquet, manifest.json)")
     return 0
 
 
@@ -319,8 +319,9 @@ def _report_parsers(sub) -> None:
 
 
 def _export_parsers(sub) -> None:
-    p = sub.add_parser("export", help="write the chosen model for serving (TorchScript user tower, item vectors)")
-    p.add_argument("dir", metavar="DIR", help="a search directory with best_config.json")
+    p = sub.add_parser("export", help="write the chosen model for serving (torch.export user tower, item vectors)")
+    p.add_argument("dir", metavar="DIR", help="a finished search, the folder `submit --fetch-to` wrote, or a "
+                                              "`raytower train` run")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="a new or empty directory")
     add_force(p, "exported model")
     p.set_defaults(func=cmd_export)

@@ -2,7 +2,7 @@
 
     MODEL_DIR/
       manifest.json        dims, max_len, meta columns, dataset fingerprint, the config, versions
-      user_tower.pt        TorchScript: (user_idx[B], items[B, max_len] left-padded, meta[B, 3]) -> (B, dim)
+      user_tower.pt2       torch.export: (user_idx[B], items[B, max_len] left-padded, meta[B, 3]) -> (B, dim)
       item_vectors.npy     (n_items + 1, dim) float32, L2-normalised; row 0 is padding
       items.parquet        item_idx, item_id, title: the row of each item in item_vectors.npy
       users.parquet        user_idx, user_id, meta features, history (every known item, in time order)
@@ -21,10 +21,19 @@ import torch
 import torch.nn as nn
 
 from raytower._io import check_destination, output_dir, write_json
+from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.model.build import TwoTower
+from raytower.model.pretrain import Artifacts
+from raytower.names import BEST_CONFIG
 from raytower.train.config import TrainConfig
 from raytower.train.data import META_COLUMNS, left_padded
+from raytower.train.loop import load_model
+
+RUN_CHECKPOINT = "checkpoints/best.pt"  # a raytower train run's best epoch
+USER_TOWER = "user_tower.pt2"
+MODEL_FORMAT = 2  # 2: the user tower as torch.export (1: TorchScript)
+FETCHED_CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch, as raytower submit --fetch-to copies it
 
 
 class ServingUserTower(nn.Module):
@@ -38,17 +47,83 @@ class ServingUserTower(nn.Module):
         return self.tower(users, seq, meta, last_only=True)[:, 0]
 
 
+def export_user_tower(tower: nn.Module, max_len: int):
+    """The serving tower as a torch.export ExportedProgram, any batch size (TorchScript, which
+    raytower used before, is deprecated from torch 2.13 on)."""
+    import warnings
+
+    example = (torch.tensor([1, 2]), torch.ones(2, max_len, dtype=torch.long),
+               torch.zeros(2, len(META_COLUMNS), dtype=torch.long))
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The fusion keeps its last gate for the curriculum's diagnostics; serving never reads it.
+        warnings.filterwarnings("ignore", message=".*was assigned during export.*")
+        return torch.export.export(tower, example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+
+
+def load_user_tower(model_dir: Path, fmt: int):
+    if fmt >= 2:
+        return torch.export.load(str(model_dir / USER_TOWER)).module()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load, for format-1 models
+        return torch.jit.load(str(model_dir / "user_tower.pt"), map_location="cpu").eval()
+
+
 def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
-    """(model, config, bundle, best_config) of the chosen trial's best epoch, from a search
-    directory's best_config.json."""
+    """(model, config, bundle, what was chosen) from a search directory (its best_config.json), the
+    folder ``raytower submit --fetch-to`` fills, or a ``raytower train`` run (its best epoch)."""
+    if (exp / "metrics.json").is_file() and (exp / RUN_CHECKPOINT).is_file():
+        return _from_train_run(exp)
+    best_file = exp / BEST_CONFIG
+    if not best_file.is_file():
+        raise ConfigError("no best_config.json: not a finished search, a fetched results folder or a "
+                          "`raytower train` run (run `raytower best DIR -o FILE` on an interrupted search)", exp)
+    best = _read_json(best_file)
+    if (exp / FETCHED_CHECKPOINT).is_file():  # raytower submit --fetch-to: no Tune state, one checkpoint
+        from raytower.tune.artifacts import local_copy
+        from raytower.tune.record import SearchRecord
+
+        shared = SearchRecord.read(exp).shared
+        state = _read_state(exp / FETCHED_CHECKPOINT)
+        bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
+        cfg = TrainConfig.from_dict(state["config"])
+        artifacts = Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain"))
+        return load_model(state, bundle, artifacts), cfg, bundle, best
     from raytower.tune.results import trial_model
 
-    best_file = exp / "best_config.json"
-    if not best_file.is_file():
-        raise ConfigError("no best_config.json: run `raytower best DIR` first", exp)
-    best = json.loads(best_file.read_text())
     model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]))
     return model, cfg, bundle, best
+
+
+def _from_train_run(run: Path):
+    metrics = _read_json(run / "metrics.json")
+    try:
+        bundle_path, artifacts_path = metrics["dataset"]["bundle"], metrics["pretraining"]["path"]
+    except (KeyError, TypeError):
+        raise ConfigError("a `raytower train` run from before runs recorded their bundle's path: train it again",
+                          run) from None
+    state = _read_state(run / RUN_CHECKPOINT)
+    bundle, artifacts = Bundle(bundle_path), Artifacts.load(artifacts_path)
+    chosen = {"trial_id": None, "selection": {"epoch": metrics.get("best_epoch"),
+                                              "metric": metrics.get("selection_metric")},
+              "versions": metrics.get("versions", {})}
+    return load_model(state, bundle, artifacts), TrainConfig.from_dict(state["config"]), bundle, chosen
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"not valid JSON ({e})", path) from None
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain data, never code
+    except Exception as e:
+        raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
 
 
 def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) -> Path:
@@ -59,25 +134,19 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
     model, cfg, bundle, best = load_chosen(exp)
     model.eval()
     tower = ServingUserTower(model.user_tower).eval()
-    example = (torch.tensor([1, 2]), torch.ones(2, cfg.max_len, dtype=torch.long), torch.zeros(2, len(META_COLUMNS), dtype=torch.long))
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        # "Iterating over a tensor": q, k, v are always three; the test compares traced and eager.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        scripted = torch.jit.trace(tower, example, check_trace=False)
+    exported = export_user_tower(tower, cfg.max_len)
     # Every known item of a user, in time order: what a serving system would hold as the history.
     counts = np.bincount(bundle.user_idx, minlength=bundle.n_users + 1)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     users = bundle.users[["user_idx", "user_id", *META_COLUMNS]].copy()
     users["history"] = [bundle.item_idx[offsets[u]:offsets[u + 1]] for u in users["user_idx"]]
     with output_dir(model_dir, "model", force) as tmp:
-        scripted.save(str(tmp / "user_tower.pt"))
+        torch.export.save(exported, str(tmp / USER_TOWER))
         np.save(tmp / "item_vectors.npy", model.item_vectors().cpu().numpy().astype(np.float32))
         bundle.items[["item_idx", "item_id", "title"]].to_parquet(tmp / "items.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         write_json(tmp / "manifest.json", {
-            "format": 1, "dim": cfg.dim, "max_len": cfg.max_len, "meta_columns": list(META_COLUMNS),
+            "format": MODEL_FORMAT, "dim": cfg.dim, "max_len": cfg.max_len, "meta_columns": list(META_COLUMNS),
             "padding_item": 0, "n_items": bundle.n_items, "n_users": bundle.n_users,
             "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint},
             "trial_id": best["trial_id"], "epoch": best["selection"]["epoch"], "config": cfg.to_dict(),
@@ -87,7 +156,8 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
 
 
 class ServedModel:
-    """What `raytower recommend` loads: no training code, no pickles (TorchScript, NumPy, Parquet)."""
+    """What `raytower recommend` loads: no training code, no pickles (torch.export, NumPy, Parquet).
+    A format-1 model (TorchScript ``user_tower.pt``, raytower before torch.export) still loads."""
 
     def __init__(self, model_dir: str | Path):
         d = Path(model_dir)
@@ -95,7 +165,7 @@ class ServedModel:
             raise ConfigError("not an exported model (no manifest.json)", d)
         try:
             self.manifest = json.loads((d / "manifest.json").read_text())
-            self.tower = torch.jit.load(str(d / "user_tower.pt"), map_location="cpu").eval()
+            self.tower = load_user_tower(d, self.manifest.get("format", 1))
             self.item_vectors = torch.from_numpy(np.load(d / "item_vectors.npy", allow_pickle=False))
             self.items = pd.read_parquet(d / "items.parquet").set_index("item_idx")
             self.users = pd.read_parquet(d / "users.parquet")

@@ -19,7 +19,10 @@ from pathlib import Path
 
 from raytower.errors import RaytowerError
 
-RESULT_FILES = ("best_config.json", "trials.parquet")
+RESULT_FILES = ("best_config.json", "trials.parquet", "setup.json")
+SUBMIT_RETRY_S = 300  # a freshly started head answers "No available agent" until its job agent is up
+STATUS_WAIT_S = 60  # after the log stream ends, how long the job may take to report its final status
+CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch: `raytower export` reads the folder
 
 
 def auth_token() -> str | None:
@@ -66,6 +69,22 @@ def results_location(tune_args: list[str], out: Path) -> str:
     return experiment_uri(out, storage)
 
 
+def _fetch_checkpoint(store, dest: Path) -> bool:
+    """The chosen trial's best-epoch checkpoint, so `raytower export` works on the fetched folder."""
+    import json
+
+    import torch
+
+    from raytower.tune.results import checkpoint_state
+
+    best = json.loads((dest / "best_config.json").read_text())
+    state = checkpoint_state(store, best["trial_id"], int(best["selection"]["epoch"]))
+    if state is None:
+        return False
+    torch.save(state, dest / CHECKPOINT)  # tensors and plain data: read back with weights_only
+    return True
+
+
 def check_address(address: str, insecure: bool = False) -> None:
     """The token goes in a header: over plain HTTP only to this machine (a `ray dashboard` tunnel)."""
     import ipaddress
@@ -104,7 +123,7 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
     except Exception as e:  # unreachable, refused, 401
         raise RaytowerError(f"cannot reach the Ray Jobs API at {address} ({str(e).splitlines()[0][:200]})") from None
     runtime_env = {"working_dir": working_dir, "excludes": [".venv", "runs", ".cache", ".git"]} if working_dir else None
-    deadline = time.time() + 300
+    deadline = time.time() + SUBMIT_RETRY_S
     while True:
         try:
             job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
@@ -126,7 +145,7 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
     except (asyncio.TimeoutError, TimeoutError):
         client.stop_job(job_id)
         raise RaytowerError(f"job {job_id} ran past {timeout_s:g} s and was stopped") from None
-    deadline = time.time() + 60
+    deadline = time.time() + STATUS_WAIT_S
     status = client.get_job_status(job_id)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
         time.sleep(1)
@@ -141,10 +160,14 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
         dest = Path(fetch_to)
         where = results_location(tune_args, out)
         with output_dir(dest, "results", force, "--fetch-to") as tmp:
-            missing = ExperimentStore(where).fetch(RESULT_FILES, tmp)
+            store = ExperimentStore(where)
+            missing = store.fetch(RESULT_FILES, tmp)
             if missing:  # nothing is left at --fetch-to
                 raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on "
                                     f"storage this machine reads (s3://...), or fetch with "
                                     f"`ray rsync-down cluster.yaml {out} {dest}`", where)
-        log(f"fetched {', '.join(RESULT_FILES)} from {where} into {dest}")
+            fetched = list(RESULT_FILES)
+            if _fetch_checkpoint(store, tmp):
+                fetched.append(CHECKPOINT)
+        log(f"fetched {', '.join(fetched)} from {where} into {dest}")
     return 0

@@ -111,8 +111,8 @@ def diverged_search(tmp):
 def damaged_model(tmp):
     d = tmp / "model"
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"max_len": 5, "meta_columns": []}))
-    (d / "user_tower.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    (d / "manifest.json").write_text(json.dumps({"format": 2, "max_len": 5, "meta_columns": []}))
+    (d / "user_tower.pt2").write_bytes(b"PK\x03\x04 not really a zip")
     return str(d)
 
 

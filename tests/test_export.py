@@ -1,5 +1,7 @@
 """`raytower export` / `recommend`: the served model reproduces the in-process scores."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,17 @@ def test_exported_tower_and_item_vectors_reproduce_in_process_scores(search, exp
     got = served.user_vector(ev.users, hists, meta)
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got @ served.item_vectors.T, ref @ items.T, atol=1e-5)
+    # torch.export replaced TorchScript (deprecated in torch 2.13): the same outputs as a trace
+    import warnings
+
+    from raytower.export import ServingUserTower
+
+    rows = np.arange(min(64, len(ev)))
+    args = (torch.as_tensor(ev.users[rows]), data.eval_batch("test", rows, cfg.max_len), torch.as_tensor(meta[rows]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(ServingUserTower(model.user_tower).eval(), args, check_trace=False)
+        assert torch.allclose(served.tower(*args), traced(*args), atol=1e-5)
 
 
 def test_recommend_prints_unseen_items(exported, capsys):
@@ -63,3 +76,47 @@ def test_export_replaces_an_earlier_export_only_with_force(search, tmp_path, cap
     assert (model / "manifest.json").stat().st_mtime_ns != before
     assert main(["export", str(search), "--out", str(search)]) == 2  # the search itself is never replaced
     assert (search / "best_config.json").is_file()
+
+
+def _exported_scores(model_dir) -> torch.Tensor:
+    from raytower.export import ServedModel
+
+    served = ServedModel(model_dir)
+    u = served.users.iloc[0]
+    vec = served.user_vector(np.array([u["user_idx"]]), [np.asarray(u["history"])],
+                             np.array([[u[c] for c in served.manifest["meta_columns"]]]))
+    return vec @ served.item_vectors.T
+
+
+def test_export_from_the_folder_submit_fetches(search, exported, tmp_path):
+    """`submit --fetch-to` copies best_config.json, trials.parquet, setup.json and the chosen
+    checkpoint; export reads that folder as it reads the search."""
+    import json
+    import shutil
+
+    from raytower.tune import ExperimentStore
+    from raytower.tune.results import checkpoint_state
+
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for name in ("best_config.json", "trials.parquet", "setup.json"):
+        shutil.copy(search / name, fetched / name)
+    best = json.loads((search / "best_config.json").read_text())
+    torch.save(checkpoint_state(ExperimentStore.of(search), best["trial_id"], best["selection"]["epoch"]),
+               fetched / "checkpoint.pt")
+    assert main(["export", str(fetched), "--out", str(tmp_path / "m")]) == 0
+    assert torch.allclose(_exported_scores(tmp_path / "m"), _exported_scores(exported), atol=1e-6)
+
+
+def test_export_from_a_train_run(tmp_path, capsys):
+    from tests.conftest import SMALL_SYNTHETIC
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dim: 32\nitem_layers: 2\nmax_len: 30\nepochs: 2\nbatch_size: 64\n")
+    assert main(["train", "--data", SMALL_SYNTHETIC, "--config", str(cfg), "--threads", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert manifest["epoch"] == metrics["best_epoch"] and manifest["config"] == metrics["config"]
+    assert torch.isfinite(_exported_scores(tmp_path / "m")[0, 1:]).all()

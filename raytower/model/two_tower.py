@@ -77,9 +77,10 @@ class ItemTower(nn.Module):
     def forward(self, items: torch.Tensor, id_dropout: float = 0.0) -> torch.Tensor:
         return self.forward_from(self.embed(items, id_dropout), 0)
 
-    def frozen_base(self, depth: int) -> tuple[torch.Tensor, int]:
+    def frozen_base(self, depth: int) -> tuple[torch.Tensor | None, int]:
         """Activations of every item at the boundary under the top ``depth`` pieces, and that
-        boundary's block level. depth 0 or 1: below the head (all blocks frozen)."""
+        boundary's block level (None when the embeddings themselves train). depth 0 or 1: below
+        the head (all blocks frozen)."""
         n_blocks = len(self.blocks)
         level = n_blocks - max(0, min(depth - 1, n_blocks))
         if depth >= n_blocks + 2:
@@ -167,7 +168,6 @@ class SequenceEncoder(nn.Module):
 class MetaEncoder(nn.Module):
     def __init__(self, cardinalities: dict[str, int], dim: int):
         super().__init__()
-        self.names = list(cardinalities)
         self.embs = nn.ModuleList(nn.Embedding(n, dim) for n in cardinalities.values())
         self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
 

@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     t_start = time.perf_counter()
     pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
     log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
-    artifacts = pretrain(bundle, pcfg, progress=log)
+    artifacts = pretrain(bundle, pcfg, progress=log, device=device)  # --device cuda: pretraining too
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
     pop = run.popularity
     log(f"popularity baseline: val Recall@100 {pop['val']['recall@100']:.3f}, "
@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     result = {
         "config": cfg.to_dict(),
         "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
-                    "n_users": bundle.n_users, "n_items": bundle.n_items},
+                    "n_users": bundle.n_users, "n_items": bundle.n_items, "bundle": str(bundle.path)},
         "best_epoch": best["epoch"],
         "selection_metric": metric,
         "stage_switch": run.switch,

@@ -64,3 +64,29 @@ def local_copy(path: str, published: str | None, kind: str, key: str | None = No
     except _KeepExisting:
         pass
     return cached
+
+
+def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, shapes: list[tuple[int, int]],
+                    device: str = "cpu", threads: int | None = None, progress=print) -> dict[str, str]:
+    """Pretrain (or find cached) the artifacts of each (dim, item_layers) on this node, publish them
+    when the search publishes (``published``), and return their paths by "dim-item_layers".
+
+    What the search's pretraining task runs on a cluster node with a trial's resources (a GPU worker
+    when trials get GPUs); a local search calls it in the driver."""
+    import torch
+
+    from raytower.data import Bundle
+    from raytower.model.pretrain import PretrainConfig, pretrain
+
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = Bundle(local_copy(bundle_path, published, "bundles", bundle_key))
+    paths = {}
+    for dim, layers in shapes:
+        progress(f"pretraining LightGCN + item tower for dim={dim}, item_layers={layers} on {device} "
+                 "(cached per data set)")
+        art = pretrain(bundle, PretrainConfig(dim=dim, item_layers=layers), progress=progress, device=device)
+        if published:
+            publish(ExperimentStore(published), art.path, "pretrain")
+        paths[f"{dim}-{layers}"] = str(art.path)
+    return paths

@@ -286,22 +286,26 @@ def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = No
     from raytower.train.loop import load_model
 
     shared = shared or SearchRecord.read(exp).shared
-    state = _checkpoint_state(ExperimentStore.of(exp), [f"{EXPERIMENT}/{trial_dirname(trial_id)}",
-                                                        f"{TRAIN_RUNS}/{train_run_name(trial_id)}"], epoch)
+    state = checkpoint_state(ExperimentStore.of(exp), trial_id, epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
     cfg = TrainConfig.from_dict(state["config"])
-    bundle = Bundle(shared.bundle)
-    model = load_model(state, bundle, Artifacts.load(shared.artifact_path(cfg)))
+    from raytower.tune.artifacts import local_copy
+
+    # On a cluster the artifacts were made on a worker node: the driver fetches its own copy.
+    bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
+    model = load_model(state, bundle, Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain")))
     return model, cfg, bundle
 
 
-def _checkpoint_state(store: ExperimentStore, dirs: list[str], epoch: int) -> dict | None:
-    """The kept checkpoint of ``epoch``: in the Tune trial (executor function) or its Train run."""
+def checkpoint_state(store: ExperimentStore, trial_id: str, epoch: int) -> dict | None:
+    """The kept checkpoint of a trial's ``epoch``: in the Tune trial (executor function) or its
+    Train run (executor train). None when that epoch's checkpoint was not kept."""
     import io
 
     import torch
 
+    dirs = [f"{EXPERIMENT}/{trial_dirname(trial_id)}", f"{TRAIN_RUNS}/{train_run_name(trial_id)}"]
     for rel in sorted(rel for d in dirs for rel, _ in store.files(d, recursive=True) if rel.endswith("/state.pt")):
         try:
             state = torch.load(io.BytesIO(store.read_bytes(rel) or b""), weights_only=True, map_location="cpu")

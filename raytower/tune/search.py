@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from raytower._io import check_destination, claim_output_dir, output_kind
-from raytower.errors import ConfigError
+from raytower.errors import ConfigError, RaytowerError
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, WARM_START_FROM,
                             WARM_START_NUMBER, trial_dirname, val_key)
 from raytower.tune._storage import ExperimentStore, experiment_uri
@@ -55,30 +55,29 @@ def default_grace_period(space: SearchSpace, max_epochs: int) -> int:
 
 
 def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: str, log=print) -> Shared:
-    """Pretrain once per (dim, item_layers) the space can ask for, and compute popularity once."""
-    from raytower.model.pretrain import PretrainConfig, pretrain
-
-    shapes = set()
-    dims = _values(space, "dim")
-    layers = _values(space, "item_layers")
-    for d in dims:
-        for l in layers:
-            shapes.add((int(d), int(l)))
-    artifacts = {}
-    for d, l in sorted(shapes):
-        log(f"pretraining LightGCN + item tower for dim={d}, item_layers={l} (cached per data set)")
-        art = pretrain(bundle, PretrainConfig(dim=d, item_layers=l), progress=log)
-        artifacts[f"{d}-{l}"] = str(art.path)
+    """Popularity once, into the bundle; then the pretraining of each (dim, item_layers) the space
+    can ask for: on a cluster as a Ray task with a trial's resources (a GPU worker when trials get
+    GPUs), so the head needs no accelerator; on one machine in the driver, on the GPU when trials
+    get one. With a storage path, the bundle and the artifacts are published there first."""
     from raytower.train.evaluate import popularity
+    from raytower.tune.artifacts import pretrain_shapes, publish
 
     popularity(bundle)  # once, here, into the bundle: every trial reads it
-    if settings.storage_path:  # a cluster: other nodes read the storage path, not this disk
-        from raytower.tune.artifacts import publish
-
-        store = ExperimentStore(uri)
-        publish(store, Path(bundle.path), "bundles", f"{bundle.name}-{bundle.fingerprint}")
-        for path in artifacts.values():
-            publish(store, Path(path), "pretrain")
+    key = f"{bundle.name}-{bundle.fingerprint}"
+    published = uri if settings.storage_path else None  # a cluster: nodes read the storage path, not this disk
+    if published:
+        publish(ExperimentStore(uri), Path(bundle.path), "bundles", key)
+    shapes = sorted({(int(d), int(l)) for d in _values(space, "dim") for l in _values(space, "item_layers")})
+    device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
+    threads = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
+    if settings.address:
+        artifacts = _pretrain_as_task(settings, str(bundle.path), published, key, shapes, device, threads, log)
+    else:
+        artifacts = pretrain_shapes(str(bundle.path), None, key, shapes, device, progress=log)
+        if published:
+            for path in artifacts.values():
+                publish(ExperimentStore(uri), Path(path), "pretrain")
+    if published:
         log(f"published the data bundle and the pretraining artifacts to {uri}/artifacts")
     resources = None
     if settings.resolved_executor == "train":
@@ -91,11 +90,38 @@ def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: st
         # so a moved or rsync'ed directory still reads.
         experiment_uri=uri if settings.storage_path else None,
         train_storage=uri.rstrip("/") + "/train",
-        threads=settings.threads_per_trial or max(1, int(settings.cpus_per_trial)),
-        workers=settings.workers_per_trial, use_gpu=settings.gpus_per_trial > 0,
-        resources_per_worker=resources, metric=settings.metric, published=uri if settings.storage_path else None,
-        bundle_key=f"{bundle.name}-{bundle.fingerprint}",
+        threads=threads, workers=settings.workers_per_trial, use_gpu=settings.gpus_per_trial > 0,
+        resources_per_worker=resources, metric=settings.metric, published=published, bundle_key=key,
     )
+
+
+def _pretrain_as_task(settings: SearchSettings, bundle_path: str, published: str | None, key: str,
+                      shapes: list[tuple[int, int]], device: str, threads: int, log=print) -> dict[str, str]:
+    """pretrain_shapes as a Ray task with one trial worker's resources; its progress lines come
+    back through a queue and are printed here as they arrive."""
+    import ray
+    from ray.util.queue import Queue
+
+    from raytower.tune.artifacts import pretrain_shapes
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    task = ray.remote(pretrain_shapes).options(
+        num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial / settings.workers_per_trial,
+        max_retries=1)  # a lost node: once more elsewhere (finished shapes are cached there or published)
+    ref = task.remote(bundle_path, published, key, shapes, device, threads, progress=lines.put)
+    try:
+        while True:
+            done, _ = ray.wait([ref], timeout=1.0)
+            for line in lines.get_nowait_batch(lines.qsize()):
+                log(line)
+            if done:
+                return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaytowerError):
+            raise e.cause from None  # a bad bundle or artifact entry: its one line, not Ray's traceback
+        raise
+    finally:
+        lines.shutdown()
 
 
 def _values(space: SearchSpace, name: str) -> list:

@@ -137,6 +137,9 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
     name_of = {node_id: name for name, node_id in cluster.node_ids.items()}
     key = f"{best['dataset']['name']}-{best['dataset']['fingerprint']}"
     assert (cluster.cache("head") / "bundles" / key / "manifest.json").is_file()
+    # Pretraining ran as a Ray task on a worker (the head has no CPU for it), not in the driver.
+    made_on = json.loads((out / "setup.json").read_text())["shared"]["artifacts"]
+    assert all(str(cluster.cache("head")) not in path and "cache-" in path for path in made_on.values()), made_on
     assert (shared / "exp" / "artifacts" / "bundles" / key / ".published").is_file()
     for node in {n for ns in df["nodes"] for n in ns}:
         cache = cluster.cache(name_of[node])

@@ -56,6 +56,15 @@ def test_tensorboard_scalars_read_back_with_tensorboards_reader(trained):
     taus = [e.value for e in acc.Scalars("curriculum/tau")]
     assert [e.step for e in acc.Scalars("curriculum/tau")] == [1, 2, 3]
     assert taus[0] > taus[1] > taus[2]  # annealing shows up
+    # HPARAMS: the run's whole config as a session; its best validation Recall@100 so far per epoch
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert start.hparams["fusion"].string_value == "moe" and start.hparams["dim"].number_value == 32
+    best = [e.value for e in acc.Scalars("hparams/best_val_recall_at_100")]
+    assert best == sorted(best) and best[-1] == pytest.approx(metrics["val"]["recall@100"])
 
 
 def test_same_seed_and_threads_reproduce_the_run(trained, tmp_path, small_cfg_file):

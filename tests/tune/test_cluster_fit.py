@@ -35,7 +35,10 @@ def test_train_executor_needs_a_node_with_the_driver_resource():
 
 
 def test_unknown_node_type_resources_are_not_judged():
-    _check_cluster_fits(settings(executor="train", gpus_per_trial=8), None)
+    too_many = settings(executor="train", gpus_per_trial=8)
+    with pytest.raises(ConfigError, match="no trial could ever start"):
+        _check_cluster_fits(too_many, [HEAD, GPU_TYPE])  # known node types: refused
+    _check_cluster_fits(too_many, None)  # the same request, node types unknown: let through, not refused
 
 
 def test_node_types_come_from_ray_ups_config_then_gcs_and_kuberay_is_not_judged():
