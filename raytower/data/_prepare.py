@@ -100,13 +100,64 @@ def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progr
     (``atomic_dir`` for the cache; ``_io.output_dir`` for a directory the user named)."""
     step = progress or (lambda msg: None)
     src = raw.files[0] if raw.files else raw.name
-    df = raw.interactions
+    step("filtering")
+    rows, uniq_users, uniq_items, filters = _filtered_rows(raw.interactions, options, src)
+    step("indexing")
+    # Contiguous ids in sorted raw-id order; 0 stays free for padding. Code order is raw-id
+    # order, so the rows stay sorted by user.
+    used_u, uidx = _dense(rows.pop("u"), len(uniq_users))
+    used_i, iidx = _dense(rows.pop("i"), len(uniq_items))
+    ts = rows.pop("t")
+    n_users, n_items = len(used_u), len(used_i)
+    step("splitting")
+    split, lengths = _split(uidx, ts, n_users, options, src)
+    held_out = split != SPLIT_TRAIN  # few rows: count them, not the train rows
+    n_train_per_user = lengths - np.bincount(uidx[held_out], minlength=n_users + 1)[1:]
+    rng = np.random.default_rng(options.seed)
+    cold = np.zeros(n_users, dtype=bool)
+    cold[rng.choice(n_users, size=int(round(options.cold_frac * n_users)), replace=False)] = True
+    step("features")
+    train_count = np.bincount(iidx, minlength=n_items + 1) - np.bincount(iidx[held_out], minlength=n_items + 1)
+    del held_out
+    items, item_vocab = _item_table(raw.items, uniq_items[used_i], train_count.astype(np.int64))
+    users, user_vocab = _user_table(raw.users, uniq_users[used_u], cold, n_train_per_user)
+    step("writing")
+    pct = np.percentile(lengths, [5, 25, 50, 75, 95]).tolist()
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": raw.name,
+        "fingerprint": fp,
+        "options": asdict(options),
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_interactions": int(len(uidx)),
+        "n_train": int((split == SPLIT_TRAIN).sum()),
+        "n_val": int((split == SPLIT_VAL).sum()),
+        "n_test": int((split == SPLIT_TEST).sum()),
+        "density": int(len(uidx)) / (n_users * n_items),
+        "seq_len_percentiles": dict(zip(["p5", "p25", "p50", "p75", "p95"], pct)) | {"max": int(lengths.max())},
+        "n_cold_users": int(cold.sum()),
+        "filters": filters,
+        **item_vocab,
+        **user_vocab,
+    }
+    with sink(out_dir) as tmp:
+        inter = pa.table({"user_idx": uidx, "item_idx": iidx, "timestamp": ts, "split": split})
+        pq.write_table(inter, tmp / "interactions.parquet")
+        pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp / "items.parquet")
+        pq.write_table(pa.Table.from_pandas(users, preserve_index=False), tmp / "users.parquet")
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _filtered_rows(df: pd.DataFrame, options: PrepareOptions, src) -> tuple[dict, np.ndarray, np.ndarray, dict]:
+    """The interactions as integer codes ({"u", "i", "t"}), each user's in time order, after the
+    rating, duplicate, k-core and short-user filters; the raw ids behind the codes; what each
+    filter dropped."""
     missing = [c for c in ("user", "item", "timestamp") if c not in df.columns]
     if missing:
         raise DataError(f"interactions lack column(s) {missing}", src)
     filters: dict[str, int] = {"rows_read": int(len(df))}
-
-    step("filtering")
     # Memory matters at 50M rows: every column below is a small integer array, sorted once, and
     # filters shrink the arrays one at a time (see benchmarks/bench_prepare.py).
     ts = df["timestamp"].to_numpy(dtype=np.int64)
@@ -158,23 +209,17 @@ def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progr
             f"every user needs at least {options.min_user_interactions}",
             src,
         )
+    return rows, uniq_users, uniq_items, filters
 
-    step("indexing")
-    # Contiguous ids in sorted raw-id order; 0 stays free for padding. Code order is raw-id
-    # order, so the rows stay sorted by user.
-    used_u, uidx = _dense(rows.pop("u"), len(uniq_users))
-    used_i, iidx = _dense(rows.pop("i"), len(uniq_items))
-    ts = rows.pop("t")
-    n_users, n_items = len(used_u), len(used_i)
 
-    step("splitting")
+def _split(uidx: np.ndarray, ts: np.ndarray, n_users: int, options: PrepareOptions, src) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's split code (train, validation, test) and each user's number of rows."""
     lengths = np.bincount(uidx, minlength=n_users + 1)[1:]
     split = np.zeros(len(uidx), dtype=np.int8)
     if options.split == "leave_last_out":
         ends = np.cumsum(lengths)  # every user has >= min_user_interactions >= 3 rows
         split[ends - 2] = SPLIT_VAL
         split[ends - 1] = SPLIT_TEST
-        del ends
     else:
         t_val, t_test = np.quantile(
             ts, [1 - options.temporal_val_frac - options.temporal_test_frac, 1 - options.temporal_test_frac]
@@ -187,48 +232,7 @@ def prepare(raw: RawData, options: PrepareOptions, fp: str, out_dir: Path, progr
         raise DataError(f"the {options.split} split leaves no train interactions "
                         f"({', '.join(f'{k} {v}' for k, v in sizes.items())}); the timestamps may be few or "
                         "all equal: try --split leave_last_out", src)
-    held_out = split != SPLIT_TRAIN  # few rows: count them, not the train rows
-    n_train_per_user = lengths - np.bincount(uidx[held_out], minlength=n_users + 1)[1:]
-
-    rng = np.random.default_rng(options.seed)
-    cold = np.zeros(n_users, dtype=bool)
-    cold[rng.choice(n_users, size=int(round(options.cold_frac * n_users)), replace=False)] = True
-
-    step("features")
-    train_count = np.bincount(iidx, minlength=n_items + 1) - np.bincount(iidx[held_out], minlength=n_items + 1)
-    train_count = train_count.astype(np.int64)
-    del held_out
-    items, item_vocab = _item_table(raw.items, uniq_items[used_i], train_count)
-    users, user_vocab = _user_table(raw.users, uniq_users[used_u], cold, n_train_per_user)
-
-    step("writing")
-    n_inter = int(len(uidx))
-    pct = np.percentile(lengths, [5, 25, 50, 75, 95]).tolist()
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "name": raw.name,
-        "fingerprint": fp,
-        "options": asdict(options),
-        "n_users": n_users,
-        "n_items": n_items,
-        "n_interactions": n_inter,
-        "n_train": int((split == SPLIT_TRAIN).sum()),
-        "n_val": int((split == SPLIT_VAL).sum()),
-        "n_test": int((split == SPLIT_TEST).sum()),
-        "density": n_inter / (n_users * n_items),
-        "seq_len_percentiles": dict(zip(["p5", "p25", "p50", "p75", "p95"], pct)) | {"max": int(lengths.max())},
-        "n_cold_users": int(cold.sum()),
-        "filters": filters,
-        **item_vocab,
-        **user_vocab,
-    }
-    with sink(out_dir) as tmp:
-        inter = pa.table({"user_idx": uidx, "item_idx": iidx, "timestamp": ts, "split": split})
-        pq.write_table(inter, tmp / "interactions.parquet")
-        pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp / "items.parquet")
-        pq.write_table(pa.Table.from_pandas(users, preserve_index=False), tmp / "users.parquet")
-        write_json(tmp / "manifest.json", manifest)
-    return manifest
+    return split, lengths
 
 
 def _codes(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
