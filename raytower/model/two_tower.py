@@ -56,7 +56,7 @@ class ItemTower(nn.Module):
         self.register_buffer("item_genres", item_genres, persistent=False)
         self.register_buffer("item_year", item_year, persistent=False)
 
-    def stages(self) -> list[nn.Module]:
+    def pieces(self) -> list[nn.Module]:
         """Trainable pieces from the top down, in the order unfreeze_depth counts them."""
         return [self.head, *reversed(self.blocks), nn.ModuleList([self.id_emb, self.genre_emb, self.year_emb])]
 

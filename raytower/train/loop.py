@@ -158,7 +158,7 @@ class Curriculum:
             self.optimizer.add_param_group({"params": [table], "lr": self.cfg.lr * self.cfg.gnn_lr_ratio})
 
     def _unfreeze_item_tower(self, depth: int) -> None:
-        pieces = self.item_tower.stages()[:depth]
+        pieces = self.item_tower.pieces()[:depth]
         for p in pieces:
             p.requires_grad_(True)
         self.item_base, self.item_level = self.item_tower.frozen_base(depth)
@@ -239,7 +239,7 @@ class Curriculum:
         """The trainable state only: frozen pretrained artifacts are referenced, not copied."""
         depth = self.cfg.unfreeze_depth if self.stage == 2 else 0
         item_state = {}
-        for k, piece in enumerate(self.item_tower.stages()[:depth]):
+        for k, piece in enumerate(self.item_tower.pieces()[:depth]):
             item_state[str(k)] = piece.state_dict()
         return {
             "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "epoch": self.epoch, "stage": self.stage,
@@ -268,7 +268,7 @@ def load_model_state(model: TwoTower, state: dict) -> None:
     the item tower. Enough to evaluate or export; training state (optimizer, RNG) stays out."""
     with _checkpoint_errors():
         model.user_tower.load_state_dict(state["user_tower"])
-        for k, piece in enumerate(model.item_tower.stages()[:len(state["item_tower_top"])]):
+        for k, piece in enumerate(model.item_tower.pieces()[:len(state["item_tower_top"])]):
             piece.load_state_dict(state["item_tower_top"][str(k)])
 
 

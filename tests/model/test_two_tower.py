@@ -26,7 +26,7 @@ def test_item_tower_outputs_unit_vectors(small_bundle):
 
 def test_unfreeze_depth_counts_from_the_top(small_bundle):
     tower = build_item_tower(small_bundle, dim=16, item_layers=3)
-    stages = tower.stages()
+    stages = tower.pieces()
     assert stages[0] is tower.head
     assert stages[1] is tower.blocks[2] and stages[3] is tower.blocks[0]
     assert tower.id_emb in list(stages[4].modules())
