@@ -27,6 +27,8 @@ import pandas as pd
 ARMS = {
     "asha_tpe_truthful": ["--scheduler", "asha", "--searcher", "tpe"],
     "asha_tpe_ray_default": ["--scheduler", "asha", "--searcher", "tpe", "--no-truthful-pruning"],
+    # multivariate TPE over groups of knobs (issue #15 part 6): the default only if at least as good
+    "asha_tpe_mv": ["--scheduler", "asha", "--searcher", "tpe-mv"],
     "random_no_stopping": ["--scheduler", "none", "--searcher", "random", "--patience", "0"],
 }
 
@@ -72,7 +74,7 @@ def main() -> None:
     # ml-100k, default space); one 2-thread trial at a time spends 7 s.
     p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "asha_tpe_mv"], choices=list(ARMS))
     p.add_argument("--work", default="/tmp/raytower-bench-search")
     p.add_argument("--out", default="benchmarks/results/search.json")
     args = p.parse_args()
