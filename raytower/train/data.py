@@ -7,7 +7,9 @@
     training_targets(seqs, "all")          a batch's inputs, targets and which of them train
 
 Sequences stay in CSR form (offsets, items): memory is linear in the interactions, and a batch
-is padded only to its own longest sequence when it is drawn, then copied to the device.
+is padded only to its own longest sequence when it is drawn. On a GPU the CSR arrays are copied to
+the device once when they fit DEVICE_DATA_BUDGET of its memory, and batches are padded there;
+otherwise they stay in host memory and each padded batch is copied over (streamed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,30 @@ from raytower.train.loss import log_sampling_prob
 META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
 SHUFFLE_POOL = 32  # batches sorted by length together: little padding, yet well shuffled
 VAL_SAMPLE_SEED = 0  # one validation sample per data set, whatever the trial's seed
+# The share of a GPU's memory the data set may take when it is copied there whole: the rest is the
+# model's, its optimizer's and the in-batch logits' (positions x candidates), which grow with batches.
+DEVICE_DATA_BUDGET = 0.25
+
+
+def resident_on_device(device: torch.device, nbytes: int, budget: float = DEVICE_DATA_BUDGET) -> bool:
+    """Whether the CSR arrays (``nbytes``) are copied to ``device`` once: only an accelerator, and
+    only when they fit ``budget`` of its memory."""
+    if device.type != "cuda":
+        return False
+    return nbytes <= budget * torch.cuda.get_device_properties(device).total_memory
+
+
+def left_padded_torch(offsets: torch.Tensor, items: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``left_padded`` with torch ops, on whatever device the tensors are (a resident data set)."""
+    ends = offsets[rows + 1]
+    lens = torch.clamp(ends - offsets[rows], max=width)
+    out = torch.zeros((len(rows), width), dtype=torch.long, device=items.device)
+    r = torch.repeat_interleave(torch.arange(len(rows), device=items.device), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    within = torch.arange(int(lens.sum()), device=items.device) - torch.repeat_interleave(starts, lens)
+    cols = width - torch.repeat_interleave(lens, lens) + within
+    out[r, cols] = items[torch.repeat_interleave(ends - lens, lens) + within]
+    return out
 
 
 def left_padded(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
@@ -50,6 +76,7 @@ class TrainData:
     log_q: torch.Tensor  # log of each item's share of the train interactions
     tail: np.ndarray  # items outside the 20% most popular
     eval_sets: dict
+    resident: dict | None = None  # name -> (offsets, items) on the device, when the data set fits there
 
     @classmethod
     def build(cls, bundle, max_len: int, device: str | torch.device = "cpu", val_users: int = -1) -> "TrainData":
@@ -71,17 +98,44 @@ class TrainData:
             log_q=log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(device),
             tail=M.tail_items(bundle.item_counts),
             eval_sets={"val": val, "test": test},
+            resident=_resident(bundle, {"val": val, "test": test}, torch.device(device)),
         )
 
     def train_batch(self, rows: np.ndarray, width: int) -> torch.Tensor:
         """The last ``width`` train items of the train users at positions ``rows`` (<= max_len + 1)."""
+        if self.resident:
+            off, items = self.resident["train"]
+            users = torch.as_tensor(self.train_users[rows], device=self.device)
+            return left_padded_torch(off, items, users, width)
         off, items = self.bundle.train_sequences
-        return torch.as_tensor(left_padded(off, items, self.train_users[rows], width), device=self.device)
+        return _to(left_padded(off, items, self.train_users[rows], width), self.device)
 
     def eval_batch(self, split: str, rows: np.ndarray, width: int) -> torch.Tensor:
         """The last ``width`` history items (<= max_len) of the evaluated users at positions ``rows``."""
+        if self.resident:
+            off, items = self.resident[split]
+            return left_padded_torch(off, items, torch.as_tensor(rows, device=self.device), width)
         ev = self.eval_sets[split]
-        return torch.as_tensor(left_padded(ev.hist_offsets, ev.hist_items, rows, width), device=self.device)
+        return _to(left_padded(ev.hist_offsets, ev.hist_items, rows, width), self.device)
+
+
+def _resident(bundle, eval_sets: dict, device: torch.device) -> dict | None:
+    """The CSR arrays on ``device`` when resident_on_device says they fit; else None (streamed)."""
+    off, items = bundle.train_sequences
+    arrays = {"train": (off, items), **{k: (ev.hist_offsets, ev.hist_items) for k, ev in eval_sets.items()}}
+    nbytes = sum(a.nbytes + b.nbytes for a, b in arrays.values())
+    if not resident_on_device(device, nbytes):
+        return None
+    return {k: (torch.as_tensor(a, dtype=torch.long, device=device), torch.as_tensor(b, dtype=torch.long, device=device))
+            for k, (a, b) in arrays.items()}
+
+
+def _to(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A padded batch from host memory to the device: pinned, so the copy can overlap (streamed)."""
+    t = torch.from_numpy(batch)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def epoch_batches(lens: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,

@@ -72,3 +72,44 @@ def test_a_bundle_without_validation_users_is_one_line_before_training(small_bun
     monkeypatch.setattr(small_bundle, "eval_set", lambda split: empty if split == "val" else real(split))
     with pytest.raises(DataError, match="no validation users"):  # a temporal split can leave it empty
         TrainData.build(small_bundle, 30)
+
+
+def test_padding_on_the_device_equals_padding_on_the_host():
+    from raytower.train.data import left_padded, left_padded_torch
+
+    rng = np.random.default_rng(0)
+    lens = rng.integers(0, 12, size=50)
+    lens[3] = 0  # a user with no history
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    items = rng.integers(1, 100, size=int(lens.sum()))
+    rows = rng.permutation(50)[:20]
+    for width in (1, 5, 12):
+        want = left_padded(offsets, items, rows, width)
+        got = left_padded_torch(torch.as_tensor(offsets), torch.as_tensor(items), torch.as_tensor(rows), width)
+        assert np.array_equal(got.numpy(), want), width
+
+
+def test_the_data_set_goes_to_a_gpu_only_within_its_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    from raytower.train import data as D
+
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=8 << 30))
+    assert D.resident_on_device(gpu, 1 << 30)  # 1 GiB of 8: within a quarter
+    assert not D.resident_on_device(gpu, 3 << 30)  # 3 GiB: streamed per batch
+    assert not D.resident_on_device(torch.device("cpu"), 1)  # host memory already
+
+
+def test_a_resident_data_set_gives_the_batches_a_streamed_one_gives(small_bundle, monkeypatch):
+    from raytower.train import data as D
+
+    streamed = D.TrainData.build(small_bundle, 20)
+    monkeypatch.setattr(D, "resident_on_device", lambda device, nbytes: True)  # as on a GPU it fits
+    resident = D.TrainData.build(small_bundle, 20)
+    assert streamed.resident is None and set(resident.resident) == {"train", "val", "test"}
+    rows = np.arange(0, len(streamed.train_users), 7)
+    assert torch.equal(resident.train_batch(rows, 21), streamed.train_batch(rows, 21))
+    for split in ("val", "test"):
+        r = np.arange(0, len(streamed.eval_sets[split]), 5)
+        assert torch.equal(resident.eval_batch(split, r, 20), streamed.eval_batch(split, r, 20))
