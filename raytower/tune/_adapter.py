@@ -23,6 +23,17 @@ def _key(v: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def check_dashboard(find_spec=None) -> None:
+    """A search starts Ray's dashboard (Train V2's placement-group cleaner reads its State API):
+    without ray[default] ray.init fails, after pretraining, with a traceback. Say so first, in a line
+    (benchmarks/results/cluster_extra.md)."""
+    import importlib.util
+
+    if (find_spec or importlib.util.find_spec)("aiohttp") is None:
+        raise RaytowerError("Ray's dashboard packages are missing (aiohttp): a search starts Ray's dashboard, "
+                            "which Ray Train's placement-group cleaner reads; pip install 'ray[default]'")
+
+
 def check_versions(installed=version) -> None:
     for name, (low, high) in SUPPORTED.items():
         try:

@@ -184,9 +184,10 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 def _preflight(settings: SearchSettings, log=print) -> SearchSpace:
     """Every check that needs neither Ray nor the data: a bad flag, space or --out fails here."""
     settings.validate()
-    from raytower.tune._adapter import check_versions
+    from raytower.tune._adapter import check_dashboard, check_versions
 
     check_versions()  # raytower reads Ray's and Optuna's internals: a version it was not tested on fails now
+    check_dashboard()  # ray[default]: without it ray.init fails only after pretraining
     space = load_space(settings.space)  # a malformed space fails here, before Ray starts
     for line in space.advice():
         log(f"raytower: warning: {settings.space}: {line}")

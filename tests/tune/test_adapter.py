@@ -18,3 +18,12 @@ def test_a_version_outside_the_range_fails_in_one_line(ray_version):
     msg = str(e.value)
     low, high = SUPPORTED["ray"]
     assert "\n" not in msg and ray_version in msg and f">= {low}, < {high}" in msg
+
+
+def test_a_missing_dashboard_stack_fails_in_one_line_before_any_work():
+    from raytower.tune._adapter import check_dashboard
+
+    check_dashboard()  # this environment has ray[default]
+    with pytest.raises(RaytowerError, match=r"pip install 'ray\[default\]'") as e:
+        check_dashboard(find_spec=lambda name: None)  # what ray[tune,train] alone installs
+    assert "\n" not in str(e.value)
