@@ -83,6 +83,24 @@ def marked(tmp, name, kind):
     return str(d)
 
 
+def damaged_fetched(tmp):
+    """What `submit --fetch-to` leaves, its checkpoint cut short."""
+    d = tmp / "fetched"
+    d.mkdir()
+    (d / "best_config.json").write_text(json.dumps({"trial_id": "a", "selection": {"epoch": 1}}))
+    _record(d, storage_path=None)
+    (d / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    return str(d)
+
+
+def damaged_run(tmp):
+    d = tmp / "run"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "checkpoints" / "best.pt").write_bytes(b"")
+    (d / "metrics.json").write_text("{cut short")
+    return str(d)
+
+
 def other_data_search(tmp):
     """A search --resume would continue, run on other data than --data prepares."""
     out = tmp / "out"
@@ -168,6 +186,9 @@ BAD_INPUT = [
     (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
     (lambda t: tune(local_search(t, mode=0o777), "--resume"), "writable by every user"),
     (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
+    (lambda t: tune(local_search(t), "--resume", "--metric", "ndcg@10"), "this search selects on recall@100"),
+    (lambda t: ["export", damaged_fetched(t), "--out", str(t / "m")], "unreadable checkpoint"),
+    (lambda t: ["export", damaged_run(t), "--out", str(t / "m")], "metrics.json: not valid JSON"),
     (lambda t: tune(t, "--metric", "ndcg@7"), "argument --metric: invalid choice"),
     (lambda t: tune(t, "--searcher", "cmaes"), "argument --searcher: invalid choice"),
     (lambda t: tune(t, "--collapse-frac", "1.5"), "--collapse-frac must be in (0, 1)"),
