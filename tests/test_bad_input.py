@@ -105,7 +105,7 @@ def other_data_search(tmp):
     """A search --resume would continue, run on other data than --data prepares."""
     out = tmp / "out"
     (out / "tune").mkdir(parents=True)
-    SearchRecord(settings={"storage_path": None, "metric": "recall@100"}, data="ml-100k",
+    SearchRecord(settings={"storage_path": None, "metric": "recall@100", "num_samples": 12}, data="ml-100k",
                  shared=Shared(bundle="", artifacts={}), dataset={"fingerprint": "0123456789abcdef"}).write(out)
     return tmp
 
@@ -186,7 +186,8 @@ BAD_INPUT = [
     (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
     (lambda t: tune(local_search(t, mode=0o777), "--resume"), "writable by every user"),
     (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
-    (lambda t: tune(local_search(t), "--resume", "--metric", "ndcg@10"), "this search selects on recall@100"),
+    (lambda t: tune(other_data_search(t), "--resume", "--metric", "ndcg@10"), "--metric ndcg@10: this search ran with recall@100"),
+    (lambda t: tune(other_data_search(t), "--resume", "--num-samples", "40"), "--num-samples 40: this search ran with 12"),
     (lambda t: ["export", damaged_fetched(t), "--out", str(t / "m")], "unreadable checkpoint"),
     (lambda t: ["export", damaged_run(t), "--out", str(t / "m")], "metrics.json: not valid JSON"),
     (lambda t: tune(t, "--metric", "ndcg@7"), "argument --metric: invalid choice"),

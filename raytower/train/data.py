@@ -123,7 +123,7 @@ def _resident(bundle, eval_sets: dict, device: torch.device) -> dict | None:
     """The CSR arrays on ``device`` when resident_on_device says they fit; else None (streamed)."""
     off, items = bundle.train_sequences
     arrays = {"train": (off, items), **{k: (ev.hist_offsets, ev.hist_items) for k, ev in eval_sets.items()}}
-    nbytes = sum(a.nbytes + b.nbytes for a, b in arrays.values())
+    nbytes = sum(8 * (a.size + b.size) for a, b in arrays.values())  # as int64 on the device
     if not resident_on_device(device, nbytes):
         return None
     return {k: (torch.as_tensor(a, dtype=torch.long, device=device), torch.as_tensor(b, dtype=torch.long, device=device))

@@ -50,9 +50,10 @@ def tensorboard_scalars(row: dict) -> dict[str, float]:
 
 
 def best_epoch(history: list[dict], metric: str = val_key()) -> dict | None:
-    """The epoch with the highest validation ``metric`` (a row key), among epochs that did not diverge."""
+    """The epoch with the highest validation ``metric`` (a row key), among epochs that did not diverge;
+    of equal values the latest, as Ray keeps the latest checkpoints among equal scores."""
     finite = [r for r in history if not r.get("diverged") and math.isfinite(r.get(metric, math.nan))]
-    return max(finite, key=lambda r: r[metric], default=None)
+    return max(finite, key=lambda r: (r[metric], r["epoch"]), default=None)
 
 
 def tag(key: str) -> str:
@@ -96,7 +97,7 @@ def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: 
     try:
         while not run.done:
             row = run.step()
-            if not row["diverged"] and (best is None or row[metric] > best[metric]):
+            if not row["diverged"] and (best is None or row[metric] >= best[metric]):  # ties: the later
                 best = row
             if writer:
                 for name, value in tensorboard_scalars(row).items():

@@ -20,6 +20,12 @@ from raytower.names import BEST_CONFIG, DRIVER_MEMORY, OPTUNA_DB, SETUP, STOPS, 
 PUBLISHED = (BEST_CONFIG, TRIALS, OPTUNA_DB, STOPS, SETUP, DRIVER_MEMORY)
 
 
+def join_uri(uri: str, part: str) -> str:
+    """``uri``/``part``, before any ``?query`` (s3://b/p?endpoint_override=h -> s3://b/p/part?endpoint_override=h)."""
+    base, sep, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{part}{sep}{query}"
+
+
 def experiment_uri(out: Path, storage_path: str | None) -> str:
     """The root under which Ray writes ``tune/`` and ``train/`` for the search in ``out``."""
     if not storage_path:

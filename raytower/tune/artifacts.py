@@ -63,6 +63,9 @@ def local_copy(path: str, published: str | None, kind: str, key: str | None = No
             (tmp / PUBLISHED).unlink(missing_ok=True)
     except _KeepExisting:
         pass
+    except OSError:  # another trial's copy landed between the check and the rename: keep it
+        if not (cached / COMPLETE).is_file():
+            raise
     return cached
 
 
@@ -76,7 +79,7 @@ def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, sh
     import torch
 
     from raytower.data import Bundle
-    from raytower.model.pretrain import PretrainConfig, pretrain
+    from raytower.model.pretrain import PretrainConfig, artifacts_dir, pretrain
 
     if threads:
         torch.set_num_threads(threads)
@@ -85,7 +88,10 @@ def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, sh
     for dim, layers in shapes:
         progress(f"pretraining LightGCN + item tower for dim={dim}, item_layers={layers} on {device} "
                  "(cached per data set)")
-        art = pretrain(bundle, PretrainConfig(dim=dim, item_layers=layers), progress=progress, device=device)
+        pcfg = PretrainConfig(dim=dim, item_layers=layers)
+        if published:  # made before (a resumed search, a retried task): fetched into this node's cache
+            local_copy(str(artifacts_dir(bundle, pcfg)), published, "pretrain")
+        art = pretrain(bundle, pcfg, progress=progress, device=device)
         if published:
             publish(ExperimentStore(published), art.path, "pretrain")
         paths[f"{dim}-{layers}"] = str(art.path)

@@ -115,7 +115,8 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
         reason = stops.get(t["trial_id"], [None])[0]
         tune_status = statuses.get(t["trial_id"])
         if reason is None:
-            if t["error"] or tune_status == "ERROR":
+            # error.txt stays after a failure Tune restarted the trial from: its status says how it ended
+            if tune_status == "ERROR" or (t["error"] and tune_status in (None, "RUNNING", "PENDING")):
                 reason = "error"
             elif epochs >= max_epochs:
                 reason = "completed"
@@ -130,7 +131,8 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
         # A trial stopped on a plateau had converged: its best is as trustworthy as a finisher's.
         row["full_fidelity"] = row["reached_final_rung"] or reason == "plateau"
         finite = [r for r in h if _finite(r.get(metric))]
-        best = max(finite, key=lambda r: r[metric]) if finite else None
+        # of equal values the latest epoch: Ray keeps the latest checkpoints among equal scores
+        best = max(finite, key=lambda r: (r[metric], r["epoch"])) if finite else None
         row["best_epoch"] = int(best["epoch"]) if best else None
         for k in REPORT_KEYS:
             row[f"best/{k}"] = best.get(k) if best else None

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from raytower._io import check_destination, claim_output_dir, output_kind
 from raytower.errors import ConfigError, RaytowerError
-from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, WARM_START_FROM,
+from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, TRAIN_RUNS, WARM_START_FROM,
                             WARM_START_NUMBER, trial_dirname, val_key)
-from raytower.tune._storage import ExperimentStore, experiment_uri
+from raytower.tune._storage import ExperimentStore, experiment_uri, join_uri
 from raytower.tune.record import SearchRecord, Shared
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace, load_space
@@ -89,7 +89,7 @@ def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: st
         # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
         # so a moved or rsync'ed directory still reads.
         experiment_uri=uri if settings.storage_path else None,
-        train_storage=uri.rstrip("/") + "/train",
+        train_storage=join_uri(uri, TRAIN_RUNS),
         threads=threads, workers=settings.workers_per_trial, use_gpu=settings.gpus_per_trial > 0,
         resources_per_worker=resources, metric=settings.metric, published=published, bundle_key=key,
     )
@@ -142,8 +142,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     space = _preflight(settings, log)
     out = Path(settings.out).resolve()
     previous = _previous_record(settings, out)
-    if previous:  # resume where the search keeps its Tune state, even if the flag was left off this time
-        settings = dataclasses.replace(settings, storage_path=previous.settings.get("storage_path"))
+    if previous:  # the search goes on as it was started: Tune restores its own state from it too
+        settings = _as_recorded(settings, previous)
+        space = load_space(settings.space)  # the recorded space, when --space was left off
     # The resolved grace period is what the record (and best_config.json) says, never null.
     settings = dataclasses.replace(settings, grace_period=settings.grace_period
                                    or default_grace_period(space, settings.max_epochs))
@@ -212,10 +213,29 @@ def _previous_record(settings: SearchSettings, out: Path) -> SearchRecord | None
                "in its --out directory; resume it without --storage-path (and with RAYTOWER_STORAGE unset)")
         raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state {how}",
                           out / SETUP)
-    if previous.metric != settings.metric:
-        raise ConfigError(f"--metric {settings.metric}: this search selects on {previous.metric}; resume it with "
-                          f"--metric {previous.metric}", out / SETUP)
     return previous
+
+
+# What --resume may change; every other setting is the recorded one (Tune restores the scheduler,
+# the searcher and the trials from the first session, so a new value would only skew the record).
+RESUME_MAY_CHANGE = ("resume", "verbose", "address", "min_free_gb", "out")
+
+
+def _as_recorded(settings: SearchSettings, previous: SearchRecord) -> SearchSettings:
+    """The recorded settings, with this session's RESUME_MAY_CHANGE. A flag given with another value
+    than the recorded one is refused in one line; one left at its default takes the recorded value."""
+    from raytower.tune.settings import flag_of
+
+    defaults, kept = SearchSettings(), {}
+    for f in dataclasses.fields(SearchSettings):
+        if f.name in RESUME_MAY_CHANGE or f.name not in previous.settings:  # (a record older than the field)
+            continue
+        given, recorded = getattr(settings, f.name), previous.settings[f.name]
+        if given != recorded and given != getattr(defaults, f.name):
+            raise ConfigError(f"{flag_of(f.name)} {given}: this search ran with {recorded}; --resume continues it "
+                              "as it was started (leave the flag off)", Path(settings.out).resolve() / SETUP)
+        kept[f.name] = recorded
+    return dataclasses.replace(settings, **kept)
 
 
 def _check_where_it_runs(settings: SearchSettings, uri: str) -> None:
@@ -597,7 +617,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
     metric = val_key(settings.metric)
     stops = StopLog(str(out / STOPS))
     trainable = _trainable(settings, shared)
-    experiment = f"{uri.rstrip('/')}/{EXPERIMENT}"
+    experiment = join_uri(uri, EXPERIMENT)
     if settings.resume and tune.Tuner.can_restore(experiment):
         # Restores the searcher (TPE state, the study's trial map), the stopper and every unfinished
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start

@@ -38,3 +38,26 @@ def test_the_choice_follows_the_selection_metric():
     df["best/val/ndcg@10"] = [0.10, 0.14]  # the sharper model ranks its hits higher
     assert choose(df)["trial_id"] == "wide"
     assert choose(df, "ndcg@10")["trial_id"] == "sharp"
+
+
+def test_a_trial_tune_restarted_after_a_failure_and_finished_is_not_an_error(tmp_path):
+    """error.txt stays in a trial's directory after a failure Tune recovered from."""
+    import json
+
+    from raytower.tune import SearchRecord, Shared
+    from raytower.tune.results import trial_rows
+
+    out = tmp_path / "s"
+    SearchRecord(settings={"max_epochs": 2, "num_samples": 2}, data="synthetic", dataset={},
+                 shared=Shared(bundle="", artifacts={})).write(out)
+    for tid, status in (("a", "TERMINATED"), ("b", "ERROR")):
+        d = out / "tune" / f"trial_{tid}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text("{}")
+        (d / "error.txt").write_text("a node was lost")
+        (d / "result.json").write_text("".join(json.dumps({"epoch": e, "trial_id": tid, "val/recall@100": 0.3})
+                                               + "\n" for e in (1, 2)))
+    state = {"trial_data": [[json.dumps({"trial_id": t, "status": s})] for t, s in (("a", "TERMINATED"), ("b", "ERROR"))]}
+    (out / "tune" / "experiment_state-2026-12-02_10-00-00.json").write_text(json.dumps(state))
+    reasons = dict(zip(*trial_rows(out)[["trial_id", "stop_reason"]].T.values))
+    assert reasons == {"a": "completed", "b": "error"}

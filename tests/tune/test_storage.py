@@ -30,3 +30,10 @@ def test_publish_then_fetch_round_trips_the_results(tmp_path):
 def test_an_unknown_scheme_is_a_one_line_error():
     with pytest.raises(ConfigError, match="cannot open it"):
         ExperimentStore("nosuchscheme://bucket/x")
+
+
+def test_parts_join_before_a_query():
+    from raytower.tune._storage import join_uri
+
+    assert join_uri("s3://b/p?endpoint_override=h:9000", "tune") == "s3://b/p/tune?endpoint_override=h:9000"
+    assert join_uri("/runs/s1/", "train") == "/runs/s1/train"
