@@ -82,15 +82,10 @@ def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
                           "`raytower train` run (run `raytower best DIR -o FILE` on an interrupted search)", exp)
     best = _read_json(best_file)
     if (exp / FETCHED_CHECKPOINT).is_file():  # raytower submit --fetch-to: no Tune state, one checkpoint
-        from raytower.tune.artifacts import local_copy
         from raytower.tune.record import SearchRecord
+        from raytower.tune.results import model_from_state
 
-        shared = SearchRecord.read(exp).shared
-        state = _read_state(exp / FETCHED_CHECKPOINT)
-        bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
-        cfg = TrainConfig.from_dict(state["config"])
-        artifacts = Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain"))
-        return load_model(state, bundle, artifacts), cfg, bundle, best
+        return (*model_from_state(_read_state(exp / FETCHED_CHECKPOINT), SearchRecord.read(exp).shared), best)
     from raytower.tune.results import trial_model
 
     model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]))

@@ -283,18 +283,21 @@ def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: boo
 def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = None):
     """(model, config, bundle) of a trial at ``epoch``, rebuilt from its kept checkpoint and the
     search's shared artifacts."""
-    from raytower.data import Bundle
-    from raytower.model.pretrain import Artifacts
-    from raytower.train.loop import load_model
-
-    shared = shared or SearchRecord.read(exp).shared
     state = checkpoint_state(ExperimentStore.of(exp), trial_id, epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
-    cfg = TrainConfig.from_dict(state["config"])
+    return model_from_state(state, shared or SearchRecord.read(exp).shared)
+
+
+def model_from_state(state: dict, shared: Shared):
+    """(model, config, bundle) a checkpoint's state describes, on the search's bundle and artifacts.
+    On a cluster they were made on another node: this one reads its own copy, fetched by name."""
+    from raytower.data import Bundle
+    from raytower.model.pretrain import Artifacts
+    from raytower.train.loop import load_model
     from raytower.tune.artifacts import local_copy
 
-    # On a cluster the artifacts were made on a worker node: the driver fetches its own copy.
+    cfg = TrainConfig.from_dict(state["config"])
     bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
     model = load_model(state, bundle, Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain")))
     return model, cfg, bundle
