@@ -42,6 +42,8 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
         cmd += ["--grace-period", str(args.grace_period)]
     if args.reduction_factor and "asha" in arm:
         cmd += ["--reduction-factor", str(args.reduction_factor)]
+    if args.max_concurrent:
+        cmd += ["--max-concurrent", str(args.max_concurrent)]
     if args.patience is not None and "asha" in arm:
         cmd += ["--patience", str(args.patience)]
     t0 = time.perf_counter()
@@ -73,6 +75,9 @@ def main() -> None:
     # On 2 cores two 1-thread trials side by side spend 4.4 s a trial-epoch (8.7 s an epoch each,
     # ml-100k, default space); one 2-thread trial at a time spends 7 s.
     p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial")
+    # One trial at a time leaves the other core to a job beside the benchmark, and takes the constant
+    # liar out of a sampler comparison (each trial sees every earlier one finished).
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "asha_tpe_mv"], choices=list(ARMS))
     p.add_argument("--work", default="/tmp/raytower-bench-search")
