@@ -174,11 +174,26 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
         lines.append(f"**Noise:** one search, one seed, {n_users:,} validation users: a {name} near {p_:.2f} "
                      f"has a standard error of about {se:.3f}, so trials closer than about {2 * se:.2f} are not "
                      "told apart, and a knob's effect seen in one or two trials is a hint, not a finding.")
+    if best and n_users:
+        lines.append(_failure_region(best["params"], n_users))
     if importance:
         (k1, v1), *rest = importance.items()
         lines.append(f"**Most important knob** by Optuna's evaluator{f' ({importance_basis})' if importance_basis else ''}: "
                      f"`{k1}` ({v1:.2f} of the total)" + (f", then `{rest[0][0]}` ({rest[0][1]:.2f})" if rest else "") + ".")
     return lines
+
+
+def _failure_region(params: dict, n_users: int) -> str:
+    """Whether the chosen settings sit where issue 17's curriculum study saw the seed's failure."""
+    from raytower.train import failure_region
+    from raytower.train.config import TrainConfig
+
+    found = failure_region.warnings(TrainConfig.from_dict(params), n_users)
+    if not found:
+        return ("**Curriculum study:** the chosen settings are outside both regions where the study saw the seed's "
+                "failure (a slow start at popularity's level, item-tower collapse; README, \"When the curriculum matters\").")
+    return ("**Warning, in the curriculum study's failure region** (README, \"When the curriculum matters\"): "
+            + "; ".join(found) + ".")
 
 
 # --- pictures -------------------------------------------------------------------------------------

@@ -81,6 +81,20 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     assert f"Trials that ran all {best['search']['max_epochs']} epochs" in "\n".join(at_a_glance(short, best, None, {}))
 
 
+def test_at_a_glance_places_the_choice_against_the_curriculum_study(search):
+    from raytower.report import at_a_glance, load_experiment
+
+    df, _, best, _ = load_experiment(search)
+    text = "\n".join(at_a_glance(df, best, None, {}, n_users=25_000))
+    assert "outside both regions" in text and "Warning" not in text
+    # the same choice with the whole item tower at the study's collapsing LR, on few large steps
+    bad = {**best, "params": {**best["params"], "lr": 0.01, "unfreeze_depth": 2, "lr_ratio": 1.0,
+                              "batch_size": 25_000}}
+    line = [t for t in at_a_glance(df, bad, None, {}, n_users=25_000) if "curriculum study" in t][0]
+    assert line.startswith("**Warning, in the curriculum study's failure region**")
+    assert "a slow start: 1 steps an epoch" in line and "item-tower collapse" in line, line
+
+
 def test_importance_reads_the_study_where_the_search_kept_it(search, tmp_path):
     """A study at --storage URL (not OUT/optuna.db) still gives the report its importance section."""
     import shutil
