@@ -190,8 +190,9 @@ def _failure_region(params: dict, n_users: int) -> str:
 
     found = failure_region.warnings(TrainConfig.from_dict(params), n_users)
     if not found:
-        return ("**Curriculum study:** the chosen settings are outside both regions where the study saw the seed's "
-                "failure (a slow start at popularity's level, item-tower collapse; README, \"When the curriculum matters\").")
+        return ("**Curriculum study:** the chosen settings are outside the regions where the study saw the seed's "
+                "failures (a slow start at popularity's level, item-tower collapse, a soft temperature under full logQ; "
+                "README, \"When the curriculum matters\").")
     return ("**Warning, in the curriculum study's failure region** (README, \"When the curriculum matters\"): "
             + "; ".join(found) + ".")
 

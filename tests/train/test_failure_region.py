@@ -37,3 +37,15 @@ def test_a_frozen_item_tower_cannot_collapse():
     assert not any("collapse" in w for w in fr.warnings(cfg, USERS))
     # the default curriculum's ratio keeps a 1e-2 user tower's item tower at 1e-4
     assert fr.item_tower_lr(TrainConfig(lr=1e-2)) == pytest.approx(1e-4)
+
+
+def test_a_soft_temperature_under_full_logq_is_named_only_where_the_study_ran_it():
+    soft = TrainConfig(temp_start=0.3, temp_min=0.3, anneal_rate=1.0, logq_warmup_epochs=0, logq_ramp_epochs=0,
+                       logq_max=1.0, unfreeze_depth=0)
+    assert fr.soft_logq_epochs(soft) == fr.STUDY_EPOCHS
+    assert any(w.startswith("a soft temperature") for w in fr.warnings(soft, USERS))
+    # the default curriculum anneals from 0.5 and never gives logQ more than 0.05: not there
+    assert fr.soft_logq_epochs(TrainConfig()) == 0
+    # full logQ only from epoch 6 on, at 0.3: two epochs of the window, short of the study's four
+    late = soft.replace(logq_warmup_epochs=6)
+    assert fr.soft_logq_epochs(late) == 2 and fr.warnings(late, USERS) == []
