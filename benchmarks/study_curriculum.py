@@ -16,7 +16,7 @@ Each run is one ``raytower train`` command (written to the JSONL with its result
 so an interrupted study loses nothing and a rerun skips what is there). A run *fails the seed's way*
 when, for two epochs or more, its training loss is at or above its random-guess loss ("chance") or
 its validation Recall@100 is within 25% of popularity's ("at popularity": it has learnt no more than
-the counts), or when the item vectors' effective rank falls below a fifth of the dimension
+the counts), or when the item vectors' effective rank falls below a quarter of the dimension
 ("collapsed", the search's stop rule). ``summarize`` prints the tables and draws the plot of the
 README; ``refresh`` reads every run's figures again from its metrics.json.
 """
@@ -41,7 +41,7 @@ RECIPE = ROOT / "configs" / "seed_recipe.yaml"
 # arm of a comparison; the rest (temperature, logQ, what is frozen when, fusion, the LR) is the cure
 # each arm brings, except at an LR point, where the LR is the condition.
 CONDITIONS = ("targets", "batch_size")
-COLLAPSE_FRAC = 0.2  # the search's --collapse-frac: effective rank under a fifth of dim
+COLLAPSE_FRAC = 0.25  # the search's --collapse-frac: effective rank under a quarter of dim
 AT_POPULARITY = 1.25  # validation Recall@100 within 25% of popularity's: the model has not left it
 
 # One factor at a time from the seed's recipe (issue 17 part 3): batch rows, the LR of the unfrozen

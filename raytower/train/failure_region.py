@@ -8,7 +8,7 @@ a search's chosen configuration sits where it was seen:
 * **A slow start.** Every run sat at the popularity baseline, its loss at the level of uniform logits
   (the seed's "worse than a random guess" at epoch 1), until the optimizer had taken about
   ``ESCAPE_LR_STEPS`` of LR x steps (0.04 to 0.07 in the study): with 25,000 users, 256 rows a step
-  at LR 1e-3 (88 steps an epoch) left it in the first epoch, 1,024 rows in the third, 4,096 rows
+  at LR 1e-3 (96 steps an epoch) left it in the first epoch, 1,024 rows in the third, 4,096 rows
   (6 steps an epoch) in the seventh, and LR 1e-4 in the sixth. Larger batches or a smaller LR give
   fewer or smaller steps an epoch, and a short search may never see the model leave popularity.
 * **Item-tower collapse.** The whole item tower unfrozen from the first step at LR 1e-2: the item

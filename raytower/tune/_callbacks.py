@@ -95,7 +95,7 @@ class DriverMemory(tune.Callback):
 
 
 class CurriculumStopper(tune.Stopper):
-    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.2,
+    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.25,
                  patience: int = 0, grace: int = 0, metric: str = val_key()):
         self.log = log
         self.metric = metric  # the validation key the plateau stop watches
