@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, SMALL_SYNTHETIC, reported_rows
-from tests.cluster.test_submit import RAY, _free_port
+from tests.cluster.test_submit import RAY, _free_port, stop_own_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAYTOWER = str(Path(sys.executable).with_name("raytower"))
@@ -85,8 +85,7 @@ def cluster(tmp_path_factory):
         c.add_worker("b")
         yield c
     finally:
-        # `ray stop` ends every Ray on the machine: fine in CI, where tests run one at a time.
-        subprocess.run([RAY, "stop", "--force"], env=c.env, capture_output=True)
+        stop_own_cluster(c.home)  # not `ray stop`: that ends every Ray on the machine
 
 
 def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):

@@ -28,6 +28,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_own_cluster(home: Path) -> None:
+    """End the processes of the cluster started with HOME=home, and only those. `ray stop` would end
+    every Ray on the machine, a developer's running search included; every process of a test's cluster
+    (GCS, raylets, dashboard, agents, monitors, workers) inherits the HOME its `ray start` was given."""
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("HOME") == str(home)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+
+    procs = [p for p in psutil.process_iter() if ours(p)]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    left = [p.pid for p in psutil.process_iter() if ours(p)]
+    assert not left, f"processes of the test cluster at {home} outlived its stop: {left}"
+
+
 def _listen_ips(port: int) -> set[str]:
     return {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
 
@@ -53,10 +80,10 @@ def head(tmp_path_factory):
                    capture_output=True)
     token = (home / ".ray" / "auth_token").read_text().strip()
     yield {"env": env, "url": f"http://127.0.0.1:{dash}", "port": dash, "token": token, "home": home}
-    # `ray stop` ends every Ray on the machine: fine in CI, where the tests run one at a time. Killing
-    # only this cluster's processes by port missed some of them (monitors, agents), whose fixed
-    # ports then broke the next cluster's job agent.
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+    # Not `ray stop`, which ends every Ray on the machine. Killing this cluster's processes by port
+    # missed some (monitors, agents), whose ports then broke the next cluster's job agent; by HOME
+    # every one of them is found.
+    stop_own_cluster(home)
 
 
 def _get(url, token=None):

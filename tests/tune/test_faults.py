@@ -172,9 +172,17 @@ def test_sigterm_to_the_whole_group_saves_the_search_like_ctrl_c(tmp_path):
     _assert_whole(out, samples, epochs)
 
 
-def _train_worker_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+def _train_worker_pids(driver: int) -> list[int]:
+    """The Train workers of this test's search: among its driver's descendants (the local cluster's
+    raylet is the driver's child), so a Ray search of the developer's own is never the victim."""
+    pids = []
+    for p in psutil.Process(driver).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return pids
 
 
 def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
@@ -183,7 +191,7 @@ def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path):
     proc = _start(args, tmp_path / "tune.log")
     _wait_until(lambda: any(len(e) >= 1 for e in _reported_epochs(out).values()), 600, proc,
                 "an epoch was reported")
-    victims = _train_worker_pids()
+    victims = _train_worker_pids(proc.pid)
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGKILL)
     (at_kill,) = _reported_epochs(out).values()
