@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from raytower.tune.settings import SearchSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "synthetic:n_users=25000,n_items=10000"  # issue 8's 1M-interaction set
 RECIPE = ROOT / "configs" / "seed_recipe.yaml"
@@ -41,7 +43,7 @@ RECIPE = ROOT / "configs" / "seed_recipe.yaml"
 # arm of a comparison; the rest (temperature, logQ, what is frozen when, fusion, the LR) is the cure
 # each arm brings, except at an LR point, where the LR is the condition.
 CONDITIONS = ("targets", "batch_size")
-COLLAPSE_FRAC = 0.25  # the search's --collapse-frac: effective rank under a quarter of dim
+COLLAPSE_FRAC = SearchSettings.collapse_frac  # the search's --collapse-frac: a quarter of dim
 AT_POPULARITY = 1.25  # validation Recall@100 within 25% of popularity's: the model has not left it
 
 # One factor at a time from the seed's recipe (issue 17 part 3): batch rows, the LR of the unfrozen

@@ -31,6 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raytower._io import write_json
 from raytower.names import EPOCHS, STOP_REASON, TUNE_TRIAL_ID, val_key
 from raytower.tune import _adapter as private
+from raytower.tune.settings import SearchSettings
 
 TIME_ATTR = "epoch"  # training_iteration restarts at 1 when Tune restarts a trial; epoch does not
 
@@ -95,7 +96,8 @@ class DriverMemory(tune.Callback):
 
 
 class CurriculumStopper(tune.Stopper):
-    def __init__(self, log: StopLog, chance_patience: int = 3, collapse_frac: float = 0.25,
+    def __init__(self, log: StopLog, chance_patience: int = SearchSettings.chance_patience,
+                 collapse_frac: float = SearchSettings.collapse_frac,
                  patience: int = 0, grace: int = 0, metric: str = val_key()):
         self.log = log
         self.metric = metric  # the validation key the plateau stop watches
