@@ -89,7 +89,7 @@ def test_at_a_glance_places_the_choice_against_the_curriculum_study(search):
     assert "outside the regions" in text and "Warning" not in text
     # the same choice with the whole item tower at the study's collapsing LR, on few large steps
     bad = {**best, "params": {**best["params"], "lr": 0.01, "unfreeze_depth": 2, "lr_ratio": 1.0,
-                              "batch_size": 25_000}}
+                              "batch_size": 25_000, "targets": "last"}}
     line = [t for t in at_a_glance(df, bad, None, {}, n_users=25_000) if "curriculum study" in t][0]
     assert line.startswith("**Warning, in the curriculum study's failure region**")
     assert "a slow start: 1 steps an epoch" in line and "item-tower collapse" in line, line
