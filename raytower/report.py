@@ -56,6 +56,15 @@ def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], d
         raise ConfigError("no trial has reported yet", exp)
     histories = {t["trial_id"]: pd.DataFrame(t["history"]) for t in trials if t["history"]}
     best = read_json(exp / BEST_CONFIG, None)
+    if best is not None:  # the report reads its params as a TrainConfig: a damaged one is one line, not a traceback
+        from raytower.train.config import TrainConfig
+
+        if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
+            raise ConfigError("damaged: no params object", exp / BEST_CONFIG)
+        try:
+            TrainConfig.from_dict(best["params"])
+        except ConfigError as e:
+            raise ConfigError(f"damaged params: {e}", exp / BEST_CONFIG) from None
     return df, histories, best, SearchRecord.read(exp)
 
 

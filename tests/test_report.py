@@ -81,6 +81,20 @@ def test_at_a_glance_says_what_trials_parquet_says(search, trials):
     assert f"Trials that ran all {best['search']['max_epochs']} epochs" in "\n".join(at_a_glance(short, best, None, {}))
 
 
+def test_a_damaged_best_config_is_one_line(search, tmp_path, capsys):
+    import json
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(search, exp)
+    best = json.loads((exp / "best_config.json").read_text())
+    best["params"]["lr"] = "abc"
+    (exp / "best_config.json").write_text(json.dumps(best))
+    assert main(["report", str(exp)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "best_config.json" in err and "lr" in err, err
+
+
 def test_at_a_glance_places_the_choice_against_the_curriculum_study(search):
     from raytower.report import at_a_glance, load_experiment
 
