@@ -172,9 +172,9 @@ def searched_config(path: str) -> dict:
 
 def run_search(point: str, recipe: dict, args) -> None:
     """A short ``raytower tune`` over the default space's knobs, the point's conditions fixed."""
-    from raytower.search_spaces import __path__ as spaces
+    from raytower.tune.space import resolve_space
 
-    space = yaml.safe_load((Path(spaces[0]) / "default.yaml").read_text())
+    space = yaml.safe_load(resolve_space("default").read_text())
     conditions = conditions_at(point, recipe)
     space["fixed"] = {**space.get("fixed", {}), **conditions}
     space["search"] = {k: v for k, v in space["search"].items() if k not in conditions}
