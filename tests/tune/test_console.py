@@ -30,3 +30,15 @@ def test_a_search_in_a_log_prints_a_header_a_line_per_trial_and_the_summary(tmp_
     assert all(any(r in line for r in ("completed", "asha", "plateau")) for line in lines if line.startswith("  trial "))
     assert "search: 3 trials of up to 2 epochs" in text and "best trial" in text
     assert (tmp_path / "out" / "ray.log").is_file()
+
+
+def test_the_eta_counts_the_epochs_of_running_trials_so_it_does_not_climb_with_the_clock():
+    from raytower.tune._console import search_eta
+
+    assert search_eta(60.0, 4, 0, [0], 3) is None  # nothing reported yet: no guess
+    # One of 4 trials ended; the running one is at epoch 1 of 3 after 9 minutes: a third done.
+    assert search_eta(540.0, 4, 1, [1], 3) == pytest.approx(540.0 * 2)
+    # The same search later, one more epoch reported: the ETA falls (counting ended trials alone
+    # gave 540 x 3 and then 600 x 3, rising while the trial ran).
+    assert search_eta(600.0, 4, 1, [2], 3) < search_eta(540.0, 4, 1, [1], 3)
+    assert search_eta(100.0, 2, 2, [], 3) == 0.0
