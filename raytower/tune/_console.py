@@ -76,16 +76,20 @@ def _short(config: dict, knobs: list[str]) -> str:
     return " ".join(parts)
 
 
-def search_eta(spent: float, total: int, ended: int, running_epochs: list[int], max_epochs: int) -> float | None:
-    """Seconds left, from the share of the search done: ended trials whole, running ones by the
-    epochs they have reported. Counting ended trials alone made the ETA climb with the clock while
-    a long trial ran (9 minutes into a 1M search it read 27 minutes, growing 3 s a second). An
-    upper bound when ASHA or the plateau stop will end trials early; None before any progress."""
+def search_eta(spent: float, total: int, ended: int, running_epochs: list[int], max_epochs: int,
+               ended_at_start: int = 0) -> float | None:
+    """Seconds left, from the share of the search done in ``spent`` seconds: ended trials whole,
+    running ones by the epochs they have reported; trials that had ended before this session
+    (``--resume``) are done but took none of its time. Counting ended trials alone made the ETA
+    climb with the clock while a long trial ran (9 minutes into a 1M search it read 27 minutes,
+    growing 3 s a second). An upper bound when ASHA or the plateau stop end trials early; None
+    before this session has made progress."""
     partial = sum(min(e, max_epochs) / max_epochs for e in running_epochs) if max_epochs > 0 else 0.0
-    share = (ended + partial) / total if total else 0.0
-    if share <= 0:
+    share = min((ended + partial) / total, 1.0) if total else 0.0
+    gained = share - ended_at_start / total if total else 0.0
+    if gained <= 0:
         return None
-    return spent * (1 - min(share, 1.0)) / share
+    return spent * (1 - share) / gained
 
 
 class ConsoleReporter(tune.Callback):
@@ -94,7 +98,14 @@ class ConsoleReporter(tune.Callback):
         self.total, self.knobs, self.stops, self.max_epochs, self.metric = total, knobs, stops, max_epochs, metric
         self.ended: dict[str, float] = {}
         self.t0 = self.last = time.monotonic()
+        self.ended_at_start = 0
         self.drawn = False
+
+    def setup(self, **info):
+        # Called as each session's fit starts. A resumed search unpickles this reporter with the
+        # earlier session's clock: the time between the sessions is not the search's pace.
+        self.t0 = self.last = time.monotonic()
+        self.ended_at_start = len(self.ended)
 
     @property
     def stream(self):
@@ -141,7 +152,7 @@ class ConsoleReporter(tune.Callback):
         spent = now - self.t0
         epochs = [int((t.last_result or {}).get("epoch", 0)) for t in trials
                   if t.status == "RUNNING" and t.trial_id not in self.ended]
-        left = search_eta(spent, self.total, done, epochs, self.max_epochs)
+        left = search_eta(spent, self.total, done, epochs, self.max_epochs, self.ended_at_start)
         eta = f"ETA {clock(left)}" if left is not None else "ETA -"
         line = f"  ended {done} of {self.total}, running {running}, best so far {best}, {clock(spent)} in, {eta}"
         if self.tty:

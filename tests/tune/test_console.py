@@ -42,3 +42,17 @@ def test_the_eta_counts_the_epochs_of_running_trials_so_it_does_not_climb_with_t
     # gave 540 x 3 and then 600 x 3, rising while the trial ran).
     assert search_eta(600.0, 4, 1, [2], 3) < search_eta(540.0, 4, 1, [1], 3)
     assert search_eta(100.0, 2, 2, [], 3) == 0.0
+    # Resumed with 2 of 4 trials ended in an earlier session: only this session's progress sets
+    # the pace. 10 minutes in, a third trial ended: a quarter of the search in 600 s, a quarter left.
+    assert search_eta(600.0, 4, 3, [], 3, ended_at_start=2) == pytest.approx(600.0)
+    assert search_eta(5.0, 4, 2, [0], 3, ended_at_start=2) is None
+
+
+def test_the_reporter_restarts_its_clock_when_a_resumed_search_starts():
+    from raytower.tune._console import ConsoleReporter
+
+    reporter = ConsoleReporter(4, [], stops=None, max_epochs=3)
+    reporter.ended = {"a": 0.5, "b": 0.6}  # as unpickled from the earlier session
+    reporter.t0 = -1e6
+    reporter.setup(total_num_samples=4)
+    assert reporter.ended_at_start == 2 and reporter.t0 > 0
