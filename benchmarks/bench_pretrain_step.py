@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--tables", nargs="+", default=["25000x10000", "250000x50000", "2500000x500000"],
                     help="USERSxITEMS rows of the two tables")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--profile", action="store_true",
+                    help="also print torch.profiler's top operators of a 2-epoch run per table size")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -73,6 +75,12 @@ def main() -> None:
                      "cpu_s_1_epoch": round(cpu[1], 2), f"cpu_s_{1 + a.epochs}_epochs": round(cpu[1 + a.epochs], 2),
                      "cpu_ms_per_step": round(1000 * (cpu[1 + a.epochs] - cpu[1]) / steps, 2)})
         print(rows[-1], flush=True)
+        if a.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                train_lightgcn(graph, PretrainConfig(gnn_epochs=2), progress=lambda *_: None)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     doc = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {platform.processor() or '?'}",
            "edges": a.edges, "epochs": a.epochs, "threads": a.threads, "rows": rows}
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
