@@ -4,9 +4,8 @@ Both are cached by (bundle fingerprint, pretraining config, method) and loaded r
 trial: a search pays for them once, before its first trial.
 
 Both cost time linear in the interactions. LightGCN (He et al. 2020) is trained the post-training
-way (``train_lightgcn``): BPR on plain embedding lookups with sparse gradients, each step's
-negatives shared by its whole batch, then the graph propagation once, mixed into the trained table.
-Training through the propagation, as raytower did up to artifact format 1,
+way (``train_lightgcn``): BPR with several sampled negatives per positive on plain embedding lookups
+with sparse gradients, then the graph propagation once, mixed into the trained table. Training through the propagation, as raytower did up to artifact format 1,
 propagated over the whole graph at every step: about 85 minutes at 1M interactions, days at 10M
 (``benchmarks/bench_pretrain.py`` keeps that method as the reference of the quality gate).
 """
@@ -32,8 +31,7 @@ from raytower.model.two_tower import ItemTower
 log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = 2
 # The method's name and version: in the cache key, so a cache never serves another method's tables.
-# /2: negatives per positive and the weighted readout; /3: negatives shared by the batch.
-METHOD = "lightgcn-bpr-then-propagate/3"
+METHOD = "lightgcn-bpr-then-propagate/2"  # /2: gnn_negatives and the weighted readout
 
 
 @dataclass(frozen=True)
@@ -44,9 +42,7 @@ class PretrainConfig:
     # The readout: (1 - w) E + w mean_k A_hat^k E. LightGCN's uniform mean over layers 0..1 is w = 0.5;
     # applied after training, that smoothed too much (0.454 against 0.474 at 1M, benchmarks/results/scale.md).
     gnn_propagation: float = 0.1
-    # Negatives a step, shared by its whole batch: 256 read 0.481 at 1M where 4 drawn per positive
-    # read 0.474, and a step touches at most batch + 256 item rows instead of batch x 5.
-    gnn_negatives: int = 256
+    gnn_negatives: int = 4  # sampled negatives per positive: 1 read 0.436 at 1M, 4 read 0.474
     gnn_epochs: int = 40
     gnn_lr: float = 0.01
     gnn_batch: int = 4096
@@ -147,12 +143,9 @@ def _batch_size(n: int, cap: int) -> int:
 def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print, device: str = "cpu"):
     """LightGCN vectors of the graph users and items, in time linear in the interactions.
 
-    BPR trains the layer-0 tables on plain lookups with sparse gradients (SparseAdam): a step
-    touches only its batch's rows, whatever the table size. Each step draws ``gnn_negatives`` items
-    shared by its whole batch, every positive scored against all of them by one matrix product:
-    drawn per positive, the negatives' distinct rows grew with the catalogue (fewer repeats) and
-    SparseAdam's work is per distinct row, so a step cost 1.5x more at 10M than at 1M
-    interactions; shared, 1.14x (benchmarks/results/scale.md). LightGCN's propagation (the normalised adjacency's powers 1..gnn_layers applied to
+    BPR (``gnn_negatives`` sampled negatives per positive) trains the layer-0 table on plain
+    lookups with sparse gradients (SparseAdam): a step touches only its batch's rows, whatever the
+    table size. LightGCN's propagation (the normalised adjacency's powers 1..gnn_layers applied to
     the table) then runs once, on the trained table, and is mixed in with weight gnn_propagation:
     post-training graph convolution (LightGODE, arXiv 2407.18910). Propagating inside every step,
     as LightGCN's training does, made an epoch cost edges x edges. The random draws are made on the
@@ -180,14 +173,15 @@ def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print, device: str = "
         for start in range(0, n, batch):
             idx = perm[start:start + batch]
             k = pcfg.gnn_negatives
-            neg = torch.randint(0, I, (k,), generator=gen).to(device)
-            u, pos, negv = user_emb(src[idx]), item_emb(dst[idx]), item_emb(neg)  # negv: (k, dim)
-            # BPR of every positive against each of the k negatives.
-            margin = (u * pos).sum(-1, keepdim=True) - u @ negv.T  # (batch, k)
+            neg = torch.randint(0, I, (len(idx), k), generator=gen).to(device)
+            u, pos, negv = user_emb(src[idx]), item_emb(dst[idx]), item_emb(neg)  # negv: (batch, k, dim)
+            # BPR against each of k negatives: more of the catalogue is pushed down per positive,
+            # at the cost of k lookups (still linear, and per step independent of the table size).
+            margin = (u * pos).sum(-1, keepdim=True) - (u.unsqueeze(1) * negv).sum(-1)
             bpr = -F.logsigmoid(margin).mean()
-            # L2 on the rows this step touches, as LightGCN's BPR loss regularises its batch: a
-            # user and a positive per row, and the negatives' mean square as one negative a row.
-            reg = pcfg.gnn_reg * (u.pow(2).sum() + pos.pow(2).sum() + negv.pow(2).sum() * len(idx) / k) / len(idx)
+            # L2 on the rows this step touches, as LightGCN's BPR loss regularises its batch (the
+            # negatives' rows weighed as one negative's).
+            reg = pcfg.gnn_reg * (u.pow(2).sum() + pos.pow(2).sum() + negv.pow(2).sum() / k) / len(idx)
             loss = bpr + reg
             opt.zero_grad()
             loss.backward()
