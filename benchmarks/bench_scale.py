@@ -44,7 +44,7 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def child(size: str, threads: int) -> dict:
+def child(size: str, threads: int, until: str | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -72,6 +72,8 @@ def child(size: str, threads: int) -> dict:
     pcfg = PretrainConfig()
     torch.manual_seed(pcfg.seed)
     gnn_user, gnn_item, gnn_stats = timed("lightgcn", lambda: train_lightgcn(bundle, pcfg, quiet))
+    if until == "lightgcn":
+        return {"size": size, "n_interactions": bundle.manifest["n_interactions"], "phases": phases}
     tower, _ = timed("item_tower", lambda: train_item_tower(bundle, pcfg, gnn_user, gnn_item, quiet))
     timed("popularity", lambda: popularity(bundle))
     artifacts = Artifacts(Path("."), gnn_user, gnn_item, tower.state_dict(), pcfg, gnn_stats)
@@ -101,16 +103,19 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["2500x1000", "25000x10000", "250000x50000"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--until", choices=["lightgcn"],
+                    help="stop each size after this phase (the others are not measured)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.threads)))
+        print(json.dumps(child(a.child, a.threads, a.until)))
         return
     results = []
     for size in a.sizes:
         with tempfile.TemporaryDirectory() as cache:  # an empty cache: nothing is reused
             env = {**os.environ, "RAYTOWER_CACHE": cache}
-            done = subprocess.run([sys.executable, __file__, "--child", size, "--threads", str(a.threads), "--out", "-"],
+            done = subprocess.run([sys.executable, __file__, "--child", size, "--threads", str(a.threads), "--out", "-"]
+                                  + (["--until", a.until] if a.until else []),
                                   env=env, stdout=subprocess.PIPE, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         doc = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
