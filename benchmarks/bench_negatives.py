@@ -6,16 +6,17 @@ with the data, and what the tables are worth.
         synthetic:n_users=250000,n_items=50000 --out benchmarks/results/negatives_step.json
     .venv/bin/python benchmarks/bench_negatives.py quality ../shared/data/ml-100k
 
-``step`` runs both kinds of step on the same batches of each data set's real train pairs (one
-thread, SparseAdam, raytower's batch of 4,096 edges) and reports CPU milliseconds a step and the
-distinct table rows a step touches. SparseAdam's work is per distinct row, and drawn per positive
+``step`` runs each kind of step on the same batches of each data set's real train pairs (one
+thread, SparseAdam, raytower's batch of 4,096 edges), all of them interleaved 50 steps at a time
+so that they meet the same machine, and reports CPU milliseconds a step and the distinct table
+rows a step touches. SparseAdam's work is per distinct row, and drawn per positive
 the negatives repeat less as the catalogue grows, so /2's rows a step, and its cost, grew with the
-data although the batch did not. Both sizes run in one process, side by side, so the machine's
-noise falls on both alike.
+data although the batch did not. Both sizes run in one process, interleaved, so the machine's
+drift falls on both alike.
 
-The two candidates bound a step's item rows by batch + 256; their step cost grew less than /2's
-here (400 steps), but a whole 10M LightGCN run with shared negatives still grew with exponent 1.19,
-and both fell short of /2 downstream (benchmarks/results/scale.md); raytower kept /2.
+The two candidates bound a step's item rows by batch + 256 and their step cost grew less than
+/2's, but both fell short of /2 downstream on ml-100k, and /2's own growth is within the scale
+goal by this probe (benchmarks/results/scale.md); raytower kept /2.
 
 ``quality`` prints LightGCN's own validation Recall@100 (as bench_pretrain.py) after each kind's
 40 epochs, and checks that this file's per-positive loop is raytower's ``train_lightgcn`` (the
@@ -97,28 +98,50 @@ def train_lightgcn_kind(bundle, pcfg: PretrainConfig, kind: str):
     return torch.cat([pad, emb[:U]]), torch.cat([pad, emb[U:]])
 
 
-def step_costs(bundle, kind: str, steps: int, warmup: int = 50) -> dict:
-    """CPU ms a step and distinct table rows a step, over ``steps`` steps after ``warmup``."""
-    pcfg = PretrainConfig()
-    users, items = bundle.train_pairs(graph_only=True)
-    src, dst = torch.as_tensor(users - 1), torch.as_tensor(items - 1)
-    gen = torch.Generator().manual_seed(0)
-    user_emb, item_emb, opt = _tables(bundle, pcfg, gen)
-    batch = pcfg.gnn_batch
-    perm = torch.randperm(len(src), generator=gen)
-    cpu, rows = 0.0, 0
-    for s in range(warmup + steps):
-        start = (s * batch) % (len(src) - batch)
-        idx = perm[start:start + batch]
-        c0 = time.process_time()
-        loss = bpr_loss(kind, user_emb(src[idx]), item_emb(dst[idx]), item_emb, bundle.n_items, gen, pcfg.gnn_reg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if s >= warmup:
-            cpu += time.process_time() - c0
-            rows += sum(p.grad.coalesce().indices().shape[1] for p in (user_emb.weight, item_emb.weight))
-    return {"cpu_ms_per_step": round(1000 * cpu / steps, 2), "rows_per_step": rows // steps}
+class Stepper:
+    """BPR steps of one kind on one data set's train pairs, timed one at a time (CPU seconds) with
+    the distinct table rows each step's gradient holds."""
+
+    def __init__(self, bundle, kind: str):
+        self.pcfg, self.kind, self.n_items = PretrainConfig(), kind, bundle.n_items
+        users, items = bundle.train_pairs(graph_only=True)
+        self.src, self.dst = torch.as_tensor(users - 1), torch.as_tensor(items - 1)
+        self.gen = torch.Generator().manual_seed(0)
+        self.user_emb, self.item_emb, self.opt = _tables(bundle, self.pcfg, self.gen)
+        self.perm = torch.randperm(len(self.src), generator=self.gen)
+        self.done, self.cpu, self.rows = 0, 0.0, 0
+
+    def run(self, steps: int, measure: bool = True) -> None:
+        batch = self.pcfg.gnn_batch
+        for _ in range(steps):
+            start = (self.done * batch) % (len(self.src) - batch)
+            idx = self.perm[start:start + batch]
+            c0 = time.process_time()
+            loss = bpr_loss(self.kind, self.user_emb(self.src[idx]), self.item_emb(self.dst[idx]), self.item_emb,
+                            self.n_items, self.gen, self.pcfg.gnn_reg)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            c1 = time.process_time()
+            self.done += 1
+            if measure:
+                self.cpu += c1 - c0
+                self.rows += sum(p.grad.coalesce().indices().shape[1] for p in (self.user_emb.weight, self.item_emb.weight))
+
+
+def step_costs(bundles: dict, steps: int, warmup: int = 50, block: int = 50) -> list[dict]:
+    """Every (data set, kind) pair's CPU ms and rows a step, the pairs' steps interleaved in blocks
+    of ``block``: this machine's speed drifts by up to 1.7x over minutes (with what else runs on
+    its host), so sizes measured one after another would compare two different machines."""
+    steppers = {(source, kind): Stepper(b, kind) for source, b in bundles.items() for kind in KINDS}
+    for st in steppers.values():
+        st.run(warmup, measure=False)
+    for _ in range(0, steps, block):
+        for st in steppers.values():
+            st.run(block)
+    return [{"data": source, "interactions": int(len(st.src)), "negatives": kind,
+             "cpu_ms_per_step": round(1000 * st.cpu / (st.done - warmup), 2),
+             "rows_per_step": st.rows // (st.done - warmup)} for (source, kind), st in steppers.items()]
 
 
 def main() -> None:
@@ -132,22 +155,21 @@ def main() -> None:
     from raytower.data import load_bundle
 
     rows = []
-    for source in a.data:
+    if a.mode == "step":
+        rows = step_costs({source: load_bundle(source) for source in a.data}, a.steps)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+    for source in a.data if a.mode == "quality" else ():
         bundle = load_bundle(source)
         for kind in KINDS:
-            if a.mode == "quality":
-                pcfg = PretrainConfig()
-                c0 = time.process_time()
-                gu, gi = train_lightgcn_kind(bundle, pcfg, kind)
-                doc = {"data": source, "negatives": KINDS[kind], "cpu_s": round(time.process_time() - c0, 1),
-                       "val_recall@100": round(graph_recall(bundle, gu, gi, "val", 100), 4)}
-                if kind == "per_positive":
-                    doc["same_as_raytower"] = torch.equal(gu, train_lightgcn(bundle, pcfg, None)[0])
-                print(json.dumps(doc), flush=True)
-                continue
-            rows.append({"data": source, "interactions": int(len(bundle.train_pairs(graph_only=True)[0])),
-                         "negatives": kind, **step_costs(bundle, kind, a.steps)})
-            print(json.dumps(rows[-1]), flush=True)
+            pcfg = PretrainConfig()
+            c0 = time.process_time()
+            gu, gi = train_lightgcn_kind(bundle, pcfg, kind)
+            doc = {"data": source, "negatives": KINDS[kind], "cpu_s": round(time.process_time() - c0, 1),
+                   "val_recall@100": round(graph_recall(bundle, gu, gi, "val", 100), 4)}
+            if kind == "per_positive":
+                doc["same_as_raytower"] = torch.equal(gu, train_lightgcn(bundle, pcfg, None)[0])
+            print(json.dumps(doc), flush=True)
     for kind in KINDS if a.mode == "step" and len(a.data) > 1 else ():  # growth, first data set to last
         mine = [r for r in rows if r["negatives"] == kind]
         first, last = mine[0], mine[-1]

@@ -44,7 +44,7 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def child(size: str, threads: int, until: str | None = None) -> dict:
+def child(size: str, threads: int, until: str | None = None, gnn_epochs: int | None = None) -> dict:
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -69,7 +69,7 @@ def child(size: str, threads: int, until: str | None = None) -> dict:
 
     quiet = None
     bundle = timed("prepare", lambda: load_bundle(f"synthetic:n_users={users},n_items={items}"))
-    pcfg = PretrainConfig()
+    pcfg = PretrainConfig(**({"gnn_epochs": gnn_epochs} if gnn_epochs else {}))
     torch.manual_seed(pcfg.seed)
     gnn_user, gnn_item, gnn_stats = timed("lightgcn", lambda: train_lightgcn(bundle, pcfg, quiet))
     if until == "lightgcn":
@@ -105,22 +105,24 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--until", choices=["lightgcn"],
                     help="stop each size after this phase (the others are not measured)")
+    ap.add_argument("--gnn-epochs", type=int, help="LightGCN's epochs (default: PretrainConfig's)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.threads, a.until)))
+        print(json.dumps(child(a.child, a.threads, a.until, a.gnn_epochs)))
         return
     results = []
     for size in a.sizes:
         with tempfile.TemporaryDirectory() as cache:  # an empty cache: nothing is reused
             env = {**os.environ, "RAYTOWER_CACHE": cache}
             done = subprocess.run([sys.executable, __file__, "--child", size, "--threads", str(a.threads), "--out", "-"]
-                                  + (["--until", a.until] if a.until else []),
+                                  + (["--until", a.until] if a.until else [])
+                                  + (["--gnn-epochs", str(a.gnn_epochs)] if a.gnn_epochs else []),
                                   env=env, stdout=subprocess.PIPE, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         doc = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "threads": a.threads, "goals": GOALS, "sizes": results}
-        if len(results) >= 2:
+        if len(results) >= 2 and results[-1]["n_interactions"] != results[-2]["n_interactions"]:
             doc["exponents_last_two_sizes"] = exponents(results[-2], results[-1])
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
