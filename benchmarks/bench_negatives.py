@@ -11,12 +11,12 @@ thread, SparseAdam, raytower's batch of 4,096 edges), all of them interleaved 50
 so that they meet the same machine, and reports CPU milliseconds a step and the distinct table
 rows a step touches. SparseAdam's work is per distinct row, and drawn per positive
 the negatives repeat less as the catalogue grows, so /2's rows a step, and its cost, grew with the
-data although the batch did not. Both sizes run in one process, interleaved, so the machine's
-drift falls on both alike.
+data although the batch did not.
 
 The two candidates bound a step's item rows by batch + 256 and their step cost grew less than
 /2's, but both fell short of /2 downstream on ml-100k, and /2's own growth is within the scale
-goal by this probe (benchmarks/results/scale.md); raytower kept /2.
+goal, by this probe and by the whole phase (bench_growth_beside.py; benchmarks/results/scale.md):
+raytower kept /2.
 
 ``quality`` prints LightGCN's own validation Recall@100 (as bench_pretrain.py) after each kind's
 40 epochs, and checks that this file's per-positive loop is raytower's ``train_lightgcn`` (the
