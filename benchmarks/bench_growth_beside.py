@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,17 +65,31 @@ def main() -> None:
                     help="LightGCN's epochs in both (the phase is linear in them; 10 keeps the large one near 20 min)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    out = Path(a.out)
+    if out.is_dir() or not out.parent.is_dir():  # say so now, not after half an hour of measuring
+        print(f"{out}: --out must be a file in an existing folder", file=sys.stderr)
+        raise SystemExit(2)
+    # SIGTERM unwinds like Ctrl-C, so the children are stopped and the temporary caches removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    smalls = []
-    with tempfile.TemporaryDirectory() as large_cache:
-        large_proc = _start(a.large, a.gnn_epochs, large_cache)
-        # the large one's end is taken when it ends, not when the small run beside it does
-        waiter = concurrent.futures.ThreadPoolExecutor(1).submit(_finish, large_proc)
-        while not waiter.done():
-            with tempfile.TemporaryDirectory() as small_cache:
-                smalls.append(_finish(_start(a.small, a.gnn_epochs, small_cache)))
-            print(f"[{a.small}] lightgcn {smalls[-1]['phases']['lightgcn']['wall_s']} s", flush=True)
-        large = waiter.result()
+    smalls, running = [], []
+    try:
+        with tempfile.TemporaryDirectory() as large_cache:
+            running.append(_start(a.large, a.gnn_epochs, large_cache))
+            # the large one's end is taken when it ends, not when the small run beside it does
+            waiter = concurrent.futures.ThreadPoolExecutor(1).submit(_finish, running[0])
+            while not waiter.done():
+                with tempfile.TemporaryDirectory() as small_cache:
+                    running.append(_start(a.small, a.gnn_epochs, small_cache))
+                    smalls.append(_finish(running[-1]))
+                    running.pop()
+                print(f"[{a.small}] lightgcn {smalls[-1]['phases']['lightgcn']['wall_s']} s", flush=True)
+            large = waiter.result()
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     print(f"[{a.large}] lightgcn {large['phases']['lightgcn']['wall_s']} s", flush=True)
 
     counted = [s for s in smalls if _inside(s["lightgcn_window"], large["lightgcn_window"])]
@@ -89,8 +104,9 @@ def main() -> None:
            "small_spread_s": [min(s["phases"]["lightgcn"]["wall_s"] for s in counted),
                               max(s["phases"]["lightgcn"]["wall_s"] for s in counted)],
            "exponent": round(exponent, 3), "goal": 1.15}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = out.with_name(out.name + ".tmp")  # a reader never sees half a file
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
     print(f"exponent {exponent:.3f} ({len(counted)} small runs, mean {t_small:.1f} s, large {t_large:.1f} s)")
 
 
