@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from raytower._flags import Parser, add_data_flags, add_force, add_tune_flags, positive_int, prepare_options
+from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, non_negative_int, positive_int,
+                             prepare_options)
 from raytower.errors import RaytowerError
 
 # The machine's problems, not raytower's: a full disk, a quota, a read-only or forbidden place.
@@ -77,20 +78,18 @@ def _check_fingerprint(args, bundle) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.resume or args.evaluate:
+        return _continue_train(args)
     from raytower.train.config import TrainConfig
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("val_users", args.val_users))
-                 if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("val_users", args.val_users),
+                                   ("patience", args.patience)) if v is not None}
     if overrides:
         cfg = cfg.replace(**overrides)
     for line in cfg.advice():
         print(f"raytower: warning: {line}", file=sys.stderr)
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RaytowerError("--device cuda: no CUDA device is available here")
+    _check_device(args.device)
     from raytower._io import check_destination
 
     if args.out:
@@ -100,9 +99,42 @@ def cmd_train(args) -> int:
     from raytower.train.run import train
 
     out = Path(args.out or f"runs/train-{bundle.name}")
+    args.out = str(out)  # for the resume hint
+    _stop_on_sigterm()
     train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force, metric=_train_metric(args))
     print(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+def _continue_train(args) -> int:
+    """--resume OUT (continue from the last epoch) or --evaluate OUT (test a run cut short)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("config", "epochs", "seed", "val_users", "patience", "out",
+                                                        "metric") if getattr(args, name) is not None]
+    if args.resume and args.evaluate:
+        given.append("--evaluate")
+    if given:
+        raise RaytowerError(f"{given[0]} cannot be given with --{'resume' if args.resume else 'evaluate'}: the run "
+                            "continues as its run.json records it")
+    _check_device(args.device)
+    from raytower.train.run import evaluate_run, resume
+
+    out = Path(args.resume or args.evaluate)
+    if args.evaluate:
+        evaluate_run(out, device=args.device, threads=args.threads)
+    else:
+        args.out = str(out)
+        _stop_on_sigterm()
+        resume(out, device=args.device, threads=args.threads)
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RaytowerError("--device cuda: no CUDA device is available here")
 
 
 def _train_metric(args) -> str:
@@ -285,6 +317,13 @@ def _train_parser(sub) -> None:
                    help="torch threads (fix it for reproducible runs; default: torch's choice)")
     p.add_argument("--strict", action="store_true",
                    help="a best_config.json chosen on other data (another fingerprint) is an error, not a warning")
+    p.add_argument("--patience", type=non_negative_int, default=None, metavar="N",
+                   help="stop after N epochs without a better validation metric, counted from Stage 2 and the "
+                        "logQ ramp on (default: the config's; 0: off)")
+    p.add_argument("--resume", metavar="OUT", default=None,
+                   help="continue the interrupted run in OUT from its last epoch (every epoch is checkpointed)")
+    p.add_argument("--evaluate", metavar="OUT", default=None,
+                   help="test a run cut short, once, on its best epoch so far (metrics.json says so)")
     p.set_defaults(func=cmd_train)
 
 
@@ -371,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         print("raytower: interrupted", file=sys.stderr)
         if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
             print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
+        elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / "run.json").is_file():
+            import shlex
+
+            print(f"resume it with: {shlex.join(['raytower', 'train', '--resume', args.out])}", file=sys.stderr)
         return _interrupted_status()
 
 

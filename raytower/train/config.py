@@ -48,6 +48,9 @@ class TrainConfig:
     # item (one row per user), as the seed trained
     targets: str = "all"
     epochs: int = 100
+    # Stop after this many epochs without a better validation metric, counted once Stage 2 and the
+    # logQ ramp have begun (before that a flat curve is the curriculum at work); 0: off
+    patience: int = 0
     seed: int = 0
     # --- temperature: tau(epoch) = max(temp_min, temp_start * anneal_rate ** epoch) ------------
     temp_start: float = 0.5
@@ -106,7 +109,7 @@ class TrainConfig:
             bad(f"val_users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
         non_negative = ["item_layers", "weight_decay", "logq_warmup_epochs", "logq_max",
                         "logq_ramp_epochs", "stage1_max_epochs", "stage2_min_recall", "stage2_max_loss",
-                        "unfreeze_depth"]
+                        "unfreeze_depth", "patience"]
         for name in non_negative:
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")

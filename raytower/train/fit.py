@@ -77,9 +77,23 @@ def _start_hparams_session(writer, hparams: dict, metric: str) -> None:
     writer.file_writer.add_summary(session_start)
 
 
+def plateaued(run: Curriculum, metric: str) -> bool:
+    """``cfg.patience`` epochs without a better validation ``metric`` (a tie is not better), counted
+    from the later of the Stage 2 switch and the start of the logQ ramp: the search's plateau stop,
+    for one run."""
+    patience = run.cfg.patience
+    best = best_epoch(run.history, metric)
+    if not patience or best is None or run.switch is None:
+        return False
+    improved = next(r["epoch"] for r in run.history if r.get(metric, -math.inf) >= best[metric])
+    start = max(run.switch["epoch"], run.cfg.logq_warmup_epochs, improved)
+    return run.epoch - start >= patience
+
+
 def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: str | None = None,
         metric: str = val_key(), hparams: dict | None = None) -> dict | None:
-    """Step ``run`` to its last epoch, or to the first diverged one (nothing past a NaN counts).
+    """Step ``run`` to its last epoch, to the first diverged one (nothing past a NaN counts), or to a
+    plateau of ``cfg.patience`` epochs.
 
     After each epoch: its TensorBoard scalars go to ``tb_dir`` (flushed, so TensorBoard shows a
     running trial), then ``on_epoch(row, best)``, ``best`` being the best epoch's row so far (``row``
@@ -106,7 +120,7 @@ def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: 
                     writer.add_scalar(best_tag(metric), float(best[metric]), row["epoch"])
                 writer.flush()
             on_epoch(row, best)
-            if row["diverged"]:
+            if row["diverged"] or plateaued(run, metric):
                 break
     finally:
         if writer:

@@ -1,12 +1,19 @@
 """One training run, start to finish: what ``raytower train`` does.
 
-Pretraining (cached) -> the curriculum, epoch by epoch -> the best validation epoch's checkpoint ->
-test evaluated once on it -> ``metrics.json``. TensorBoard scalars go to the run directory.
+Pretraining (cached) -> the curriculum, epoch by epoch, a checkpoint after each -> test evaluated
+once on the best validation epoch -> ``metrics.json``. TensorBoard scalars go to the run directory.
+
+    OUT/run.json              what was asked: config, pretraining, data, selection metric
+    OUT/checkpoints/last.pt   the latest epoch (raytower train --resume OUT continues from it)
+    OUT/checkpoints/best.pt   the best validation epoch (the one tested and exported)
+    OUT/metrics.json          the result, written once at the end
+    OUT/tensorboard/          the per-epoch scalars
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import platform
 import time
@@ -15,14 +22,14 @@ from pathlib import Path
 import torch
 
 import raytower
-from raytower._io import atomic_path, claim_output_dir, write_json
+from raytower._io import atomic_path, claim_output_dir, read_json, write_json
 from raytower._progress import Progress
-from raytower.errors import RaytowerError
+from raytower.errors import ConfigError, RaytowerError
 from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.train.config import TrainConfig
 from raytower.train.evaluate import evaluate
-from raytower.train.fit import fit
+from raytower.train.fit import best_epoch, fit
 from raytower.train.loop import Curriculum, load_model
 
 COLUMNS = [  # the per-epoch table: (header, row key, format)
@@ -58,28 +65,114 @@ def versions() -> dict[str, str]:
     return out
 
 
+RUN_RECORD = "run.json"  # what the run was asked to do: enough for --resume and --evaluate
+BEST_CHECKPOINT = "checkpoints/best.pt"  # the best validation epoch's state: the one tested
+LAST_CHECKPOINT = "checkpoints/last.pt"  # the latest epoch's state: where --resume continues
+METRICS_FILE = "metrics.json"
+
+
 def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", threads: int | None = None,
           log=print, pretrain_cfg: PretrainConfig | None = None, force: bool = False,
           metric: str = DEFAULT_METRIC) -> dict:
-    """Run the curriculum for ``cfg.epochs`` epochs; return (and write) the final metrics. The best
-    epoch, the one tested, is chosen by validation ``metric`` (``raytower.names.METRICS``).
+    """Run the curriculum for ``cfg.epochs`` epochs (or to a plateau of ``cfg.patience``); return
+    (and write) the final metrics. The best epoch, the one tested, is chosen by validation
+    ``metric`` (``raytower.names.METRICS``). Every epoch ends with a checkpoint, so a run killed
+    at any point continues with ``resume``.
 
     ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
     replaced; anything else is refused before training starts."""
     check_metric(metric)
     out = claim_output_dir(out_dir, "run", force)
+    pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
+    write_json(out / RUN_RECORD, {
+        "config": cfg.to_dict(), "pretraining": dataclasses.asdict(pcfg), "metric": metric,
+        "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint, "bundle": str(bundle.path)},
+    })
+    return _curriculum(out, cfg, pcfg, bundle, metric, device, threads, log)
+
+
+def resume(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
+    """Continue the run in ``out_dir`` from its last epoch's checkpoint: the same epochs, the same
+    figures as a run never interrupted (model, optimizer, stage, schedules, RNG all restored)."""
+    out = Path(out_dir)
+    record = read_run_record(out)
+    if (out / METRICS_FILE).is_file() and read_json(out / METRICS_FILE, {}).get("complete"):
+        raise ConfigError("the run is finished (its metrics.json is complete): nothing to resume", out)
+    cfg, pcfg, bundle = _recorded(out, record)
+    last = read_checkpoint(out / LAST_CHECKPOINT) if (out / LAST_CHECKPOINT).is_file() else None
+    best = read_checkpoint(out / BEST_CHECKPOINT) if last is not None and (out / BEST_CHECKPOINT).is_file() else None
+    if last is not None:
+        log(f"resuming {out} after epoch {last['epoch']}")
+    return _curriculum(out, cfg, pcfg, bundle, record["metric"], device, threads, log, last, best)
+
+
+def evaluate_run(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
+    """Test, once, a run cut short: its best epoch so far, with ``complete: false`` in metrics.json."""
+    out = Path(out_dir)
+    record = read_run_record(out)
+    if not (out / LAST_CHECKPOINT).is_file():
+        raise ConfigError("the run has no finished epoch to evaluate", out)
+    cfg, pcfg, bundle = _recorded(out, record)
+    if threads:
+        torch.set_num_threads(threads)
+    artifacts = pretrain(bundle, pcfg, progress=log, device=device)
+    last = read_checkpoint(out / LAST_CHECKPOINT)
+    run = Curriculum.create(cfg, bundle, artifacts, device=device)
+    run.load_state_dict(last)
+    best = best_epoch(run.history, val_key(record["metric"]))
+    if best is None:
+        raise ConfigError("no epoch of the run has a validation metric to choose", out)
+    return _finish(out, run, read_checkpoint(out / BEST_CHECKPOINT), best, record["metric"], artifacts,
+                   last.get("elapsed_s", 0.0), "cut_short", log)
+
+
+def read_run_record(out: Path) -> dict:
+    """run.json of a ``raytower train`` run, or one line saying why ``out`` is not one."""
+    record = read_json(out / RUN_RECORD, None)
+    if not isinstance(record, dict) or not {"config", "pretraining", "metric", "dataset"} <= record.keys():
+        raise ConfigError("not a resumable raytower train run (no run.json: runs before resuming was added "
+                          "cannot be resumed)", out)
+    return record
+
+
+def _recorded(out: Path, record: dict) -> tuple[TrainConfig, PretrainConfig, object]:
+    from raytower.data import load_bundle
+
+    cfg = TrainConfig.from_dict(record["config"], source=str(out / RUN_RECORD))
+    try:
+        pcfg = PretrainConfig(**record["pretraining"])
+    except TypeError as e:
+        raise ConfigError(f"its pretraining config does not fit this raytower ({e})", out / RUN_RECORD) from None
+    data = record["dataset"]
+    if not Path(data["bundle"]).is_dir():
+        raise ConfigError(f"the run's prepared data {data['bundle']} is gone (a cleared cache?): prepare it "
+                          "again with the same --data and flags, then resume", out)
+    bundle = load_bundle(data["bundle"])
+    if bundle.fingerprint != data["fingerprint"]:
+        raise ConfigError(f"the run's prepared data {data['bundle']} changed (fingerprint {bundle.fingerprint}, "
+                          f"recorded {data['fingerprint']})", out)
+    return cfg, pcfg, bundle
+
+
+def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metric: str, device: str,
+                threads: int | None, log, last: dict | None = None, best_state: dict | None = None) -> dict:
+    """Pretraining (cached), the curriculum from the start or from ``last``, then test once."""
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
+    elapsed_before = float(last.get("elapsed_s", 0.0)) if last else 0.0
     log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
     artifacts = pretrain(bundle, pcfg, progress=log, device=device)  # --device cuda: pretraining too
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
+    if last is not None:
+        run.load_state_dict(last)
     pop = run.popularity
     log(f"popularity baseline: val Recall@100 {pop['val']['recall@100']:.3f}, "
         f"test Recall@100 {pop['test']['recall@100']:.3f}, Recall@10 {pop['test']['recall@10']:.3f}")
     log(format_header())
-    kept: dict = {}
+    for row in run.history:  # a resumed run shows its earlier epochs again
+        log(format_row(row))
+    kept: dict = {"state": best_state}
 
     def on_batch(done: int, total: int) -> None:  # a long epoch is never silent
         if done == 1:
@@ -89,21 +182,33 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
             kept["bar"].close()
 
     run.on_batch = on_batch
+
     def on_epoch(row: dict, best: dict | None) -> None:
         log(format_row(row) + (f"   -> stage 2 ({row['stage_switch']})" if "stage_switch" in row else ""))
         if row["diverged"]:
             log(f"training diverged at epoch {row['epoch']} (loss {row['loss']}, val Recall@100 "
                 f"{row['val/recall@100']}); stopping")
-        elif best is row:
-            kept["state"] = copy.deepcopy(run.state_dict())
-            save_checkpoint(kept["state"], out / "checkpoints" / "best.pt")
+            return
+        state = {**run.state_dict(), "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+        if best is row:
+            kept["state"] = copy.deepcopy(state)
+            save_checkpoint(kept["state"], out / BEST_CHECKPOINT)
+        save_checkpoint(state, out / LAST_CHECKPOINT)  # after best.pt: a resume never lacks its best
 
     best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"), metric=val_key(metric), hparams=cfg.to_dict())
     if best is None:
         raise RaytowerError(f"training diverged in its first epoch (loss {run.history[-1]['loss']}): no epoch has a "
                             "validation metric to choose; lower lr or raise temp_start", out)
-    # Honest evaluation: test is touched once, on the epoch chosen by validation.
-    test, _ = evaluate(load_model(kept["state"], bundle, artifacts, device), run.data, "test")
+    stop = ("diverged" if run.history[-1]["diverged"] else "epochs" if run.done else "patience")
+    return _finish(out, run, kept["state"], best, metric, artifacts,
+                   elapsed_before + time.perf_counter() - t_start, stop, log)
+
+
+def _finish(out: Path, run: Curriculum, best_state: dict, best: dict, metric: str, artifacts, wall_s: float,
+            stop: str, log) -> dict:
+    """Test, touched once, on the epoch validation chose; metrics.json written."""
+    bundle, cfg = run.data.bundle, run.cfg
+    test, _ = evaluate(load_model(best_state, bundle, artifacts, run.device), run.data, "test")
     result = {
         "config": cfg.to_dict(),
         "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
@@ -111,19 +216,33 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
         "best_epoch": best["epoch"],
         "selection_metric": metric,
         "stage_switch": run.switch,
+        # complete: the run ended by itself (its epochs, a plateau, a divergence); false: cut short
+        # and tested on request (raytower train --evaluate), its best epoch so far
+        "complete": stop != "cut_short",
+        "stop": stop,
+        "epochs_run": run.epoch,
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val/")},
         "test": test,
-        "popularity": pop,
-        "wall_time_s": time.perf_counter() - t_start,
+        "popularity": run.popularity,
+        "wall_time_s": wall_s,
         "history": run.history,
         "pretraining": {"path": str(artifacts.path), **artifacts.stats},
         "versions": versions(),
     }
-    write_json(out / "metrics.json", result)
-    log(f"best epoch {best['epoch']} by val {label(metric)} {best[val_key(metric)]:.4f}: val Recall@100 "
+    write_json(out / METRICS_FILE, result)
+    cut = "" if result["complete"] else f" (cut short after epoch {run.epoch}: its best so far)"
+    log(f"best epoch {best['epoch']}{cut} by val {label(metric)} {best[val_key(metric)]:.4f}: val Recall@100 "
         f"{best['val/recall@100']:.4f}; "
         f"test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}")
     return result
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint raytower wrote: tensors and plain data only (never code), or one line."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain data, never code
+    except Exception as e:
+        raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
 
 
 def save_checkpoint(state: dict, dest: Path) -> None:

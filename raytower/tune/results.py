@@ -216,6 +216,8 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
     params = TrainConfig.from_dict(trial["params"]).to_dict()
     if best["stop_reason"] == "plateau":  # retraining stops where the trial did, on the same path
         params["epochs"] = int(best["epochs"])
+    if "patience" not in trial["params"]:  # retraining longer (--epochs) stops on a plateau as trials did
+        params["patience"] = int(record.settings.get("patience") or 0)
     finished = search_finished(df, record)
     # Test is touched once, for the configuration the whole search chose: an interrupted search's
     # leader may still lose to a trial the resume finishes.
@@ -235,7 +237,7 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
         "dataset": record.dataset,
         "search": {k: record.settings.get(k) for k in ("space", "num_samples", "max_epochs", "seed", "executor",
                                                          "scheduler", "searcher", "truthful_pruning", "grace_period",
-                                                         "reduction_factor", "metric")},
+                                                         "reduction_factor", "metric", "patience")},
         "finished": finished,
         "trials": {"total": int(len(df)), **{str(k): int(v) for k, v in df["stop_reason"].value_counts().items()}},
         "versions": versions,
