@@ -96,21 +96,24 @@ def markdown_table(board: pd.DataFrame) -> str:
 
 
 def _schedule(params: dict) -> str:
-    """The chosen curriculum in words, from its config."""
-    t0, rate, tmin = params["temp_start"], params["anneal_rate"], params.get("temp_min", 0.05)
+    """The chosen curriculum in words, from its config (its defaults TrainConfig's, never spelled here)."""
+    from raytower.train.config import TrainConfig
+
+    params = TrainConfig.from_dict(params).to_dict()
+    t0, rate, tmin = params["temp_start"], params["anneal_rate"], params["temp_min"]
     if rate < 1 and t0 > tmin:
         # reported epoch n trains at tau(n - 1): epochs are counted from 1 here, as in the table
         floor = math.ceil(math.log(tmin / t0) / math.log(rate)) + 1
-        last = int(params.get("epochs", floor))
+        last = params["epochs"]
         temp = f"temperature {t0:.3g}, times {rate:.3g} each epoch, " + (
             f"down to its floor {tmin:g} by epoch {floor}" if floor <= last
             else f"{max(tmin, t0 * rate ** (last - 1)):.3g} at the last epoch ({last})")
     else:
         temp = f"temperature {t0:.3g}, held"
-    w, q, r = params.get("logq_warmup_epochs", 0), params.get("logq_max", 0.0), params.get("logq_ramp_epochs", 1)
+    w, q, r = params["logq_warmup_epochs"], params["logq_max"], params["logq_ramp_epochs"]
     logq = "no logQ correction" if q == 0 else \
         (f"logQ off for {w} epoch(s), then ramped to {q:.3g} over {r}" if w else f"logQ ramped from the start to {q:.3g} over {r} epoch(s)")
-    d = params.get("unfreeze_depth", 0)
+    d = params["unfreeze_depth"]
     stage2 = "the item tower kept frozen" if not d else \
         f"the top {d} item-tower piece(s) unfrozen in Stage 2 at {params['lr_ratio']:.3g} x the LR"
     return f"{params['fusion']} fusion; {temp}; {logq}; {stage2}; LR {params['lr']:.3g}"

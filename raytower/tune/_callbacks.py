@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raytower._io import write_json
 from raytower.names import EPOCHS, STOP_REASON, TUNE_TRIAL_ID, val_key
+from raytower.train.config import TrainConfig
 from raytower.tune import _adapter as private
 from raytower.tune.settings import SearchSettings
 
@@ -113,8 +114,10 @@ class CurriculumStopper(tune.Stopper):
         if result.get("diverged") or not math.isfinite(result.get("loss", 0.0)):
             self.log.record(trial_id, "diverged", epoch)
             return True
-        cfg = result.get("config", {})
-        warm = epoch > int(cfg.get("logq_warmup_epochs", 0)) and result.get("tau", 0) < cfg.get("temp_start", math.inf)
+        # The trial's own config, its defaults TrainConfig's: a knob the space neither fixes nor
+        # searches is the default the trial trains with, never a second default spelled here.
+        cfg = TrainConfig.from_dict(result.get("config", {}))
+        warm = epoch > cfg.logq_warmup_epochs and result.get("tau", 0) < cfg.temp_start
         if warm and result["loss"] >= result["loss_random"]:
             self._at_chance[trial_id] = self._at_chance.get(trial_id, 0) + 1
         else:
@@ -122,11 +125,10 @@ class CurriculumStopper(tune.Stopper):
         if self._at_chance[trial_id] >= self.chance_patience:
             self.log.record(trial_id, "chance", epoch)
             return True
-        dim = cfg.get("dim")
-        if result.get("stage") == 2 and dim and result.get("effective_rank", math.inf) < self.collapse_frac * dim:
+        if result.get("stage") == 2 and result.get("effective_rank", math.inf) < self.collapse_frac * cfg.dim:
             self.log.record(trial_id, "collapsed", epoch)
             return True
-        if epoch >= cfg.get("epochs", math.inf):
+        if epoch >= cfg.epochs:
             return False  # its last epoch: it ends as completed, not as a plateau
         return self._plateaued(trial_id, epoch, result.get(self.metric))
 

@@ -159,3 +159,18 @@ def test_a_plateau_is_told_to_optuna_as_complete_with_its_best(tmp_path):
     plateau, asha = optuna.load_study(study_name="s", storage=storage).trials
     assert plateau.state.name == "COMPLETE" and plateau.value == 0.5
     assert asha.state.name == "PRUNED"
+
+
+def test_a_config_without_dim_or_warmup_reads_trainconfigs_defaults():
+    """A space that neither fixes nor searches ``dim`` trains at TrainConfig's dim (64): its collapse
+    must still stop it, and the chance count must skip TrainConfig's logQ warm-up (2 epochs)."""
+    from raytower.train.config import TrainConfig
+
+    bare = {"config": {"temp_start": 1.0}}
+    log = StopLog()
+    collapsing = {**_row(3, 5.0, stage=2, erank=0.2 * TrainConfig().dim), **bare}
+    assert CurriculumStopper(log)("t", collapsing) and log.reason("t") == "collapsed"
+    stop = CurriculumStopper(StopLog(), chance_patience=1)
+    # epoch 2 is inside the default warm-up: at chance there, but not counted
+    assert not stop("w", {**_row(2, 7.5), **bare})
+    assert stop("w", {**_row(3, 7.5), **bare})
