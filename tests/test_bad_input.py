@@ -150,6 +150,20 @@ def damaged_stops(tmp):
     return str(out)
 
 
+def damaged_trial(tmp, params=None, epoch=2):
+    """A two-trial search whose leader's record is damaged: its params.json, or an epoch of its result.json.
+    Choosing without it would silently name the other trial the leader."""
+    out = tmp / "s"
+    _record(out, storage_path=None, max_epochs=2, num_samples=2, metric="recall@100")
+    for name, value, text in (("lead", 0.9, params), ("other", 0.5, None)):
+        (out / "tune" / f"trial_{name}").mkdir(parents=True)
+        (out / "tune" / f"trial_{name}" / "params.json").write_text(text or json.dumps({"lr": 1e-3}))
+        rows = [{"epoch": e, "trial_id": name, "val/recall@100": value, "loss": 1.0, "loss_random": 7.0,
+                 "diverged": 0.0} for e in (1, epoch if name == "lead" else 2)]
+        (out / "tune" / f"trial_{name}" / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(out)
+
+
 BEST_NO_PARAMS = json.dumps({"selection": {"value": 0.5}, "dataset": {}})
 # (argv builder, text the one-line error must contain)
 BAD_INPUT = [
@@ -214,6 +228,9 @@ BAD_INPUT = [
     (lambda t: ["recommend", damaged_model(t), "--user", "1"], "a damaged exported model"),
     (lambda t: ["data", "prepare", "--data", damaged_bundle(t)], "a damaged data bundle"),
     (lambda t: ["best", damaged_stops(t)], "stops.json: damaged"),
+    (lambda t: ["best", damaged_trial(t, params='{"lr": 1e-3, "dim"')], "trial_lead/params.json: damaged trial record"),
+    (lambda t: ["report", damaged_trial(t, params="[1, 2]")], "trial_lead/params.json: damaged trial record"),
+    (lambda t: ["best", damaged_trial(t, epoch="two")], "trial_lead/result.json: damaged trial record: epoch 'two'"),
     # Destinations the user names: nothing of theirs is deleted or overwritten (issue: data loss).
     (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", users_dir(t)], "files raytower did not write"),
     (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", text(t, "f", "x")], "an existing file"),

@@ -54,23 +54,42 @@ def read_trials(exp: Path) -> list[dict[str, Any]]:
         params_text = store.read_text(f"{EXPERIMENT}/{name}/params.json")
         if params_text is None:
             continue
+        rows = _result_rows(exp, store, name)
         try:
             params = json.loads(params_text)
+            if not isinstance(params, dict):
+                raise ValueError("not a mapping")
         except ValueError:
-            continue  # a trial whose params.json a kill cut short (or someone damaged): not a candidate
-        rows: dict[int, dict] = {}
-        for line in (store.read_text(f"{EXPERIMENT}/{name}/result.json") or "").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if "epoch" in r:
-                rows[int(r["epoch"])] = r  # a resumed trial re-reports from its checkpoint on
+            if not rows:
+                continue  # a kill cut its params.json short before its first epoch: it never ran
+            # A trial that trained but whose config is unreadable could be the leader: choosing
+            # without it would silently change the choice.
+            raise ConfigError("damaged trial record (not a JSON mapping): restore it, or move the trial's directory "
+                              "out of the search to choose without it", f"{exp}/{EXPERIMENT}/{name}/params.json") from None
         history = [rows[e] for e in sorted(rows)]
         trial_id = history[-1]["trial_id"] if history else name.removeprefix("trial_")
         trials.append({"dir": name, "trial_id": trial_id, "params": params, "history": history,
                        "error": store.is_file(f"{EXPERIMENT}/{name}/error.txt")})
     return trials
+
+
+def _result_rows(exp: Path, store: ExperimentStore, name: str) -> dict[int, dict]:
+    """A trial's result.json as {epoch: row}, the last report of an epoch kept (a resumed trial
+    re-reports from its checkpoint on). A line a kill cut short is skipped; a damaged one is an error."""
+    rel = f"{EXPERIMENT}/{name}/result.json"
+    rows: dict[int, dict] = {}
+    for line in (store.read_text(rel) or "").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if isinstance(r, dict) and "epoch" in r:
+            epoch = r["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch != int(epoch):
+                raise ConfigError(f"damaged trial record: epoch {str(epoch)[:40]!r} is not a whole number",
+                                  f"{exp}/{rel}")
+            rows[int(epoch)] = r
+    return rows
 
 
 def tune_statuses(exp: Path) -> dict[str, str]:
