@@ -55,7 +55,8 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
     from raytower.tune.settings import SearchSettings
 
     s = SearchSettings(space=str(space), out=str(out), **settings)
-    doc = run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log)
+    doc = run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log,
+                     given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
     return SearchResult(Path(out), doc, s)
 
 

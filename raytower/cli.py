@@ -154,12 +154,13 @@ def _train_metric(args) -> str:
 
 def cmd_tune(args) -> int:
     from raytower.tune.search import SearchInterrupted, run_search
-    from raytower.tune.settings import from_args
+    from raytower.tune.settings import from_args, given_fields
 
     settings = from_args(args)
     _stop_on_sigterm()
     try:
-        run_search(settings, data=args.data, prepare_options=prepare_options(args))
+        run_search(settings, data=args.data, prepare_options=prepare_options(args),
+                   given=given_fields(args.argv[1:]))
     except SearchInterrupted as e:
         print(f"raytower: {e}", file=sys.stderr)
         print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)

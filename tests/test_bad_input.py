@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from raytower.cli import main
-from raytower.tune import SearchRecord, Shared
+from raytower.tune import SearchRecord, SearchSettings, Shared
 from tests.conftest import REPO, SMALL_SYNTHETIC
 
 QUICK = str(REPO / "search_spaces" / "quick.yaml")
@@ -202,6 +202,9 @@ BAD_INPUT = [
     (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
     (lambda t: tune(other_data_search(t), "--resume", "--metric", "ndcg@10"), "--metric ndcg@10: this search ran with recall@100"),
     (lambda t: tune(other_data_search(t), "--resume", "--num-samples", "40"), "--num-samples 40: this search ran with 12"),
+    # a flag given with its default value is still given: it was ignored and the recorded value used
+    (lambda t: tune(other_data_search(t), "--resume", "--num-samples", str(SearchSettings.num_samples)),
+     f"--num-samples {SearchSettings.num_samples}: this search ran with 12"),
     (lambda t: ["export", damaged_fetched(t), "--out", str(t / "m")], "unreadable checkpoint"),
     (lambda t: ["export", damaged_run(t), "--out", str(t / "m")], "metrics.json: not valid JSON"),
     (lambda t: tune(t, "--metric", "ndcg@7"), "argument --metric: invalid choice"),

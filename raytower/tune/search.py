@@ -136,14 +136,16 @@ def _values(space: SearchSpace, name: str) -> list:
 # --- the search ------------------------------------------------------------------------------------
 
 
-def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print) -> dict:
+def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print,
+               given: frozenset[str] | None = None) -> dict:
     """Preflight, reconcile with an earlier session (``--resume``), prepare what the trials share
-    and write the record, fit, finish. ``settings`` is never changed."""
+    and write the record, fit, finish. ``settings`` is never changed. ``given``: the settings the
+    caller named (``settings.given_fields``); on --resume each must equal the recorded value."""
     space = _preflight(settings, log)
     out = Path(settings.out).resolve()
     previous = _previous_record(settings, out)
     if previous:  # the search goes on as it was started: Tune restores its own state from it too
-        settings = _as_recorded(settings, previous)
+        settings = _as_recorded(settings, previous, given)
         space = load_space(settings.space)  # the recorded space, when --space was left off
     # The resolved grace period is what the record (and best_config.json) says, never null.
     settings = dataclasses.replace(settings, grace_period=settings.grace_period
@@ -221,9 +223,12 @@ def _previous_record(settings: SearchSettings, out: Path) -> SearchRecord | None
 RESUME_MAY_CHANGE = ("resume", "verbose", "address", "min_free_gb", "out")
 
 
-def _as_recorded(settings: SearchSettings, previous: SearchRecord) -> SearchSettings:
-    """The recorded settings, with this session's RESUME_MAY_CHANGE. A flag given with another value
-    than the recorded one is refused in one line; one left at its default takes the recorded value."""
+def _as_recorded(settings: SearchSettings, previous: SearchRecord,
+                 named: frozenset[str] | None = None) -> SearchSettings:
+    """The recorded settings, with this session's RESUME_MAY_CHANGE. A flag given (``named``) with
+    another value than the recorded one is refused in one line, even when that value is the
+    default; one left off takes the recorded value. Without ``named``, a value other than the
+    default counts as given."""
     from raytower.tune.settings import flag_of
 
     defaults, kept = SearchSettings(), {}
@@ -231,7 +236,8 @@ def _as_recorded(settings: SearchSettings, previous: SearchRecord) -> SearchSett
         if f.name in RESUME_MAY_CHANGE or f.name not in previous.settings:  # (a record older than the field)
             continue
         given, recorded = getattr(settings, f.name), previous.settings[f.name]
-        if given != recorded and given != getattr(defaults, f.name):
+        named_here = f.name in named if named is not None else given != getattr(defaults, f.name)
+        if named_here and given != recorded:
             raise ConfigError(f"{flag_of(f.name)} {given}: this search ran with {recorded}; --resume continues it "
                               "as it was started (leave the flag off)", Path(settings.out).resolve() / SETUP)
         kept[f.name] = recorded

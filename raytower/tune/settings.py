@@ -144,14 +144,17 @@ def _scalar_type(annotation: str):
     return {"int": int, "float": float, "str": str, "bool": bool}[annotation.split("|")[0].strip()]
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field of SearchSettings, its default the field's (``out``: required by none)."""
+def add_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One flag per field of SearchSettings, its default the field's (``out``: required by none).
+    ``defaults=False``: no defaults at all, so a parse holds only the flags given."""
     for f in fields(SearchSettings):
         meta = dict(f.metadata)
         flag, help_, env = meta.pop("flag") or "--" + f.name.replace("_", "-"), meta.pop("help"), meta.pop("env", None)
         default = f.default if f.default is not MISSING else None
         if env:
             default = os.environ.get(env) or default
+        if not defaults:
+            default = argparse.SUPPRESS
         kind = _scalar_type(f.type)
         if kind is bool:  # a switch that flips the default
             action = "store_false" if default else "store_true"
@@ -160,6 +163,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, "--" + f.name, dest=f.name, default=default, help=help_, **meta)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_, **meta)
+
+
+def given_fields(argv: list[str]) -> frozenset[str]:
+    """The fields a ``raytower tune`` command line names, whatever their values: ``--resume``
+    compares each with the record, so ``--max-epochs 30`` is refused on a search started with 60
+    although 30 is the default."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_flags(parser, defaults=False)
+    known, _ = parser.parse_known_args(argv)  # argv was parsed once already: it holds no bad flag
+    return frozenset(vars(known))
 
 
 def from_args(args: argparse.Namespace) -> SearchSettings:
