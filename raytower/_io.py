@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -202,6 +203,9 @@ def read_user_text(path: str | os.PathLike, what: str) -> str:
         raise ConfigError(f"not a text file (a {what} was expected)", path) from None
 
 
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
 def load_user_yaml(text: str, path: str | os.PathLike, what: str) -> Any:
     """YAML a user hands us, anchors and aliases refused: a few nested aliases expand to billions of
     nodes (a "billion laughs" file exhausted memory while its error message was being built)."""
@@ -216,6 +220,9 @@ def load_user_yaml(text: str, path: str | os.PathLike, what: str) -> Any:
                 raise ConfigError(f"YAML aliases (*name) are not accepted in a {what} (line {mark.line + 1})", path)
             return super().compose_node(parent, index)
 
+    # YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e30 and 1.0e-3 as strings, and "lr must be float,
+    # got '1e30'" puzzled; a leading digit, an exponent without a sign or without a dot are floats.
+    NoAliases.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     try:
         return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:

@@ -15,8 +15,8 @@ from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, 
                              prepare_options)
 from raytower.errors import RaytowerError
 
-# The machine's problems, not raytower's: a full disk, a quota, a read-only or forbidden place.
-_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
+_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _add_val_users(p: argparse.ArgumentParser) -> None:

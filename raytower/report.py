@@ -19,7 +19,7 @@ from raytower._io import atomic_path, read_json
 from raytower.errors import ConfigError
 from raytower.names import BEST_CONFIG, DEFAULT_METRIC, best_key, label, title, val_key
 from raytower.tune.record import SearchRecord
-from raytower.tune.results import is_search_dir, read_trials, trial_rows
+from raytower.tune.results import check_search_dir, read_trials, trial_rows
 
 KNOBS = ("temp_start", "anneal_rate", "logq_warmup_epochs", "logq_max", "logq_ramp_epochs", "unfreeze_depth",
          "lr_ratio", "lr")
@@ -48,8 +48,7 @@ def _plt():
 
 def load_experiment(exp: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict | None, SearchRecord]:
     exp = Path(exp)
-    if not is_search_dir(exp):
-        raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
+    check_search_dir(exp)
     trials = read_trials(exp)
     df = trial_rows(exp, trials)  # from the trial directories: also right for an interrupted search
     if df.empty:

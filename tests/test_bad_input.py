@@ -144,6 +144,12 @@ def damaged_bundle(tmp):
     return str(d)
 
 
+def damaged_setup(tmp):
+    out = Path(diverged_search(tmp))
+    (out / "setup.json").write_text('{"settings": {')
+    return str(out)
+
+
 def damaged_stops(tmp):
     out = Path(diverged_search(tmp))
     (out / "stops.json").write_text('{"a": ["diverged"')
@@ -231,6 +237,8 @@ BAD_INPUT = [
     (lambda t: ["recommend", damaged_model(t), "--user", "1"], "a damaged exported model"),
     (lambda t: ["data", "prepare", "--data", damaged_bundle(t)], "a damaged data bundle"),
     (lambda t: ["best", damaged_stops(t)], "stops.json: damaged"),
+    (lambda t: ["report", damaged_setup(t)], "setup.json: damaged search record"),
+    (lambda t: ["tune", "--space", QUICK, "--out", f"/sys/raytower-test-{t.name}"], "virtual file system"),
     (lambda t: ["best", damaged_trial(t, params='{"lr": 1e-3, "dim"')], "trial_lead/params.json: damaged trial record"),
     (lambda t: ["report", damaged_trial(t, params="[1, 2]")], "trial_lead/params.json: damaged trial record"),
     (lambda t: ["best", damaged_trial(t, epoch="two")], "trial_lead/result.json: damaged trial record: epoch 'two'"),
@@ -320,17 +328,18 @@ def test_best_on_a_search_whose_only_trial_diverged_says_so(tmp_path, capsys):
     assert not (tmp_path / "s" / "best_config.json").exists()
 
 
-def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("code,strerror", [("ENOSPC", "No space left on device"), ("EFBIG", "File too large")])
+def test_a_full_disk_or_a_file_size_limit_is_one_line(tmp_path, capsys, monkeypatch, code, strerror):
     import errno
 
     from raytower import _io
 
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b" / "manifest.json"))
+        raise OSError(getattr(errno, code), strerror, str(tmp_path / "b" / "manifest.json"))
 
     monkeypatch.setattr(_io, "write_json", full)
     monkeypatch.setattr("raytower.data._prepare.write_json", full)
     code = run(["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert code == 2 and err.count("\n") == 1 and strerror in err, err
     assert list(tmp_path.iterdir()) == []  # the half-written bundle went with the error

@@ -30,11 +30,13 @@ REPORT_KEYS = tuple(val_key(m) for m in METRICS) + (
     "gate_mean", "effective_rank", "stage")
 
 
-def is_search_dir(exp: Path) -> bool:
-    try:
-        return (exp / SETUP).is_file() and ExperimentStore.of(exp).is_dir(EXPERIMENT)
-    except ConfigError:
-        return False  # setup.json that raytower did not write
+def check_search_dir(exp: Path) -> None:
+    """One line saying why ``exp`` is not a search raytower can read: no setup.json, a damaged
+    one (named as such, not as missing), or no Tune experiment beside it."""
+    if not (exp / SETUP).is_file():
+        raise ConfigError("not a raytower search directory (no setup.json)", exp)
+    if not ExperimentStore.of(exp).is_dir(EXPERIMENT):  # reads setup.json: damage is its own error
+        raise ConfigError("not a raytower search directory (no tune/ beside its setup.json)", exp)
 
 
 def is_best_config(path: Path) -> bool:
@@ -218,8 +220,7 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
     """Write trials.parquet and best_config.json (atomically); return the best config document.
     ``write=False`` (``raytower best``) only reads: nothing in ``exp`` changes."""
     exp = Path(exp)
-    if not is_search_dir(exp):
-        raise ConfigError("not a raytower search directory (no setup.json and tune/)", exp)
+    check_search_dir(exp)
     trials = read_trials(exp)
     df = trial_rows(exp, trials)
     if df.empty:
@@ -269,7 +270,13 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
             "come once, when the search ends")
     log(f"best trial {best['trial_id']}: val {label(metric)} {doc['selection']['value']:.4f} at epoch "
         f"{doc['selection']['epoch']}"
-        + (f"; test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}" if test else ""))
+        + (f"; test {_test_figures(test, metric)}" if test else ""))
+
+
+def _test_figures(test: dict, metric: str) -> str:
+    """The selection metric first, then the usual others: 'NDCG@10 0.18, R@100 0.51, R@10 0.31'."""
+    keys = [metric, *(k for k in ("recall@100", "recall@10", "ndcg@10") if k != metric)]
+    return ", ".join(f"{label(k)} {test[k]:.4f}" for k in keys if k in test)
     return doc
 
 

@@ -363,10 +363,13 @@ def _check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None
         existing = existing.parent
     import shutil
 
-    free_gb = shutil.disk_usage(existing).free / 2**30
+    usage = shutil.disk_usage(existing)
+    if usage.total == 0:  # root may "write" there, but nothing it writes is kept
+        raise ConfigError(f"--out: {existing} is a virtual file system (like /proc or /sys), not a disk", out)
+    free_gb = usage.free / 2**30
     if free_gb < min_free_gb:
-        raise ConfigError(f"only {free_gb:.2f} GiB free, --min-free-gb is {min_free_gb:g}: checkpoints "
-                          "would fill the disk", out)
+        raise ConfigError(f"only {free_gb:.2f} GiB free on {existing}, --min-free-gb is {min_free_gb:g}: "
+                          "checkpoints would fill the disk", out)
 
 
 def _check_trusted(out: Path) -> None:

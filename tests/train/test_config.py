@@ -33,3 +33,13 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
     assert (d.logq, d.logq_positive, d.targets, d.gnn_unfreeze) == ("frequency", True, "all", False)
     assert any("gnn_lr_ratio" in line for line in TrainConfig(gnn_unfreeze=True, gnn_lr_ratio=2.0).advice())
     assert not TrainConfig(gnn_lr_ratio=2.0).advice()  # a frozen table's ratio is never used
+
+
+def test_yaml_12_floats_are_floats(tmp_path):
+    """PyYAML reads 1e-3 and 1.0e30 (YAML 1.2 floats) as strings: 'lr must be float, got '1e-3'' puzzled."""
+    from raytower.train.config import TrainConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 1.0e-6\ntemp_start: 5E-1\nfusion: concat\n")
+    cfg = TrainConfig.load(path)
+    assert (cfg.lr, cfg.weight_decay, cfg.temp_start, cfg.fusion) == (1e-3, 1e-6, 0.5, "concat")

@@ -61,3 +61,11 @@ def test_a_trial_tune_restarted_after_a_failure_and_finished_is_not_an_error(tmp
     (out / "tune" / "experiment_state-2026-12-02_10-00-00.json").write_text(json.dumps(state))
     reasons = dict(zip(*trial_rows(out)[["trial_id", "stop_reason"]].T.values))
     assert reasons == {"a": "completed", "b": "error"}
+
+
+def test_the_closing_line_leads_with_the_selection_metric():
+    from raytower.tune.results import _test_figures
+
+    test = {"recall@100": 0.5, "recall@10": 0.3, "ndcg@10": 0.18, "ndcg@100": 0.2}
+    assert _test_figures(test, "ndcg@10") == "NDCG@10 0.1800, R@100 0.5000, R@10 0.3000"
+    assert _test_figures(test, "recall@100") == "R@100 0.5000, R@10 0.3000, NDCG@10 0.1800"
