@@ -62,8 +62,10 @@ def export_user_tower(tower: nn.Module, max_len: int):
 
 
 def load_user_tower(model_dir: Path, fmt: int):
-    if fmt >= 2:
-        return torch.export.load(str(model_dir / USER_TOWER)).module()
+    if fmt >= 2:  # never torch.export.load on the file itself: it may unpickle objects or run code
+        from raytower._safe_pt2 import load_tower
+
+        return load_tower(model_dir / USER_TOWER)
     import warnings
 
     with warnings.catch_warnings():
@@ -152,7 +154,9 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
 
 class ServedModel:
     """What `raytower recommend` loads: no training code, no pickles (torch.export, NumPy, Parquet).
-    A format-1 model (TorchScript ``user_tower.pt``, raytower before torch.export) still loads."""
+    The torch.export archive is checked before torch reads it (raytower._safe_pt2): one that asks to
+    unpickle objects or run code is refused. A format-1 model (TorchScript ``user_tower.pt``,
+    raytower before torch.export) still loads."""
 
     def __init__(self, model_dir: str | Path):
         d = Path(model_dir)
@@ -165,6 +169,8 @@ class ServedModel:
             self.items = pd.read_parquet(d / "items.parquet").set_index("item_idx")
             self.users = pd.read_parquet(d / "users.parquet")
             self.manifest["max_len"], self.manifest["meta_columns"]  # noqa: B018 - present, or damaged
+        except ConfigError:  # refused, or damaged: already one line naming the file
+            raise
         except Exception as e:  # a file missing, truncated or tampered: refuse it in one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ConfigError(f"a damaged exported model ({type(e).__name__}: {first})", d) from None

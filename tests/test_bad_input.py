@@ -134,6 +134,14 @@ def damaged_model(tmp):
     return str(d)
 
 
+def crafted_model(tmp, craft_name):
+    """An exported model whose user_tower.pt2 creates a file if torch.export.load reads it (issue 25)."""
+    from tests import _crafted_pt2 as craft
+
+    tower = craft.crafted(craft.tiny_tower_pt2(), craft.PICKLE_CRAFTS[craft_name], tmp / "pwned")
+    return str(craft.model_dir(tmp, tower))
+
+
 def damaged_bundle(tmp):
     from raytower.data._prepare import BUNDLE_FORMAT
 
@@ -235,6 +243,9 @@ BAD_INPUT = [
     (lambda t: ["recommend", str(t), "--user", "1"], "not an exported model"),
     (lambda t: ["data", "prepare", "--data", str(t)], "unknown data layout"),
     (lambda t: ["recommend", damaged_model(t), "--user", "1"], "a damaged exported model"),
+    (lambda t: ["recommend", crafted_model(t, "flagged_weight"), "--user", "1"], "refused: the file asks to unpickle"),
+    (lambda t: ["recommend", crafted_model(t, "pickled_sample_inputs"), "--user", "1"], "asks to unpickle objects"),
+    (lambda t: ["recommend", crafted_model(t, "opaque_constant"), "--user", "1"], "unpickle objects (data/constants"),
     (lambda t: ["data", "prepare", "--data", damaged_bundle(t)], "a damaged data bundle"),
     (lambda t: ["best", damaged_stops(t)], "stops.json: damaged"),
     (lambda t: ["report", damaged_setup(t)], "setup.json: damaged search record"),
