@@ -37,6 +37,7 @@ def build_model(cfg, bundle, artifacts: Artifacts, device: str | torch.device = 
     the sequence encoder's item embeddings start in the item tower's space."""
     item_tower = build_item_tower(bundle, cfg.dim, cfg.item_layers)
     load_pretrained(item_tower, artifacts)
+    item_tower.normalize = cfg.score == "cosine"
     item_tower.requires_grad_(False).eval().to(device)
     graph_users = torch.as_tensor(~bundle.cold_mask)
     graph_users[0] = False
@@ -44,7 +45,10 @@ def build_model(cfg, bundle, artifacts: Artifacts, device: str | torch.device = 
                                  bundle.meta_cardinalities).to(device)
     model = TwoTower(user_tower, item_tower)
     with torch.no_grad():
-        user_tower.seq.item_emb.weight.copy_(model.item_vectors() / cfg.dim**0.5)
+        start = model.item_vectors()
+        if cfg.score == "dot":  # the head's raw outputs: start the embeddings at unit length anyway
+            start = torch.nn.functional.normalize(start, dim=-1)
+        user_tower.seq.item_emb.weight.copy_(start / cfg.dim**0.5)
     return model
 
 

@@ -6,7 +6,8 @@
     Fusion             concat+MLP | sigmoid gate between GNN and sequence vectors | mixture of experts
     HybridUserTower    GNN table lookup + SequenceEncoder + MetaEncoder -> Fusion
 
-Both towers return L2-normalised vectors; a score is a cosine, divided by the temperature in the loss.
+Both towers return L2-normalised vectors (``normalize``; off for ``score: dot``); a score is their
+dot product (a cosine when normalised), divided by the temperature in the loss.
 Index 0 is padding everywhere (items, users, feature buckets).
 """
 
@@ -52,6 +53,7 @@ class ItemTower(nn.Module):
         self.year_emb = nn.Embedding(n_year_buckets + 1, dim)
         self.blocks = nn.ModuleList(ResidualBlock(dim) for _ in range(item_layers))
         self.head = nn.Linear(dim, dim)
+        self.normalize = True  # unit vectors out (score: cosine); pretraining always trains them so
         # Content features are data, not parameters: buffers move with .to(device) and are saved.
         self.register_buffer("item_genres", item_genres, persistent=False)
         self.register_buffer("item_year", item_year, persistent=False)
@@ -72,7 +74,8 @@ class ItemTower(nn.Module):
         """Run the tower from below block ``level`` (0 = the first block) to the output."""
         for block in self.blocks[level:]:
             x = block(x)
-        return F.normalize(self.head(x), dim=-1)
+        x = self.head(x)
+        return F.normalize(x, dim=-1) if self.normalize else x
 
     def forward(self, items: torch.Tensor, id_dropout: float = 0.0) -> torch.Tensor:
         return self.forward_from(self.embed(items, id_dropout), 0)
@@ -233,6 +236,7 @@ class HybridUserTower(nn.Module):
         self.seq = SequenceEncoder(n_items, cfg.dim, cfg.max_len, cfg.n_blocks, cfg.n_heads, cfg.dropout, cfg.pooling)
         self.meta = MetaEncoder(meta_cardinalities, cfg.dim)
         self.fusion = Fusion(cfg.fusion, cfg.dim, cfg.n_experts, cfg.dropout)
+        self.normalize = cfg.score == "cosine"
 
     def gnn_vector(self, users: torch.Tensor) -> torch.Tensor:
         in_graph = self.graph_users[users]
@@ -282,4 +286,4 @@ class HybridUserTower(nn.Module):
         v_gnn = self.gnn_vector(users)[:, None].expand(-1, h.shape[1], -1)
         v_meta = self.meta(meta)[:, None].expand(-1, h.shape[1], -1)
         u = self.fusion(v_gnn, h, v_meta)
-        return F.normalize(u, dim=-1)
+        return F.normalize(u, dim=-1) if self.normalize else u

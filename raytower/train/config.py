@@ -25,6 +25,8 @@ LIMITS = {"dim": 4096, "max_len": 10_000, "n_blocks": 64, "n_heads": 256, "n_exp
 POOLING_TYPES = ("last", "attention")
 LOGQ_TYPES = ("frequency", "inclusion")
 TARGET_TYPES = ("all", "last")
+LOSS_TYPES = ("inbatch", "full")
+SCORE_TYPES = ("cosine", "dot")
 
 
 @dataclass
@@ -40,7 +42,13 @@ class TrainConfig:
     n_experts: int = 4  # moe only
     item_layers: int = 3  # residual blocks of the item tower, under its projection head
     gnn_dropout: float = 0.3  # train-time chance of hiding a user's GNN vector (the leak; see README)
+    # cosine: both towers' vectors are unit length, a score is a cosine over the temperature;
+    # dot: raw dot products (over the temperature: hold it at 1 for SASRec's plain dot product)
+    score: str = "cosine"
     # --- optimisation -------------------------------------------------------------------------
+    # inbatch: a softmax over the batch's distinct positives, logQ-corrected (what scales to
+    # millions of items); full: a softmax over every item, no sampling and so no logQ (SASRec+)
+    loss: str = "inbatch"
     lr: float = 1e-3  # user-tower learning rate
     weight_decay: float = 0.0
     batch_size: int = 128  # users per step; with targets=last, also the rows (training examples) per step
@@ -128,6 +136,10 @@ class TrainConfig:
             bad(f"unknown logq {self.logq!r}; choose one of {', '.join(LOGQ_TYPES)}")
         if self.targets not in TARGET_TYPES:
             bad(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGET_TYPES)}")
+        if self.loss not in LOSS_TYPES:
+            bad(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_TYPES)}")
+        if self.score not in SCORE_TYPES:
+            bad(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_TYPES)}")
         if self.dim % self.n_heads:
             bad(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.unfreeze_depth > self.item_layers + 2:

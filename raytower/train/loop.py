@@ -58,6 +58,7 @@ class Curriculum:
         self.item_level = 0
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.item_cache = model.item_vectors()
+        self.all_items = torch.arange(1, data.bundle.n_items + 1, device=self.device)  # loss: full
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
         if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
             self._enter_stage2("stage1_max_epochs 0: no Stage 1")
@@ -88,6 +89,8 @@ class Curriculum:
 
     def lam(self) -> float:
         c = self.cfg
+        if c.loss == "full":  # every item is a candidate: nothing was sampled, nothing to correct
+            return 0.0
         return logq_weight(self.epoch, c.logq_warmup_epochs, c.logq_max, c.logq_ramp_epochs)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -194,7 +197,10 @@ class Curriculum:
             last_only = self.cfg.targets == "last"
             inp, tgt, valid = training_targets(seqs, self.cfg.targets)
             u = self.user_module(users, inp, data.meta[users], last_only=last_only)[valid]
-            cand, labels = candidates(tgt[valid])
+            if self.cfg.loss == "full":  # every item a candidate: column j - 1 is item j
+                cand, labels = self.all_items, tgt[valid] - 1
+            else:
+                cand, labels = candidates(tgt[valid])
             v = self._candidate_vectors(cand)
             log_q = data.log_q[cand]
             if self.cfg.logq == "inclusion" and lam:

@@ -1,6 +1,7 @@
 """The curriculum's promises, checked on a small synthetic set."""
 
 import copy
+import math
 
 import torch
 
@@ -100,3 +101,30 @@ def test_test_once_model_equals_the_trained_one_without_the_harness(small_bundle
     model = load_model(run.state_dict(), small_bundle, small_artifacts)
     assert torch.equal(torch.get_rng_state(), rng)  # no reseeding just to get a model
     assert evaluate(model, run.data, "test")[0] == run.evaluate("test")[0]
+
+
+def test_full_softmax_ranks_every_item_without_logq(small_bundle, small_artifacts, small_config):
+    """loss: full is the cross-entropy over every item (SASRec+'s): ln(n_items) candidates in every
+    step, no logQ correction whatever the ramp says, and it learns past popularity."""
+    cfg = small_config.replace(epochs=4, loss="full", logq_warmup_epochs=0, logq_max=1.0, logq_ramp_epochs=1)
+    run = Curriculum.create(cfg, small_bundle, small_artifacts)
+    rows = [run.step() for _ in range(4)]
+    ln_n = math.log(small_bundle.n_items)
+    assert all(abs(r["ln_candidates"] - ln_n) < 1e-9 and abs(r["loss_random"] - ln_n) < 1e-4 for r in rows)
+    assert all(r["lambda"] == 0.0 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] < ln_n
+    assert max(r["val/recall@100"] for r in rows) > popularity_metrics(small_bundle, "val")["recall@100"]
+
+
+def test_dot_scores_leave_both_towers_unnormalised(small_bundle, small_artifacts, small_config):
+    from raytower.train.evaluate import user_vectors
+
+    cosine = Curriculum.create(small_config, small_bundle, small_artifacts)
+    dot = Curriculum.create(small_config.replace(score="dot", unfreeze_depth=small_config.item_layers + 2,
+                                                 stage1_max_epochs=0, epochs=2), small_bundle, small_artifacts)
+    assert torch.allclose(cosine.model.item_vectors()[1:].norm(dim=-1), torch.tensor(1.0))
+    assert not torch.allclose(dot.model.item_vectors()[1:].norm(dim=-1), torch.tensor(1.0))
+    row = dot.step()
+    assert math.isfinite(row["loss"])
+    u, _ = user_vectors(dot.model, dot.data, "val")
+    assert not torch.allclose(u.norm(dim=-1), torch.tensor(1.0))
