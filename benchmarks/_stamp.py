@@ -42,16 +42,13 @@ def versions() -> dict[str, str]:
 
 
 def relative_command(argv: list[str] | None = None) -> str:
-    """The command line with paths under the repository written relative to it."""
+    """The command line with paths in the checkout or beside it (../shared) written relative to it."""
     argv = list(sys.argv if argv is None else argv)
     out = ["python"]
     for arg in argv:
         path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.resolve().relative_to(ROOT))
-            except ValueError:
-                arg = os.path.relpath(path, ROOT) if path.exists() else arg
+        if path.is_absolute() and path.resolve().is_relative_to(ROOT.parent):  # the checkout, or ../shared
+            arg = os.path.relpath(path.resolve(), ROOT)
         out.append(arg)
     return shlex.join(out)
 
