@@ -34,9 +34,11 @@ ML100K_HINT = (
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Tests never touch the user's cache; one cache per test session (shared by its tests)."""
+    """Tests never touch the user's cache or config; one of each per test session (shared by its tests)."""
     if "RAYTOWER_CACHE" not in os.environ:
         os.environ["RAYTOWER_CACHE"] = str(tmp_path_factory.mktemp("raytower-cache"))
+    # nor the user's signing key (~/.config/raytower/key): every process the tests start inherits this
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
     torch.set_num_threads(2)
     yield
 

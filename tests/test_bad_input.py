@@ -64,6 +64,26 @@ def local_search(tmp, mode=None):
     return tmp
 
 
+def tampered_tuner_state(tmp, how):
+    """A local search whose tune/tuner.pkl raytower signed, then changed (``append``: one byte more;
+    ``unsigned``: a pickle that would create a file, with no signature)."""
+    import pickle
+
+    from raytower._signing import sign_file
+    from tests._crafted_pt2 import Exploit
+
+    local_search(tmp)
+    pkl = tmp / "out" / "tune" / "tuner.pkl"
+    pkl.write_bytes(pickle.dumps({"as": "Ray wrote it"}))
+    sign_file(pkl)
+    if how == "append":
+        pkl.write_bytes(pkl.read_bytes() + b"\\0")
+    else:
+        pkl.write_bytes(pickle.dumps(Exploit(tmp / "pwned")))
+        pkl.with_name("tuner.pkl.hmac").unlink()
+    return tmp
+
+
 def users_dir(tmp, name="mine"):
     """A directory of the user's own: a refused command must leave every byte of it."""
     d = tmp / name
@@ -213,6 +233,8 @@ BAD_INPUT = [
      "--storage-path: cannot reach it"),
     (lambda t: tune(local_search(t), "--resume", "--storage-path", str(t / "elsewhere")), "resume it without --storage-path"),
     (lambda t: tune(local_search(t, mode=0o777), "--resume"), "writable by every user"),
+    (lambda t: tune(tampered_tuner_state(t, "append"), "--resume"), "does not match its signature (tuner.pkl.hmac)"),
+    (lambda t: tune(tampered_tuner_state(t, "unsigned"), "--resume"), "no signature beside it (tuner.pkl.hmac)"),
     (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
     (lambda t: tune(other_data_search(t), "--resume", "--metric", "ndcg@10"), "--metric ndcg@10: this search ran with recall@100"),
     (lambda t: tune(other_data_search(t), "--resume", "--num-samples", "40"), "--num-samples 40: this search ran with 12"),

@@ -152,6 +152,10 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
                                    or default_grace_period(space, settings.max_epochs))
     uri = experiment_uri(out, settings.storage_path)
     _check_where_it_runs(settings, uri)
+    if settings.resume:  # before anything is written: Tuner.restore would unpickle tune/tuner.pkl
+        from raytower.tune._tuner_state import verify_tuner_state
+
+        verify_tuner_state(uri)
     import ray
 
     if settings.address:
@@ -622,6 +626,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
 
     from raytower.tune._callbacks import CurriculumStopper, DriverMemory, RecordingASHA, StopLog, TruthfulOptunaSearch
     from raytower.tune._console import ConsoleReporter
+    from raytower.tune._tuner_state import sign_tuner_state, verify_tuner_state
 
     metric = val_key(settings.metric)
     stops = StopLog(str(out / STOPS))
@@ -631,9 +636,11 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
         # Restores the searcher (TPE state, the study's trial map), the stopper and every unfinished
         # trial from its newest checkpoint. Building a new OptunaSearch here would enqueue the start
         # points into the study a second time. Tune keeps this state as pickles: resume only
-        # directories raytower wrote.
+        # directories raytower wrote, and tuner.pkl only as this user's key signed it.
+        verify_tuner_state(uri)  # again, just before Ray unpickles it
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit(), stops
+        sign_tuner_state(uri)
+        return _fit_then_sign(tuner, uri), stops
     # A fresh search, or a resumed one whose start failed before Tune saved anything: it starts now.
     storage_url = settings.storage or f"sqlite:///{out / OPTUNA_DB}"
     storage = optuna.storages.RDBStorage(storage_url)
@@ -681,4 +688,14 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
                                     metric=metric, mode="max", trial_dirname_creator=_trial_dirname),
         run_config=run_config,
     )
-    return tuner.fit(), stops
+    sign_tuner_state(uri)  # Tuner() wrote tune/tuner.pkl: Ray's only write of it
+    return _fit_then_sign(tuner, uri), stops
+
+
+def _fit_then_sign(tuner, uri: str):
+    from raytower.tune._tuner_state import sign_tuner_state
+
+    try:
+        return tuner.fit()
+    finally:  # however fit ended (done, interrupted, failed), the file is as Ray left it: sign that
+        sign_tuner_state(uri)

@@ -95,6 +95,7 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, with no warning
     proc.wait()
     before = _reported_epochs(out)
+    assert (out / "tune" / "tuner.pkl.hmac").is_file()  # signed as Tuner() returned: the kill cannot undo it
 
     # The interrupted directory already gives its leader, but not test figures: test is touched
     # once, for what the whole search chooses.
@@ -132,7 +133,7 @@ def test_killed_driver_resumes_and_loses_nothing(tmp_path, capsys):
         assert after[t].count(1) == 1 and after[t][-1] == epochs
 
 
-def test_ctrl_c_saves_the_search_and_says_how_to_resume(tmp_path):
+def test_ctrl_c_saves_the_search_and_says_how_to_resume(tmp_path, capsys):
     out, samples, epochs = tmp_path / "exp", 4, 8
     args = _tune_args(out, samples, epochs, "--scheduler", "none")
     log = tmp_path / "first.log"
@@ -148,6 +149,14 @@ def test_ctrl_c_saves_the_search_and_says_how_to_resume(tmp_path):
     assert not left, [p.cmdline()[:2] for p in left]
     df = pd.read_parquet(out / "trials.parquet")  # what finished is saved
     assert (df["stop_reason"] == "completed").any() and (df["stop_reason"] == "unfinished").any()
+    # --resume unpickles tune/tuner.pkl: only as this user's key signed it. One byte more is refused.
+    pkl = out / "tune" / "tuner.pkl"
+    genuine = pkl.read_bytes()
+    pkl.write_bytes(genuine + b"\0")
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tuner.pkl: refused: it does not match its signature" in err, err
+    pkl.write_bytes(genuine)
 
     assert main([*args, "--resume"]) == 0
     _assert_whole(out, samples, epochs)
