@@ -319,10 +319,11 @@ def _shape_expression(node) -> bool:
     keywords_plain = all(k.arg and isinstance(k.value, ast.Constant) and type(k.value.value) in (bool, int)
                          for k in node.keywords)
     args = list(node.args)
-    if node.func.id in ("Symbol", "Float") and args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
-        pattern = _SYMBOL if node.func.id == "Symbol" else _NUMBER
-        if not pattern.match(args.pop(0).value):
+    named = args[0].value if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str) else None
+    if named is not None and node.func.id in ("Symbol", "Float"):  # Symbol('s10'), Float('1.5')
+        if not (_SYMBOL if node.func.id == "Symbol" else _NUMBER).match(named):
             return False
+        args.pop(0)
     return keywords_plain and all(_shape_expression(a) for a in args)
 
 

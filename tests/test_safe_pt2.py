@@ -66,7 +66,7 @@ def test_a_genuine_raytower_user_tower_loads_with_the_same_outputs(tmp_path, sma
     meta = torch.zeros(5, 3, dtype=torch.long)
     expected = _outputs(ServingUserTower(model.user_tower).eval(), (users, seq, meta))
     got = _outputs(load_tower(path), (users, seq, meta))
-    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(got, expected, atol=1e-5)  # as test_export compares the served tower
     assert torch.equal(got, _outputs(torch.export.load(str(path)).module(), (users, seq, meta)))
 
 
