@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from raytower.errors import RaytowerError  # noqa: E402
 
-__all__ = ["RaytowerError", "SearchResult", "TrainConfig", "__version__", "fit", "load_bundle", "search"]
+__all__ = ["RaytowerError", "SearchResult", "TrainConfig", "__version__", "fit", "load_bundle", "search", "towers"]
 
 
 def __getattr__(name: str):
@@ -27,4 +27,13 @@ def __getattr__(name: str):
         from raytower.train.config import TrainConfig
 
         return TrainConfig
+    if name == "towers":  # the tower protocol: @raytower.towers.builder() for a team's own towers
+        from raytower.model import towers
+
+        return towers
     raise AttributeError(f"module 'raytower' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazily imported names too, so completion in a notebook shows them.
+    return sorted(set(globals()) | set(__all__))

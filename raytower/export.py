@@ -24,6 +24,7 @@ from raytower._io import check_destination, output_dir, write_json
 from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.model.build import TwoTower
+from raytower.model.towers import user_forward
 from raytower.model.pretrain import Artifacts
 from raytower.names import BEST_CONFIG
 from raytower.train.config import TrainConfig
@@ -44,7 +45,7 @@ class ServingUserTower(nn.Module):
         self.tower = user_tower
 
     def forward(self, users: torch.Tensor, seq: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self.tower(users, seq, meta, last_only=True)[:, 0]
+        return user_forward(self.tower, users, seq, meta, last_only=True)[:, 0]
 
 
 def export_user_tower(tower: nn.Module, max_len: int):
@@ -102,7 +103,7 @@ def _from_train_run(run: Path):
         raise ConfigError("a `raytower train` run from before runs recorded their bundle's path: train it again",
                           run) from None
     state = _read_state(run / RUN_CHECKPOINT)
-    bundle, artifacts = Bundle(bundle_path), Artifacts.load(artifacts_path)
+    bundle, artifacts = Bundle(bundle_path), Artifacts.load(artifacts_path) if artifacts_path else None
     chosen = {"trial_id": None, "selection": {"epoch": metrics.get("best_epoch"),
                                               "metric": metrics.get("selection_metric")},
               "versions": metrics.get("versions", {})}
@@ -139,15 +140,18 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
     users["history"] = [bundle.item_idx[offsets[u]:offsets[u + 1]] for u in users["user_idx"]]
     with output_dir(model_dir, "model", force) as tmp:
         torch.export.save(exported, str(tmp / USER_TOWER))
-        np.save(tmp / "item_vectors.npy", model.item_vectors().cpu().numpy().astype(np.float32))
+        item_vectors = model.item_vectors().cpu().numpy().astype(np.float32)
+        np.save(tmp / "item_vectors.npy", item_vectors)
         bundle.items[["item_idx", "item_id", "title"]].to_parquet(tmp / "items.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         write_json(tmp / "manifest.json", {
-            "format": MODEL_FORMAT, "dim": cfg.dim, "max_len": cfg.max_len, "meta_columns": list(META_COLUMNS),
+            "format": MODEL_FORMAT, "dim": int(item_vectors.shape[1]), "max_len": cfg.max_len,
+            "meta_columns": list(META_COLUMNS),
             "padding_item": 0, "n_items": bundle.n_items, "n_users": bundle.n_users,
             "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint},
             "trial_id": best["trial_id"], "epoch": best["selection"]["epoch"], "config": cfg.to_dict(),
-            "score": "dot product of L2-normalised vectors", "versions": best.get("versions", {}),
+            "score": "dot product of L2-normalised vectors" if cfg.score == "cosine" else "dot product",
+            "versions": best.get("versions", {}),
         })
     return model_dir
 

@@ -21,7 +21,6 @@ import torch
 
 from raytower.data import Bundle
 from raytower.errors import ConfigError
-from raytower.model.pretrain import Artifacts
 from raytower.names import train_run_name, val_key
 from raytower.train.config import TrainConfig
 from raytower.train.fit import SCALARS, best_epoch, fit
@@ -56,7 +55,7 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
     cfg = TrainConfig.from_dict(config)
     # By path on the driver's node; elsewhere, this node's copy, fetched once from the storage path.
     bundle = Bundle(str(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key)))
-    artifacts = Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain"))
+    artifacts = shared.load_artifacts(cfg)
     run = Curriculum.create(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
     metric = val_key(shared.metric)
     if state is not None:

@@ -220,6 +220,8 @@ class HybridUserTower(nn.Module):
     """Long-term taste (LightGCN user vector, frozen unless ``gnn_unfreeze``), short-term intent
     (sequence), meta features."""
 
+    all_positions = True  # one vector per position (``last_only=False``): targets "all" trains each
+
     def __init__(self, cfg, n_items: int, gnn_user: torch.Tensor, graph_users: torch.Tensor,
                  meta_cardinalities: dict[str, int]):
         super().__init__()

@@ -32,6 +32,11 @@ SCORE_TYPES = ("cosine", "dot")
 @dataclass
 class TrainConfig:
     # --- model --------------------------------------------------------------------------------
+    # The towers: "raytower" (built in: a pretrained item tower; LightGCN, sequence and meta fused in
+    # the user tower), or a team's own as "package.module:build" (raytower.model.towers' protocol),
+    # which gets model_args; the fields from dim to gnn_dropout configure the built-in towers
+    model: str = "raytower"
+    model_args: dict = dataclasses.field(default_factory=dict)
     dim: int = 64  # embedding size of both towers (and of LightGCN)
     max_len: int = 200  # the sequence encoder sees the last max_len items
     n_blocks: int = 2  # Transformer blocks in the sequence encoder
@@ -95,7 +100,7 @@ class TrainConfig:
 
         for f in fields(self):
             v = getattr(self, f.name)
-            want = {"int": int, "float": float, "str": str, "bool": bool}[f.type] if isinstance(f.type, str) else f.type
+            want = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[f.type] if isinstance(f.type, str) else f.type
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 setattr(self, f.name, float(v))
                 continue
@@ -136,6 +141,10 @@ class TrainConfig:
             bad(f"unknown logq {self.logq!r}; choose one of {', '.join(LOGQ_TYPES)}")
         if self.targets not in TARGET_TYPES:
             bad(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGET_TYPES)}")
+        if self.model != "raytower" and (":" not in self.model or not all(self.model.partition(":")[::2])):
+            bad(f"model must be 'raytower' or 'package.module:function', got {self.model!r}")
+        if any(not isinstance(k, str) for k in self.model_args):
+            bad("model_args must be a mapping with string keys")
         if self.loss not in LOSS_TYPES:
             bad(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_TYPES)}")
         if self.score not in SCORE_TYPES:
@@ -171,7 +180,8 @@ class TrainConfig:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}", source)
         cfg = cls.__new__(cls)
         for f in fields(cls):
-            setattr(cfg, f.name, d.get(f.name, f.default))
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            setattr(cfg, f.name, d.get(f.name, default))
         cfg.validate(source)
         return cfg
 

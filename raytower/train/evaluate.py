@@ -15,6 +15,7 @@ import torch
 
 from raytower._io import write_json
 from raytower.model.build import TwoTower
+from raytower.model.towers import user_forward
 from raytower.train import metrics as M
 from raytower.train.data import TrainData
 
@@ -33,15 +34,16 @@ def user_vectors(model: TwoTower, data: TrainData, split: str) -> tuple[torch.Te
     lens = np.minimum(np.diff(ev.hist_offsets), data.max_len)
     order = np.argsort(lens, kind="stable")
     users = torch.as_tensor(ev.users, device=device)
-    vecs = torch.empty(len(ev), tower.cold_vec.shape[0], device=device)
-    gates = None
+    vecs, gates = None, None
     for s in range(0, len(ev), USER_BATCH):
         batch = order[s:s + USER_BATCH]
         rows = torch.as_tensor(batch, device=device)
         u = users[rows]
         seq = data.eval_batch(split, batch, max(1, int(lens[batch].max())))
-        vecs[rows] = tower(u, seq, data.meta[u], last_only=True)[:, 0]
-        g = tower.fusion.last_gate
+        out = user_forward(tower, u, seq, data.meta[u], last_only=True)[:, 0]
+        vecs = vecs if vecs is not None else torch.empty(len(ev), out.shape[-1], device=device, dtype=out.dtype)
+        vecs[rows] = out
+        g = getattr(getattr(tower, "fusion", None), "last_gate", None)
         if g is not None:
             gates = gates if gates is not None else torch.empty(len(ev), g.shape[-1], device=device)
             gates[rows] = g[:, 0]
@@ -65,7 +67,9 @@ def evaluate(model: TwoTower, data: TrainData, split: str,
     bundle = data.bundle
     metrics = M.summarize(np.concatenate(ranks), np.concatenate(top), ev.users, ev.targets,
                           bundle.cold_mask, data.tail, bundle.n_items)
-    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:])}
+    # vector_dim: what the effective rank is out of (a team's towers need not have cfg.dim)
+    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:]),
+                   "vector_dim": int(item_vecs.shape[1])}
     if gate is not None:
         diagnostics |= _gate_means(gate, torch.as_tensor(bundle.cold_mask[ev.users], device=gate.device),
                                    model.user_tower.fusion.kind)

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts
+from raytower.model.towers import BUILTIN, needs_pretraining, user_forward
 from raytower.train.config import TrainConfig
 from raytower.train.data import TrainData, epoch_batches, training_targets
 from raytower.train.evaluate import evaluate, popularity
@@ -48,6 +49,12 @@ class Curriculum:
         self.cfg, self.model, self.data, self.device = cfg, model, data, torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.user_module: nn.Module = self._wrap(model.user_tower)
+        self.all_positions = bool(getattr(model.user_tower, "all_positions", False))
+        if cfg.targets == "all" and not self.all_positions:
+            from raytower.errors import ConfigError
+
+            raise ConfigError(f"targets: all trains every position, but the user tower of model {cfg.model!r} returns "
+                              "one vector per user (no all_positions): set targets: last")
         self.item_top: nn.Module | None = None  # Stage 2: the unfrozen top of the item tower
         self.popularity = popularity(data.bundle)
         self.epoch = 0  # epochs completed
@@ -62,9 +69,11 @@ class Curriculum:
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
         if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
             self._enter_stage2("stage1_max_epochs 0: no Stage 1")
+        elif not needs_pretraining(cfg.model):  # a frozen random item tower has nothing to keep
+            self._enter_stage2("towers without pretraining: no Stage 1")
 
     @classmethod
-    def create(cls, cfg: TrainConfig, bundle, artifacts: Artifacts, device: str | torch.device = "cpu",
+    def create(cls, cfg: TrainConfig, bundle, artifacts: Artifacts | None, device: str | torch.device = "cpu",
                rank: int = 0, world_size: int = 1) -> "Curriculum":
         seed_everything(cfg.seed)
         model = build_model(cfg, bundle, artifacts, device)
@@ -155,6 +164,11 @@ class Curriculum:
         if self.cfg.unfreeze_depth > 0:
             self._unfreeze_item_tower(self.cfg.unfreeze_depth)
         if self.cfg.gnn_unfreeze:
+            if not callable(getattr(self.user_tower, "unfreeze_gnn", None)):
+                from raytower.errors import ConfigError
+
+                raise ConfigError(f"gnn_unfreeze: the user tower of model {self.cfg.model!r} has no GNN table "
+                                  "to unfreeze (unfreeze_gnn())")
             table = self.user_tower.unfreeze_gnn()
             # Under DDP the wrapped set of trainable parameters was fixed at wrapping and just grew.
             self.user_module = self._wrap(self.user_tower)
@@ -164,7 +178,8 @@ class Curriculum:
         pieces = self.item_tower.pieces()[:depth]
         for p in pieces:
             p.requires_grad_(True)
-        self.item_base, self.item_level = self.item_tower.frozen_base(depth)
+        if callable(getattr(self.item_tower, "frozen_base", None)):  # what lies under: once per stage
+            self.item_base, self.item_level = self.item_tower.frozen_base(depth)
         tower, level = self.item_tower, self.item_level
         if self.item_base is None:
             top = tower
@@ -196,7 +211,7 @@ class Curriculum:
             seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
             last_only = self.cfg.targets == "last"
             inp, tgt, valid = training_targets(seqs, self.cfg.targets)
-            u = self.user_module(users, inp, data.meta[users], last_only=last_only)[valid]
+            u = user_forward(self.user_module, users, inp, data.meta[users], last_only, self.all_positions)[valid]
             if self.cfg.loss == "full":  # every item a candidate: column j - 1 is item j
                 cand, labels = self.all_items, tgt[valid] - 1
             else:
@@ -215,8 +230,8 @@ class Curriculum:
             tot["loss"] += loss.item() * n
             tot["loss_random"] += random_loss.item() * n
             tot["ln_candidates"] += math.log(len(cand)) * n
-            gate = self.user_tower.fusion.last_gate
-            if gate is not None and self.cfg.fusion == "gated":
+            gate = getattr(getattr(self.user_tower, "fusion", None), "last_gate", None)
+            if gate is not None and self.cfg.fusion == "gated" and self.cfg.model == BUILTIN:
                 tot["gate"] += gate[valid].mean().item() * n
             if self.on_batch:
                 self.on_batch(k + 1, len(batches))

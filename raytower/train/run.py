@@ -27,6 +27,7 @@ from raytower._progress import Progress
 from raytower.errors import ConfigError, RaytowerError
 from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
 from raytower.model.pretrain import PretrainConfig, pretrain
+from raytower.model.towers import needs_pretraining
 from raytower.train.config import TrainConfig
 from raytower.train.evaluate import evaluate
 from raytower.train.fit import best_epoch, fit
@@ -115,7 +116,7 @@ def evaluate_run(out_dir: str | Path, device: str = "cpu", threads: int | None =
     cfg, pcfg, bundle = _recorded(out, record)
     if threads:
         torch.set_num_threads(threads)
-    artifacts = pretrain(bundle, pcfg, progress=log, device=device)
+    artifacts = _pretrained(cfg, bundle, pcfg, log, device)
     last = read_checkpoint(out / LAST_CHECKPOINT)
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
     run.load_state_dict(last)
@@ -161,8 +162,7 @@ def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metri
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     elapsed_before = float(last.get("elapsed_s", 0.0)) if last else 0.0
-    log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
-    artifacts = pretrain(bundle, pcfg, progress=log, device=device)  # --device cuda: pretraining too
+    artifacts = _pretrained(cfg, bundle, pcfg, log, device)
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
     if last is not None:
         run.load_state_dict(last)
@@ -226,7 +226,7 @@ def _finish(out: Path, run: Curriculum, best_state: dict, best: dict, metric: st
         "popularity": run.popularity,
         "wall_time_s": wall_s,
         "history": run.history,
-        "pretraining": {"path": str(artifacts.path), **artifacts.stats},
+        "pretraining": {"path": str(artifacts.path), **artifacts.stats} if artifacts else {"path": None},
         "versions": versions(),
     }
     write_json(out / METRICS_FILE, result)
@@ -235,6 +235,15 @@ def _finish(out: Path, run: Curriculum, best_state: dict, best: dict, metric: st
         f"{best['val/recall@100']:.4f}; "
         f"test Recall@100 {test['recall@100']:.4f}, Recall@10 {test['recall@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}")
     return result
+
+
+def _pretrained(cfg: TrainConfig, bundle, pcfg: PretrainConfig, log, device: str):
+    """The pretraining artifacts (cached by the data's fingerprint), or None for towers that need none."""
+    if not needs_pretraining(cfg.model):
+        log(f"no pretraining: model {cfg.model} does not ask for it")
+        return None
+    log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
+    return pretrain(bundle, pcfg, progress=log, device=device)  # --device cuda: pretraining too
 
 
 def read_checkpoint(path: Path) -> dict:

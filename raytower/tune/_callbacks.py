@@ -125,7 +125,8 @@ class CurriculumStopper(tune.Stopper):
         if self._at_chance[trial_id] >= self.chance_patience:
             self.log.record(trial_id, "chance", epoch)
             return True
-        if result.get("stage") == 2 and result.get("effective_rank", math.inf) < self.collapse_frac * cfg.dim:
+        dim = result.get("vector_dim", cfg.dim)  # the towers' own width, which a team's towers set themselves
+        if result.get("stage") == 2 and result.get("effective_rank", math.inf) < self.collapse_frac * dim:
             self.log.record(trial_id, "collapsed", epoch)
             return True
         if epoch >= cfg.epochs:

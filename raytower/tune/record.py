@@ -42,6 +42,17 @@ class Shared:
     def artifact_path(self, cfg) -> str:
         return self.artifacts[f"{cfg.dim}-{cfg.item_layers}"]
 
+    def load_artifacts(self, cfg):
+        """The pretraining artifacts a model of ``cfg`` builds on (this node's copy, fetched by name
+        on a cluster), or None for towers that need no pretraining (``raytower.model.towers``)."""
+        from raytower.model.pretrain import Artifacts
+        from raytower.model.towers import needs_pretraining
+        from raytower.tune.artifacts import local_copy
+
+        if not needs_pretraining(cfg.model):
+            return None
+        return Artifacts.load(local_copy(self.artifact_path(cfg), self.published, "pretrain"))
+
     @classmethod
     def from_dict(cls, doc: dict) -> "Shared":
         known = {f.name for f in dataclasses.fields(cls)}

@@ -321,13 +321,12 @@ def model_from_state(state: dict, shared: Shared):
     """(model, config, bundle) a checkpoint's state describes, on the search's bundle and artifacts.
     On a cluster they were made on another node: this one reads its own copy, fetched by name."""
     from raytower.data import Bundle
-    from raytower.model.pretrain import Artifacts
     from raytower.train.loop import load_model
     from raytower.tune.artifacts import local_copy
 
     cfg = TrainConfig.from_dict(state["config"])
     bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
-    model = load_model(state, bundle, Artifacts.load(local_copy(shared.artifact_path(cfg), shared.published, "pretrain")))
+    model = load_model(state, bundle, shared.load_artifacts(cfg))
     return model, cfg, bundle
 
 

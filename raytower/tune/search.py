@@ -28,6 +28,7 @@ from pathlib import Path
 
 from raytower._io import check_destination, claim_output_dir, output_kind
 from raytower.errors import ConfigError, RaytowerError
+from raytower.model.towers import needs_pretraining
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, TRAIN_RUNS, WARM_START_FROM,
                             WARM_START_NUMBER, trial_dirname, val_key)
 from raytower.tune._storage import ExperimentStore, experiment_uri, join_uri
@@ -68,6 +69,8 @@ def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: st
     if published:
         publish(ExperimentStore(uri), Path(bundle.path), "bundles", key)
     shapes = sorted({(int(d), int(l)) for d in _values(space, "dim") for l in _values(space, "item_layers")})
+    if not any(needs_pretraining(m) for m in _values(space, "model")):
+        shapes = []  # a team's own towers that need no pretraining: nothing to compute
     device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
     threads = settings.threads_per_trial or max(1, int(settings.cpus_per_trial))
     if settings.address:
