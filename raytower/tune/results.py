@@ -271,13 +271,13 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
     log(f"best trial {best['trial_id']}: val {label(metric)} {doc['selection']['value']:.4f} at epoch "
         f"{doc['selection']['epoch']}"
         + (f"; test {_test_figures(test, metric)}" if test else ""))
+    return doc
 
 
 def _test_figures(test: dict, metric: str) -> str:
     """The selection metric first, then the usual others: 'NDCG@10 0.18, R@100 0.51, R@10 0.31'."""
     keys = [metric, *(k for k in ("recall@100", "recall@10", "ndcg@10") if k != metric)]
     return ", ".join(f"{label(k)} {test[k]:.4f}" for k in keys if k in test)
-    return doc
 
 
 def search_finished(df: pd.DataFrame, record: SearchRecord) -> bool:

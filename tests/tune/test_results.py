@@ -69,3 +69,13 @@ def test_the_closing_line_leads_with_the_selection_metric():
     test = {"recall@100": 0.5, "recall@10": 0.3, "ndcg@10": 0.18, "ndcg@100": 0.2}
     assert _test_figures(test, "ndcg@10") == "NDCG@10 0.1800, R@100 0.5000, R@10 0.3000"
     assert _test_figures(test, "recall@100") == "R@100 0.5000, R@10 0.3000, NDCG@10 0.1800"
+
+
+def test_export_results_returns_the_document_it_writes(tmp_path):
+    """`raytower best -o FILE` writes what export_results returns (once the closing line's helper
+    swallowed the return, it wrote null)."""
+    from raytower.tune.results import export_results
+    from tests.test_bad_input import damaged_trial
+
+    doc = export_results(damaged_trial(tmp_path), log=lambda line: None, evaluate_test=False, write=False)
+    assert doc["trial_id"] == "lead" and doc["selection"]["value"] == 0.9
