@@ -152,8 +152,22 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
             "trial_id": best["trial_id"], "epoch": best["selection"]["epoch"], "config": cfg.to_dict(),
             "score": "dot product of L2-normalised vectors" if cfg.score == "cosine" else "dot product",
             "versions": best.get("versions", {}),
+            "meta_encoders": meta_encoders(bundle.manifest),
         })
     return model_dir
+
+
+def meta_encoders(bundle_manifest: dict) -> dict:
+    """How each meta column is computed from a user's raw features, so a server can encode a
+    brand-new user (examples/serve.py). 0 is always the unknown bucket."""
+    return {
+        "age_bucket": {"from": "age", "edges": list(bundle_manifest.get("age_edges", [])),
+                       "rule": "0 when unknown, else 1 + the number of edges <= age"},
+        "gender_idx": {"from": "gender", "values": list(bundle_manifest.get("genders", [])),
+                       "rule": "0 when unknown, else 1 + the value's position in values"},
+        "occupation_idx": {"from": "occupation", "values": list(bundle_manifest.get("occupations", [])),
+                           "rule": "0 when unknown, else 1 + the value's position in values"},
+    }
 
 
 class ServedModel:
