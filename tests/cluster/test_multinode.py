@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, SMALL_SYNTHETIC, reported_rows
-from tests.cluster.test_submit import RAY, _free_port, stop_own_cluster
+from tests._net import free_port
+from tests.cluster.test_submit import RAY, stop_own_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAYTOWER = str(Path(sys.executable).with_name("raytower"))
@@ -28,9 +29,9 @@ RAYTOWER = str(Path(sys.executable).with_name("raytower"))
 
 def _node_ports() -> list[str]:
     # Several nodes share this host: every listener gets its own free port.
-    return [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
 
 
 class LocalCluster:
@@ -42,7 +43,7 @@ class LocalCluster:
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("RAY_ADDRESS", None)
         self.token = (home / ".ray" / "auth_token").read_text().strip()
-        self.gcs, self.dash = _free_port(), _free_port()
+        self.gcs, self.dash = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.dash}"
         self.workers: dict[str, int] = {}  # node name -> its node manager port
         self.node_ids: dict[str, str] = {}  # node name -> Ray node id
@@ -60,7 +61,7 @@ class LocalCluster:
         # As cluster.yaml's head: no CPUs for training, a custom resource that only drivers ask for.
         self._start("head", "--head", f"--port={self.gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
                     "--num-cpus=0", '--resources={"raytower_driver": 64}',
-                    f"--ray-client-server-port={_free_port()}", *_node_ports())
+                    f"--ray-client-server-port={free_port()}", *_node_ports())
 
     def add_worker(self, name: str) -> None:
         ports = _node_ports()

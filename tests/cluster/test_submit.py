@@ -5,7 +5,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -16,16 +15,11 @@ import psutil
 import pytest
 
 from raytower.cli import main
+from tests._net import free_port
 from tests.conftest import REPO, SMALL_SYNTHETIC
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_own_cluster(home: Path) -> None:
@@ -70,12 +64,12 @@ def head(tmp_path_factory):
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    dash, gcs = _free_port(), _free_port()
+    dash, gcs = free_port(), free_port()
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                     # free ports, not Ray's fixed defaults, for everything else that listens
-                    f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-                    f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+                    f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                     '--resources={"raytower_driver": 100}', "--disable-usage-stats"], env=env, check=True,
                    capture_output=True)
     token = (home / ".ray" / "auth_token").read_text().strip()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from raytower._io import MARKER
 from raytower.data import _download
 from raytower.data._download import DATASETS, cached_dataset, dataset_url, download
 from raytower.errors import DataError
+from tests._net import free_port
 
 # Invented rows in ml-100k's layout (NOT real data).
 FILES = {
@@ -212,10 +212,7 @@ def test_404_fails_cleanly(server, tmp_path):
 
 
 def test_network_error_fails_cleanly(tmp_path):
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # a loopback port nobody listens on
     with pytest.raises(DataError) as e:
         download("ml-100k", tmp_path / "d", base_url=url, progress=False)
     assert_one_line(e.value, "network error", url)

@@ -1,20 +1,15 @@
 """The loop under DDP (gloo, 2 processes on CPU): same steps per rank, Stage 2 re-wrapping, ranks in sync."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests._net import free_port
+
 pytestmark = pytest.mark.slow  # two spawned processes: second tier
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, bundle_path, art_path, cfg_dict, out_dir):
@@ -35,7 +30,7 @@ def _worker(rank, world, port, bundle_path, art_path, cfg_dict, out_dir):
 
 def test_two_ranks_stay_in_sync_through_the_stage_switch(small_bundle, small_artifacts, small_config, tmp_path):
     cfg = small_config.replace(epochs=3, stage1_max_epochs=1, unfreeze_depth=1, lr_ratio=0.5)
-    mp.spawn(_worker, args=(2, _free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
+    mp.spawn(_worker, args=(2, free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
              nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["stage"] == r1["stage"] == 2
@@ -51,7 +46,7 @@ def test_a_trainable_gnn_table_stays_in_sync_across_ranks(small_bundle, small_ar
     # it again, DDP would not all-reduce its gradient and each rank would train its own table.
     cfg = small_config.replace(epochs=3, stage1_max_epochs=1, unfreeze_depth=1, gnn_unfreeze=True, gnn_lr_ratio=1.0,
                                targets="last")
-    mp.spawn(_worker, args=(2, _free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
+    mp.spawn(_worker, args=(2, free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
              nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     table = r0["user"]["gnn_user"]
