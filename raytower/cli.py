@@ -153,10 +153,11 @@ def _train_metric(args) -> str:
 
 
 def cmd_tune(args) -> int:
-    from raytower.tune.search import SearchInterrupted, run_search
     from raytower.tune.settings import from_args, given_fields
 
-    settings = from_args(args)
+    settings = from_args(args)  # a bad flag value is one line before torch or Ray is imported
+    from raytower.tune.search import SearchInterrupted, run_search
+
     _stop_on_sigterm()
     try:
         run_search(settings, data=args.data, prepare_options=prepare_options(args),
