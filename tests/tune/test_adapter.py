@@ -7,7 +7,15 @@ from raytower.tune._adapter import SUPPORTED, check_versions
 
 
 def test_the_installed_versions_are_in_the_supported_range():
-    check_versions()  # this environment is what the suite runs on
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    for name, (low, high) in SUPPORTED.items():  # this environment is what the suite runs on
+        assert Version(low) <= Version(version(name)) < Version(high), name
+    assert check_versions() is None  # and the check lets it through
+    # the range's lowest versions are in it (inclusive), as pyproject's pins say
+    assert check_versions(installed=lambda name: SUPPORTED[name][0]) is None
 
 
 @pytest.mark.parametrize("ray_version", ["2.58.0", "2.61.0", "3.0.0"])

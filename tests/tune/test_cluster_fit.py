@@ -17,8 +17,13 @@ def settings(**kw):
 
 
 def test_a_cluster_like_cluster_yaml_fits_both_executors():
-    _check_cluster_fits(settings(executor="function"), [HEAD, CPU_WORKER])
-    _check_cluster_fits(settings(executor="train", gpus_per_trial=1), [HEAD, CPU_WORKER, GPU_TYPE])
+    assert _check_cluster_fits(settings(executor="function"), [HEAD, CPU_WORKER]) is None
+    assert _check_cluster_fits(settings(executor="train", gpus_per_trial=1), [HEAD, CPU_WORKER, GPU_TYPE]) is None
+    # without the worker each one fits on, the same requests are refused: it is the nodes that let them through
+    with pytest.raises(ConfigError, match="no trial could ever start"):
+        _check_cluster_fits(settings(executor="function"), [HEAD])
+    with pytest.raises(ConfigError, match="no trial could ever start"):
+        _check_cluster_fits(settings(executor="train", gpus_per_trial=1), [HEAD, CPU_WORKER])
 
 
 def test_more_gpus_per_worker_than_any_node_has_is_refused():
