@@ -12,14 +12,15 @@ PyTorch) -> ``raytower.tune`` (Ray Tune + Optuna around it) -> ``raytower.cli``.
 
 __version__ = "0.1.0"
 
-from raytower.errors import RaytowerError  # noqa: E402
+from raytower.errors import RaytowerError, UsageError  # noqa: E402
 
-__all__ = ["RaytowerError", "SearchResult", "TrainConfig", "__version__", "fit", "load_bundle", "search", "towers"]
+__all__ = ["FitResult", "RaytowerError", "SearchResult", "TrainConfig", "UsageError", "__version__", "fit",
+           "load_bundle", "search", "towers"]
 
 
 def __getattr__(name: str):
     # PEP 562: the API's names are imported on first use, so `import raytower` stays light.
-    if name in ("SearchResult", "fit", "load_bundle", "search"):
+    if name in ("FitResult", "SearchResult", "fit", "load_bundle", "search"):
         from raytower import api
 
         return getattr(api, name)

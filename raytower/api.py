@@ -5,83 +5,243 @@
     result = raytower.search(data="ml-100k", space="quick", num_samples=8, max_epochs=6, out="runs/nb")
     result.trials                  # one row per trial (pandas DataFrame, as trials.parquet)
     result.best_config             # the chosen configuration's fields (a dict)
+    result.study                   # the Optuna study (optuna.Study)
     run = raytower.fit(result.best_config, data="ml-100k", out="runs/nb-final")
-    run["test"]["recall@100"]      # test figures of the best validation epoch
+    run.test["recall@100"]         # test figures of the best validation epoch
 
-Errors are ``raytower.RaytowerError``, one line each, as on the command line.
+Errors are ``raytower.RaytowerError``, one line each, worded in the API's own names; a keyword the
+call does not take, or a value of the wrong type, is a ``raytower.UsageError`` (a TypeError too).
 """
 
 from __future__ import annotations
 
+import html
+import inspect
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from raytower.errors import UsageError
+
+
+def _table_html(title: str, rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                    for k, v in rows)
+    return f"<b>{html.escape(title)}</b><table>{cells}</table>"
+
+
+def _figure(metrics: dict | None, key: str) -> str:
+    v = (metrics or {}).get(key)
+    return "-" if v is None else f"{v:.4f}"
+
 
 @dataclass
 class SearchResult:
+    """A finished (or interrupted and exported) search: its directory and its best_config.json."""
+
     out: Path
     best: dict[str, Any]  # best_config.json: selection, validation and test figures, the dataset, the search
     settings: Any = field(repr=False, default=None)
 
     @property
     def best_config(self) -> dict[str, Any]:
-        """The chosen trial's config fields: what ``train`` and ``raytower train --config`` take."""
+        """The chosen trial's config fields: what ``fit`` and ``raytower train --config`` take."""
         return dict(self.best["params"])
 
     @cached_property
     def trials(self):
+        """One row per trial (trials.parquet) as a pandas DataFrame."""
         import pandas as pd
 
         return pd.read_parquet(self.out / "trials.parquet")
+
+    @cached_property
+    def study(self):
+        """The search's Optuna study (every trial, its value and its stop reason as user attributes)."""
+        import optuna
+
+        from raytower.names import OPTUNA_DB, STUDY
+        from raytower.tune.record import SearchRecord
+
+        record = SearchRecord.read(self.out)
+        url = record.settings.get("storage") or f"sqlite:///{(self.out / OPTUNA_DB).resolve()}"
+        return optuna.load_study(study_name=STUDY, storage=url)
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        sel = self.best.get("selection", {})
+        return [("out", self.out), ("trial", self.best.get("trial_id")),
+                (f"validation {sel.get('metric', '')}", _figure(sel, "value")),
+                ("test recall@100", _figure(self.best.get("test"), "recall@100")),
+                ("test ndcg@10", _figure(self.best.get("test"), "ndcg@10")),
+                ("trials", (self.best.get("trials") or {}).get("total"))]
+
+    def __repr__(self) -> str:
+        return "SearchResult(" + ", ".join(f"{k}={v}" for k, v in self._summary()) + ")"
+
+    def _repr_html_(self) -> str:
+        return _table_html("raytower search", self._summary())
+
+
+@dataclass
+class FitResult:
+    """One trained configuration (``fit``, ``raytower train``): what its metrics.json holds."""
+
+    out: Path
+    metrics: dict[str, Any] = field(repr=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.metrics["config"])
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.metrics["best_epoch"])
+
+    @property
+    def val(self) -> dict[str, float]:
+        return dict(self.metrics["val"])
+
+    @property
+    def test(self) -> dict[str, float]:
+        """Test figures of the best validation epoch, evaluated once."""
+        return dict(self.metrics["test"])
+
+    @cached_property
+    def history(self):
+        """One row per epoch (pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics["history"])
+
+    def __getitem__(self, key: str) -> Any:  # run["test"]: the metrics.json document, as before
+        return self.metrics[key]
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        return [("out", self.out), ("best epoch", self.best_epoch),
+                (f"validation {self.metrics.get('selection_metric', '')}",
+                 _figure(self.val, self.metrics.get("selection_metric", "recall@100"))),
+                ("test recall@100", _figure(self.test, "recall@100")), ("test ndcg@10", _figure(self.test, "ndcg@10"))]
+
+    def __repr__(self) -> str:
+        return "FitResult(" + ", ".join(f"{k}={v}" for k, v in self._summary()) + ")"
+
+    def _repr_html_(self) -> str:
+        return _table_html("raytower fit", self._summary())
+
+
+def _check_keywords(func: str, given: dict[str, Any], accepted) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise UsageError(f"{func}() got unknown keyword(s) {', '.join(unknown)}; it takes "
+                         f"{', '.join(sorted(accepted))}")
 
 
 def load_bundle(data: str = "synthetic", **prepare: Any):
     """A prepared data set (cached by content): ``prepare`` takes PrepareOptions' fields
     (split, cold_frac, k_core, min_rating, seed)."""
+    from dataclasses import fields
+
     from raytower.data import PrepareOptions
     from raytower.data import load_bundle as _load
 
-    return _load(data, PrepareOptions(**prepare))
+    _check_keywords("load_bundle", prepare, [f.name for f in fields(PrepareOptions)])
+    if not isinstance(data, (str, Path)):
+        raise UsageError(f"load_bundle(): data must be a path or a source name, got {type(data).__name__}")
+    return _load(str(data), PrepareOptions(**prepare))
 
 
 def search(data: str = "synthetic", space: str = "default", out: str | Path = "runs/search",
            prepare: dict | None = None, log=print, **settings: Any) -> SearchResult:
-    """Run a search (``raytower tune``); ``settings`` are SearchSettings' fields (num_samples,
-    max_epochs, metric, searcher, seed, executor, cpus_per_trial, patience, val_users, resume, ...)."""
+    """Run a search (``raytower tune``). Every keyword of SearchSettings is accepted, by name (the
+    signature below lists them with their defaults)."""
+    from dataclasses import fields
+
     from raytower.data import PrepareOptions
     from raytower.tune.search import run_search
     from raytower.tune.settings import SearchSettings
 
-    s = SearchSettings(space=str(space), out=str(out), **settings)
+    _check_keywords("search", settings, [f.name for f in fields(SearchSettings) if f.name not in ("space", "out")])
+    # What the CLI reads from the environment (RAYTOWER_STORAGE), unless given here
+    from_env = {f.name: os.environ[f.metadata["env"]] for f in fields(SearchSettings)
+                if f.metadata.get("env") and os.environ.get(f.metadata["env"]) and f.name not in settings}
+    s = SearchSettings(space=str(space), out=str(out), **from_env, **settings)
+    s.validate(api=True)
     doc = run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log,
                      given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
     return SearchResult(Path(out), doc, s)
 
 
+def _search_signature() -> inspect.Signature:
+    """search()'s signature with every SearchSettings field spelled out as a keyword, generated
+    from the dataclass (one source for names and defaults), so help() and completion show them."""
+    from dataclasses import MISSING, fields
+
+    from raytower.tune.settings import SearchSettings
+
+    own = [p for p in inspect.signature(search).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in own}
+    extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                               default=None if f.default is MISSING else f.default, annotation=f.type)
+             for f in fields(SearchSettings) if f.name not in names]
+    return inspect.Signature(own + extra, return_annotation="SearchResult")
+
+
 def fit(config: Any = None, data: str = "synthetic", out: str | Path | None = None, *, device: str = "cpu",
         threads: int | None = None, force: bool = False, prepare: dict | None = None, log=print,
-        metric: str = "recall@100", **overrides: Any) -> dict:
+        metric: str = "recall@100", **overrides: Any) -> FitResult:
     """Train one configuration (``raytower train``; named fit, as ``raytower.train`` is the package):
     ``config`` is a TrainConfig, a dict of its fields, or a JSON/YAML file (a best_config.json too);
-    ``overrides`` replace single fields; ``metric`` chooses the best epoch, the one tested. Returns
-    what metrics.json holds."""
+    ``overrides`` replace single fields; ``metric`` chooses the best epoch, the one tested."""
+    from dataclasses import fields
+
     from raytower.data import PrepareOptions
     from raytower.data import load_bundle as _load
+    from raytower.names import check_metric
     from raytower.train.config import TrainConfig
     from raytower.train.run import train as _train
 
+    _check_keywords("fit", overrides, [f.name for f in fields(TrainConfig)])
     if config is None:
         cfg = TrainConfig()
     elif isinstance(config, TrainConfig):
         cfg = config
     elif isinstance(config, dict):
         cfg = TrainConfig.from_dict(config)
-    else:
+    elif isinstance(config, (str, Path)):
         cfg = TrainConfig.load(config)
+    else:
+        raise UsageError(f"fit(): config must be a TrainConfig, a dict of its fields or a file, "
+                         f"got {type(config).__name__}")
     if overrides:
         cfg = cfg.replace(**overrides)
-    bundle = _load(data, PrepareOptions(**(prepare or {})))
-    return _train(cfg, bundle, Path(out or f"runs/train-{bundle.name}"), device=device, threads=threads, log=log,
-                  force=force, metric=metric)
+    check_metric(metric, "metric")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"fit(): threads must be a positive int (or None), got {threads!r}")
+    _check_device(device)
+    bundle = _load(str(data), PrepareOptions(**(prepare or {})))
+    run_dir = Path(out or f"runs/train-{bundle.name}")
+    metrics = _train(cfg, bundle, run_dir, device=device, threads=threads, log=log, force=force, metric=metric)
+    return FitResult(run_dir, metrics)
+
+
+def _check_device(device: str) -> None:
+    """cpu, cuda or cuda:N, and there: refused before a run directory exists."""
+    import torch
+
+    from raytower.errors import ConfigError
+
+    if not isinstance(device, str):
+        raise UsageError(f"fit(): device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: raytower trains on 'cpu' or 'cuda' (or 'cuda:N')")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA device is available here")
+
+
+search.__signature__ = _search_signature()

@@ -24,3 +24,8 @@ class DataError(RaytowerError):
 
 class ConfigError(RaytowerError):
     """A training config, search space or result file is malformed or out of range."""
+
+
+class UsageError(RaytowerError, TypeError):
+    """The Python API called with a keyword it does not take, or a value of the wrong type. A
+    TypeError too, so code that catches either still works."""

@@ -37,10 +37,11 @@ STOP_REASONS = ("asha", "plateau", "chance", "collapsed", "diverged")
 BROKEN = ("diverged", "chance", "collapsed", "error")
 
 
-def check_metric(metric: str) -> str:
-    """``metric`` if raytower can select on it, else a one-line error naming the choices."""
+def check_metric(metric: str, name: str = "--metric") -> str:
+    """``metric`` if raytower can select on it, else a one-line error naming the choices (and the
+    flag, or the keyword, ``name``)."""
     if metric not in METRICS:
-        raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(METRICS)}, got {metric!r}")
     return metric
 
 

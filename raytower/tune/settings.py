@@ -99,32 +99,53 @@ class SearchSettings:
         "also show Ray's own output (progress tables, trial logs); by default it goes to OUT/ray.log",
         flag="-v", action="count"))
 
-    def validate(self) -> None:
-        """One-line errors, named by flag: the CLI and the Python API share them."""
+    def validate(self, api: bool = False) -> None:
+        """One-line errors, named by flag, or with ``api`` by keyword (the Python API's names)."""
+        def name(field_name: str) -> str:
+            return field_name if api else flag_of(field_name)
+
+        self._check_types(name)
         positive = ("num_samples", "max_epochs", "workers_per_trial", "threads_per_trial", "max_concurrent",
                     "grace_period", "chance_patience")
-        for name in positive:
-            v = getattr(self, name)
+        for field_name in positive:
+            v = getattr(self, field_name)
             if v is not None and v < 1:
-                raise ConfigError(f"{flag_of(name)} must be >= 1, got {v}")
+                raise ConfigError(f"{name(field_name)} must be >= 1, got {v}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-        for name, choices in (("executor", EXECUTORS), ("scheduler", SCHEDULERS), ("searcher", SEARCHERS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        check_metric(self.metric)
+            raise ConfigError(f"{name('cpus_per_trial')} must be > 0 and {name('gpus_per_trial')} >= 0")
+        for field_name, choices in (("executor", EXECUTORS), ("scheduler", SCHEDULERS), ("searcher", SEARCHERS)):
+            if getattr(self, field_name) not in choices:
+                raise ConfigError(f"{name(field_name)} must be one of {', '.join(choices)}, got "
+                                  f"{getattr(self, field_name)!r}")
+        check_metric(self.metric, name("metric"))
         if self.patience < 0:
-            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
+            raise ConfigError(f"{name('patience')} must be >= 0, got {self.patience}")
         if self.reduction_factor < 2:
-            raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+            raise ConfigError(f"{name('reduction_factor')} must be >= 2, got {self.reduction_factor}")
         if not 0 < self.collapse_frac < 1:
-            raise ConfigError(f"--collapse-frac must be in (0, 1), got {self.collapse_frac}")
+            raise ConfigError(f"{name('collapse_frac')} must be in (0, 1), got {self.collapse_frac}")
         if not 0 <= self.seed < 2**32:  # the TPE sampler's numpy seed
-            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
+            raise ConfigError(f"{name('seed')} must be in [0, 2**32), got {self.seed}")
         if self.val_users < -1:
-            raise ConfigError(f"--val-users must be -1 (auto), 0 (all) or a number of users, got {self.val_users}")
+            raise ConfigError(f"{name('val_users')} must be -1 (auto), 0 (all) or a number of users, got "
+                              f"{self.val_users}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ConfigError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
+            raise ConfigError(f"{name('time_budget_s')} must be > 0 seconds, got {self.time_budget_s}")
+
+    def _check_types(self, name) -> None:
+        """Each value of its field's type (an int where a float is asked is fine): the CLI converts
+        its flags, the Python API does not (``max_epochs="3"`` is a UsageError, not a TypeError later)."""
+        from raytower.errors import UsageError
+
+        for f in fields(self):
+            v, kind = getattr(self, f.name), _scalar_type(f.type)
+            if v is None and "None" in f.type:
+                continue
+            ok = isinstance(v, kind) and not (isinstance(v, bool) and kind is not bool)
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True
+            if not ok:
+                raise UsageError(f"{name(f.name)} must be {kind.__name__}, got {type(v).__name__} {v!r}"[:200])
 
     @property
     def resolved_executor(self) -> str:
