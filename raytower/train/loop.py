@@ -147,6 +147,11 @@ class Curriculum:
         self.history.append(row)
         return row
 
+    def train_epoch(self) -> dict:
+        """Train one epoch at this epoch's temperature and logQ weight, and nothing else: no
+        validation, no stage switch, ``epoch`` not advanced (``step`` does all three)."""
+        return self._train_epoch(self.tau(), self.lam())
+
     def _switch_reason(self, row: dict) -> str | None:
         c = self.cfg
         pop = self.popularity["val"]["recall@100"]
