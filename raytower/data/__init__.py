@@ -20,10 +20,12 @@ from raytower._io import atomic_dir, cache_root, check_destination, output_dir
 from raytower.data._bundle import Bundle, EvalSet
 from raytower.data._download import cached_dataset, download
 from raytower.data._prepare import PrepareOptions, fingerprint, hash_files, is_bundle, prepare
+from raytower.data._raw import RawData
+from raytower.data._synthetic import generate
 from raytower.errors import DataError
 
 __all__ = ["Bundle", "EvalSet", "PrepareOptions", "load_bundle", "summary_rows", "DEFAULT_SOURCE", "cached_dataset",
-           "download"]
+           "download", "RawData", "generate", "prepare"]  # the last three: a log's steps one at a time (bench_prepare)
 
 DEFAULT_SOURCE = "synthetic"
 _MOVIELENS_FILES = {
