@@ -11,6 +11,7 @@ import argparse
 DATA_HELP = (
     "data source: a directory (MovieLens layout auto-detected), an interactions file "
     "(.csv/.parquet, options as FILE:user=COL,item=COL,time=COL,rating=COL,items=FILE,users=FILE), "
+    "a headerless `user item` sequence file in time order (SASRec's ml-1m.txt; FILE:items=FILE,users=FILE,ids=FILE), "
     "a dataset name (ml-100k, ml-1m, ...; downloaded if missing), a prepared bundle directory, or "
     "synthetic[:key=value,...] (default: synthetic)"
 )

@@ -3,6 +3,7 @@
     bundle = raytower.data.load_bundle("ml-100k")      # a dataset name, downloaded if missing
     bundle = raytower.data.load_bundle("path/to/dir")   # any MovieLens layout, auto-detected
     bundle = raytower.data.load_bundle("log.parquet:user=uid,item=sku,time=ts")
+    bundle = raytower.data.load_bundle("ml-1m.txt")     # `user item` lines, in time order (see _sequence)
     bundle = raytower.data.load_bundle("synthetic:n_users=500,seed=1")   # the embedded default
 
 The bundle is keyed by a content fingerprint, so the second call is a cache hit.
@@ -79,7 +80,10 @@ def _resolve(spec: str):
         return path.name, {"layout": layout, "files": hash_files(files)}, lambda: read_movielens(path)
     if path.is_file():
         from raytower.data._generic import read_interactions_file
+        from raytower.data import _sequence
 
+        if _sequence.is_sequence_file(path):  # headerless `user item` lines (SASRec's ml-1m.txt)
+            return _sequence.resolve(path, params)
         unknown = sorted(set(params) - _FILE_OPTIONS)
         if unknown:
             raise DataError(f"unknown option(s) {unknown}; known: {sorted(_FILE_OPTIONS)}", spec)
