@@ -29,6 +29,14 @@ start, trial scheduling, the trial's Curriculum), in-trial overhead (trial span 
 per-epoch reporting and checkpointing), tear-down (last report to exit: trial end, Ray shutdown,
 export with the test evaluation). Ratios are against ``train`` of the same repeat; with several
 repeats the minimum of each command is used as well.
+
+--ray-floor: the part of that gap no trainable can remove, the least a one-trial Tune search can
+cost here: a local Ray started the way raytower starts it (dashboard on, on 127.0.0.1, token auth),
+a Tuner running one function trial that imports nothing and reports once, and the shutdown. Each
+phase is timed in the driver; repeats (default 3) run in fresh processes, so every one pays Ray's
+cold start as `raytower tune` does.
+
+    python benchmarks/bench_overhead.py --ray-floor --repeats 3 --out benchmarks/results/ray_floor.json
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,6 +52,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _stamp import relative_command, stamp
 
 GOAL_RATIO = 1.15
 DEFAULT_DATA = "synthetic:n_users=2000,n_items=1000"  # ~1 s an epoch on a quiet 2-core machine
@@ -117,6 +126,59 @@ def parse_tune(out_dir: Path, res: dict) -> None:
     res["outside_epochs_s"] = res["wall_s"] - res["epochs_sum_s"]
 
 
+def floor_once(storage: str) -> dict:
+    """One cold Ray start, one no-op function trial through a Tuner, and the shutdown, each timed."""
+    t0 = time.perf_counter()
+    import ray
+    from ray import tune
+
+    from raytower.tune.search import SearchSettings, init_ray
+
+    t_import = time.perf_counter()
+    init_ray(SearchSettings())
+    t_init = time.perf_counter()
+
+    def noop(config):
+        tune.report({"x": 1.0})
+
+    tuner = tune.Tuner(tune.with_resources(noop, {"cpu": 1}), tune_config=tune.TuneConfig(num_samples=1),
+                       run_config=tune.RunConfig(storage_path=storage, verbose=0))
+    t_tuner = time.perf_counter()
+    tuner.fit()
+    t_fit = time.perf_counter()
+    ray.shutdown()
+    t_end = time.perf_counter()
+    return {"import_s": t_import - t0, "ray_init_s": t_init - t_import, "tuner_s": t_tuner - t_init,
+            "fit_one_noop_trial_s": t_fit - t_tuner, "shutdown_s": t_end - t_fit, "total_s": t_end - t0}
+
+
+def ray_floor(repeats: int, out: str | None) -> int:
+    print("command:", relative_command())
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--ray-floor-child", d], capture_output=True, text=True,
+                                  check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["process_s"] = time.perf_counter() - t0  # interpreter start and exit included
+            runs.append(row)
+            print(json.dumps({k: round(v, 2) for k, v in row.items()}))
+    best = {k: min(r[k] for r in runs) for k in runs[0]}
+    print("min over repeats:", json.dumps({k: round(v, 2) for k, v in best.items()}))
+    if out:
+        write_json(Path(out), {**stamp(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "runs": runs,
+                               "min": best})
+    return 0
+
+
+def write_json(out: Path, doc: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # a reader never sees half a file
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="data source (default %(default)s)")
@@ -125,7 +187,8 @@ def main(argv=None) -> int:
                         "search_spaces/default.yaml (its fixed fields) at the seed's prescription, its first "
                         "start point (default %(default)s)")
     p.add_argument("--epochs", default="9,20", help="comma-separated epoch counts E (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=1, help="repeats of every (E, command) (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repeats of every (E, command) (default 1; with --ray-floor 3)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads of train and of the trial (--cpus-per-trial) (default %(default)s)")
     p.add_argument("--commands", default=",".join(COMMANDS), help=f"subset of {','.join(COMMANDS)}")
@@ -136,8 +199,18 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="working directory (default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--ray-floor", action="store_true",
+                   help="measure only the floor: a local Ray started as a search starts it, one no-op trial "
+                        "through a Tuner, the shutdown; each repeat in a fresh process")
+    p.add_argument("--ray-floor-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
+    if a.ray_floor_child:
+        print(json.dumps(floor_once(a.ray_floor_child)))
+        return 0
+    if a.ray_floor:
+        return ray_floor(a.repeats or 3, a.out)
+    a.repeats = a.repeats or 1
+    command = relative_command()
     epochs_list = [int(x) for x in a.epochs.split(",") if x]
     commands = [c for c in a.commands.split(",") if c]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="raytower-bench-overhead-"))
@@ -169,7 +242,7 @@ def main(argv=None) -> int:
     grace_default = default_grace_period(load_space("search_spaces/default.yaml"), 30)
     grace_bench = default_grace_period(load_space(str(space_path)), max(epochs_list))
 
-    results: dict = {"command": command, "goal_ratio_function_over_train": GOAL_RATIO, "data": a.data, "model": a.model,
+    results: dict = {**stamp(), "goal_ratio_function_over_train": GOAL_RATIO, "data": a.data, "model": a.model,
                      "threads": a.threads, "config": cfg.to_dict(), "ray_worker_niceness": a.ray_worker_niceness,
                      "grace_period_default_yaml_epochs": grace_default, "grace_period_bench_space_epochs": grace_bench,
                      "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -281,8 +354,7 @@ def main(argv=None) -> int:
           f"ASHA grace period {grace_default} epochs for default.yaml")
     print(f"\ncommand: {command}")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=2, default=str))
+        write_json(Path(a.out), results)
         print(f"wrote {a.out}")
     if not a.keep and not a.work:
         shutil.rmtree(work, ignore_errors=True)
