@@ -6,7 +6,7 @@
 Phases, each in a fresh Python process so that their memory peaks are measured apart
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of that process, interpreter and imports included):
 
-  generate     raytower.data._synthetic.generate(n_users, n_items, mean_len, seed): the in-memory
+  generate     raytower.data.generate(n_users, n_items, mean_len, seed): the in-memory
                RawData; then (``--order``) reordered, untimed, and written to Parquet (log.parquet,
                items.parquet, users.parquet; the write timed apart)
   prepare      prepare() on the RawData in memory (the process first reads the Parquet files back
@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _stamp import stamp
+
 GOAL_S = 600
 GOAL_GIB = 8.0
 PHASES = ("generate", "prepare", "load_bundle", "cached")
@@ -54,7 +56,7 @@ def phase_generate(a) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raytower.data._synthetic import generate
+    from raytower.data import generate
 
     t0 = time.perf_counter()
     raw = generate(n_users=a.users, n_items=a.items, mean_len=a.mean_len, seed=a.seed)
@@ -84,9 +86,7 @@ def phase_generate(a) -> dict:
 def phase_prepare(a) -> dict:
     import pyarrow.parquet as pq
 
-    from raytower.data import PrepareOptions
-    from raytower.data._prepare import prepare
-    from raytower.data._raw import RawData
+    from raytower.data import PrepareOptions, RawData, prepare
 
     raw = RawData(
         name="synthetic",
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     for old in ("cache", "bundle-direct"):  # a reused --work must not turn the first load into a hit
         shutil.rmtree(a.work / old, ignore_errors=True)
-    results = {"params": {"users": a.users, "items": a.items, "mean_len": a.mean_len, "seed": a.seed,
+    results = {**stamp(), "params": {"users": a.users, "items": a.items, "mean_len": a.mean_len, "seed": a.seed,
                           "order": a.order},
                "machine": machine(), "goal": {"wall_s": GOAL_S, "peak_gib": GOAL_GIB}, "phases": {}}
     try:
@@ -223,7 +223,9 @@ def main(argv=None) -> int:
               f"at end {'/'.join(m['loadavg_at_end'])}: above {m.get('cpus')} the timings are inflated")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(results, indent=2) + "\n")
+        tmp = a.out.with_name(a.out.name + ".tmp")  # a reader never sees half a file
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(a.out)
         print(f"wrote {a.out}")
     return 0
 

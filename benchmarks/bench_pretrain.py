@@ -21,10 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _stamp import ROOT, stamp
+
+sys.path.insert(0, str(ROOT))
 
 from raytower.data import load_bundle  # noqa: E402
-from raytower.model.pretrain import PretrainConfig, _batch_size, graph_recall, train_lightgcn  # noqa: E402
+from raytower.model.pretrain import PretrainConfig, graph_recall, train_lightgcn  # noqa: E402
+
+
+def batch_size(n: int, cap: int) -> int:
+    """The full method's batch, by raytower's rule of its day (at least 20 steps an epoch): the
+    reference keeps its own copy so that it stays the method it was."""
+    return max(64, min(cap, n // 20))
 
 
 def train_lightgcn_full(bundle, pcfg: PretrainConfig, progress=print):
@@ -47,7 +55,7 @@ def train_lightgcn_full(bundle, pcfg: PretrainConfig, progress=print):
     opt = torch.optim.Adam(model.parameters(), lr=pcfg.gnn_lr)
     gen = torch.Generator().manual_seed(pcfg.seed)
     n = len(src)
-    batch = _batch_size(n, pcfg.gnn_batch)
+    batch = batch_size(n, pcfg.gnn_batch)
     for epoch in range(pcfg.gnn_epochs):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
@@ -93,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     bundle = load_bundle(a.data, progress=True)
     rows = {"data": a.data, "n_interactions": bundle.manifest["n_interactions"], "n_users": bundle.n_users,
-            "n_items": bundle.n_items, "threads": a.threads, "command": " ".join(sys.argv), "methods": {}}
+            "n_items": bundle.n_items, "threads": a.threads, "methods": {}}
     for method in a.methods.split(","):
         pcfg = PretrainConfig(dim=a.dim)
         train = {"full": train_lightgcn_full, "linear": train_lightgcn}[method]
@@ -106,8 +114,11 @@ def main() -> None:
                                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         print(method, json.dumps(rows["methods"][method]), flush=True)
         if a.out:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+            out = Path(a.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")  # a reader never sees half a file
+            tmp.write_text(json.dumps({**stamp(), **rows}, indent=2) + "\n")
+            tmp.replace(out)
 
 
 if __name__ == "__main__":

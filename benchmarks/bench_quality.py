@@ -36,13 +36,14 @@ import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = "/work/shared/data/ml-100k"
+from _stamp import ROOT, relative_command, stamp
+
+DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "ml-100k")  # beside the checkout, as the tests find it
 REFERENCES = {"popularity": (0.317, 0.086), "SASRec (plain)": (0.548, 0.125)}
 SE = {"recall@100": 0.016, "recall@10": 0.011}
 
@@ -197,6 +198,13 @@ def summarize(rows: list[dict], epochs: int | None = None) -> tuple[list[dict], 
     return table, "\n".join(lines)
 
 
+def write_json(out: Path, doc: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # a reader never sees half a file
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="data source for load_bundle (default %(default)s)")
@@ -212,7 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--summarize", action="store_true", help="only summarize the JSONL; train nothing")
     p.add_argument("--all-epochs", action="store_true", help="summarize runs of every epoch count, not just --epochs")
     a = p.parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
+    command = relative_command()
     jsonl = Path(a.jsonl)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     arms = [x for x in a.arms.split(",") if x]
@@ -234,7 +242,7 @@ def main(argv=None) -> int:
                     continue
                 print(f"run {arm} seed {seed} epochs {a.epochs} ...", flush=True)
                 row = one_run(arm, seed, a.epochs, bundle, a.data, a.threads, Path(a.run_root), a.device)
-                row["command"] = command
+                row.update(stamp())
                 row["host"] = {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "python": platform.python_version()}
                 with open(jsonl, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -247,10 +255,9 @@ def main(argv=None) -> int:
     print(md)
     print(f"\ncommand: {command}")
     if a.out:
-        Path(a.out).write_text(json.dumps({"command": command, "data": a.data, "references": REFERENCES,
-                                           "standard_error_single_run": SE, "summary": table,
-                                           "runs": [r for r in rows if a.all_epochs or r["epochs"] == a.epochs]},
-                                          indent=2, default=str))
+        write_json(Path(a.out), {**stamp(), "data": a.data, "references": REFERENCES,
+                                 "standard_error_single_run": SE, "summary": table,
+                                 "runs": [r for r in rows if a.all_epochs or r["epochs"] == a.epochs]})
         print(f"wrote {a.out}")
     return 0
 

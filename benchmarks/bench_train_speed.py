@@ -12,9 +12,10 @@ What is timed, each phase on its own (time.perf_counter; CUDA synchronised befor
                      the cached LightGCN + item tower artifacts (computed and cached on the first call)
   pretrain (fresh)   with --pretrain-fresh: the same pretraining computed into a temporary directory
   Curriculum()       building the loop: towers, every tensor, popularity baselines
-  train epoch S1     run._train_epoch(run.tau(), run.lam()), Stage 1 (item tower frozen), --epochs times
-  train epoch S2     the same after run._enter_stage2("bench") (unfreeze_depth from the config, default
-                     1: the item tower's projection head trains at lr x lr_ratio), --epochs times
+  train epoch S1     run.train_epoch(), Stage 1 (item tower frozen), --epochs times
+  train epoch S2     the same on a Curriculum of the config with stage1_max_epochs 0, in Stage 2 from
+                     the start (unfreeze_depth from the config, default 1: the item tower's projection
+                     head trains at lr x lr_ratio), its epoch set to where Stage 1 stopped, --epochs times
   eval val+test      run.evaluate("val") + run.evaluate("test"), after every timed epoch of each stage
 
 run.epoch is advanced after each timed epoch (as step() does), so the temperature and logQ
@@ -30,16 +31,17 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _stamp import ROOT, relative_command, stamp
+
 GOAL_EPOCH_S = 5.0
 GOAL_EVAL_S = 2.0
-DEFAULT_DATA = "/work/shared/data/ml-100k"
+DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "ml-100k")  # beside the checkout, as the tests find it
 
 
 def main(argv=None) -> int:
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
                    help="also time pretraining computed from scratch (into a temporary directory)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
+    command = relative_command()
 
     import torch
 
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     if a.unfreeze_depth is not None:
         cfg = cfg.replace(unfreeze_depth=a.unfreeze_depth)
     load0 = os.getloadavg()
-    results: dict = {"command": command, "goal": {"train_epoch_s": GOAL_EPOCH_S, "eval_val_test_s": GOAL_EVAL_S},
+    results: dict = {**stamp(), "goal": {"train_epoch_s": GOAL_EPOCH_S, "eval_val_test_s": GOAL_EVAL_S},
                      "config": cfg.to_dict(), "device": a.device, "threads": torch.get_num_threads(),
                      "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                               "torch": torch.__version__, "loadavg_start": load0},
@@ -123,10 +125,10 @@ def main(argv=None) -> int:
     results["n_train_users"] = int(len(run.data.train_users))
     results["n_train_positions"] = int(sum(max(0, int(n) - 1) for n in run.data.train_lens))
 
-    def stage(label: str) -> None:
+    def stage(run: Curriculum, label: str) -> None:
         tw, tc, ew, ec, loss = [], [], [], [], []
         for _ in range(a.epochs):
-            out, w, c = timed(lambda: run._train_epoch(run.tau(), run.lam()))
+            out, w, c = timed(run.train_epoch)
             tw.append(w), tc.append(c), loss.append(out["loss"])
             run.epoch += 1
             _, w, c = timed(lambda: (run.evaluate("val"), run.evaluate("test")))
@@ -136,10 +138,11 @@ def main(argv=None) -> int:
         results["phases"][f"train epoch {label}"]["loss"] = loss
 
     print(f"device {a.device}, threads {torch.get_num_threads()}, load average at start {load0}", flush=True)
-    stage("S1")
-    run._enter_stage2("bench")
+    stage(run, "S1")
+    stage2 = Curriculum.create(cfg.replace(stage1_max_epochs=0), bundle, artifacts, device=dev)
+    stage2.epoch = run.epoch  # the temperature and logQ schedules go on where Stage 1 stopped
     results["stage2_unfreeze_depth"] = cfg.unfreeze_depth
-    stage(f"S2 (unfreeze_depth={cfg.unfreeze_depth})")
+    stage(stage2, f"S2 (unfreeze_depth={cfg.unfreeze_depth})")
     results["host"]["loadavg_end"] = os.getloadavg()
 
     print()
@@ -155,8 +158,11 @@ def main(argv=None) -> int:
               f"{r['cpu_over_wall_median']:>8.2f} {goal:>7} {meets:>11}")
     print(f"\ncommand: {command}")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=2))
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")  # a reader never sees half a file
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
         print(f"wrote {a.out}")
     return 0
 

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 import yaml
+from _stamp import ROOT, relative_command, stamp
 
 from raytower.tune.settings import SearchSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = "synthetic:n_users=25000,n_items=10000"  # issue 8's 1M-interaction set
 RECIPE = ROOT / "configs" / "seed_recipe.yaml"
 # The conditions a team trains under (its data pipeline's targets and batch rows), held fixed in every
@@ -124,8 +124,9 @@ def run_one(name: str, base: dict, overrides: dict, seed: int, epochs: int, args
     with open(root / f"{out.name}.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     row = {"name": name, "seed": seed, "epochs": epochs, "data": args.data, "overrides": overrides,
-           "command": shlex.join(cmd), "config": {**base, **overrides}, "wall_s": round(time.perf_counter() - t0, 1),
-           "rc": proc.returncode, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+           "command": relative_command(cmd[1:]), "config": {**base, **overrides},
+           "wall_s": round(time.perf_counter() - t0, 1), "rc": proc.returncode,
+           "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "stamp": stamp()}
     if proc.returncode != 0:
         row["error"] = (root / f"{out.name}.log").read_text().strip().splitlines()[-1:]
         return row
@@ -190,9 +191,9 @@ def run_search(point: str, recipe: dict, args) -> None:
     t0 = time.perf_counter()
     with open(root / f"{out.name}.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-    row = {"name": f"{point}:search", "seed": 0, "epochs": args.epochs, "data": args.data, "command": shlex.join(cmd),
-           "space": space, "wall_s": round(time.perf_counter() - t0, 1), "rc": proc.returncode,
-           "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    row = {"name": f"{point}:search", "seed": 0, "epochs": args.epochs, "data": args.data,
+           "command": relative_command(cmd[1:]), "space": space, "wall_s": round(time.perf_counter() - t0, 1),
+           "rc": proc.returncode, "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "stamp": stamp()}
     if proc.returncode == 0:
         best = json.loads((out / "best_config.json").read_text())
         row.update({"best_config": str(out / "best_config.json"), "params": searched_config(out / "best_config.json"),
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default="docs/curriculum_study.png")
     args = p.parse_args(argv)
     recipe = yaml.safe_load(RECIPE.read_text())
-    print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+    print("command:", relative_command(), flush=True)
     if args.phase == "sweep":
         run_all([(name, recipe, SWEEP[name], seed) for name in args.points for seed in args.seeds], args)
     elif args.phase == "refresh":  # the figures again from each finished run's metrics.json
