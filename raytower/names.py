@@ -6,6 +6,8 @@ One place, so a metric key or a file name is never spelled twice. With one held-
 
 from __future__ import annotations
 
+from enum import Enum
+
 from raytower.errors import ConfigError
 
 KS = (10, 20, 50, 100)
@@ -32,9 +34,28 @@ WARM_START_FROM = "warm_start_from"  # a trial copied from an earlier search's s
 WARM_START_NUMBER = "warm_start_number"  # its number in that study
 
 
+class StopReason(str, Enum):
+    """Why a trial (or a ``raytower train`` run) ended. A str, so it compares, prints and is stored
+    as its value ("diverged"), in JSON, Parquet and Optuna's user attributes alike."""
+
+    COMPLETED = "completed"  # ran its epochs
+    PLATEAU = "plateau"  # no better validation metric for ``patience`` epochs: converged
+    ASHA = "asha"  # stopped by ASHA at a rung
+    CHANCE = "chance"  # training loss at or above the random guess's for ``chance_patience`` epochs
+    COLLAPSED = "collapsed"  # the item vectors' effective rank fell under collapse_frac x their width
+    DIVERGED = "diverged"  # a NaN or infinite loss
+    ERROR = "error"  # the trial raised
+    UNFINISHED = "unfinished"  # still running when the search was interrupted
+    TIME_BUDGET = "time_budget"  # ended by the search's time budget
+    CUT_SHORT = "cut_short"  # a train run stopped from outside, tested on request (--evaluate)
+
+    __str__ = str.__str__  # "diverged", not "StopReason.DIVERGED", on every Python
+    __format__ = str.__format__
+
+
 # Why a trial ended early. A trial stopped for one of BROKEN never wins, whatever its best reads.
-STOP_REASONS = ("asha", "plateau", "chance", "collapsed", "diverged")
-BROKEN = ("diverged", "chance", "collapsed", "error")
+STOP_REASONS = (StopReason.ASHA, StopReason.PLATEAU, StopReason.CHANCE, StopReason.COLLAPSED, StopReason.DIVERGED)
+BROKEN = (StopReason.DIVERGED, StopReason.CHANCE, StopReason.COLLAPSED, StopReason.ERROR)
 
 
 def check_metric(metric: str, name: str = "--metric") -> str:

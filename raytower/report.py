@@ -17,7 +17,7 @@ import pandas as pd
 
 from raytower._io import atomic_path, read_json
 from raytower.errors import ConfigError
-from raytower.names import BEST_CONFIG, DEFAULT_METRIC, best_key, label, title, val_key
+from raytower.names import BEST_CONFIG, DEFAULT_METRIC, StopReason, best_key, label, title, val_key
 from raytower.tune.record import SearchRecord
 from raytower.tune.results import check_search_dir, read_trials, trial_rows
 
@@ -25,9 +25,9 @@ KNOBS = ("temp_start", "anneal_rate", "logq_warmup_epochs", "logq_max", "logq_ra
          "lr_ratio", "lr")
 LOG_KNOBS = {"temp_start", "lr_ratio", "lr"}
 REASON_STYLE = {  # stop reason -> (colour, marker at the last epoch)
-    "completed": ("tab:green", "o"), "plateau": ("tab:olive", "D"), "asha": ("tab:orange", "x"), "chance": ("tab:gray", "v"),
-    "collapsed": ("tab:purple", "s"), "diverged": ("tab:red", "*"), "unfinished": ("tab:blue", ">"),
-    "error": ("black", "X"),
+    StopReason.COMPLETED: ("tab:green", "o"), StopReason.PLATEAU: ("tab:olive", "D"),
+    StopReason.ASHA: ("tab:orange", "x"), StopReason.CHANCE: ("tab:gray", "v"), StopReason.COLLAPSED: ("tab:purple", "s"),
+    StopReason.DIVERGED: ("tab:red", "*"), StopReason.UNFINISHED: ("tab:blue", ">"), StopReason.ERROR: ("black", "X"),
 }
 LEADERBOARD_COLUMNS = [
     ("trial", "trial_id"), ("fusion", "param/fusion"), ("temp_start", "param/temp_start"),
@@ -145,7 +145,7 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
             unfrozen = done.assign(unfrozen=pd.to_numeric(done["param/unfreeze_depth"]) > 0)
             by.append("by Stage 2 unfreezing: " + _median_by(unfrozen, "unfrozen",
                                                              lambda u: "unfrozen" if u else "kept frozen", metric))
-        plateau = int((done.stop_reason == "plateau").sum())
+        plateau = int((done.stop_reason == StopReason.PLATEAU).sum())
         # the search's horizon, not the longest trial's: with plateau stops no trial may reach it
         horizon = int((best or {}).get("search", {}).get("max_epochs") or df["epochs"].max())
         lines.append(f"**Trials that ran all {horizon} epochs"
@@ -158,21 +158,22 @@ def at_a_glance(df: pd.DataFrame, best: dict | None, pop: dict | None, importanc
                 for _, t in top.iterrows()) + f"; the search tried temperatures {df['param/temp_start'].min():.3g} "
                 f"to {df['param/temp_start'].max():.3g} and anneal rates {df['param/anneal_rate'].min():.3g} "
                 f"to {df['param/anneal_rate'].max():.3g}.")
-    stopped = df[df.stop_reason == "asha"]
+    stopped = df[df.stop_reason == StopReason.ASHA]
     if len(stopped):
         at = ", ".join(f"{n} at epoch {e}" for e, n in stopped["epochs"].value_counts().sort_index().items())
         kinds = ("; fusion " + ", ".join(f"{k} {v}" for k, v in stopped["param/fusion"].value_counts().items())
                  if "fusion" in searched else "")
         lines.append(f"**ASHA stopped {len(stopped)} trial(s)** ({at}{kinds}). An early-stopped trial's best is "
                      "a low-fidelity figure, so the choice is made among the finishers.")
-    flat = df[df.stop_reason == "plateau"]
+    flat = df[df.stop_reason == StopReason.PLATEAU]
     if len(flat):
         lines.append(f"**{len(flat)} trial(s) stopped on a plateau** (no better validation {name} for the "
                      f"patience window) at epochs {', '.join(str(e) for e in sorted(flat['epochs']))}, their best "
                      f"epochs {', '.join(str(int(e)) for e in sorted(flat['best_epoch'].dropna()))}: converged, so "
                      "they compete for the choice.")
-    for reason, meaning in (("diverged", "loss turned NaN or inf"), ("chance", "loss stayed at or above chance"),
-                            ("collapsed", "item vectors collapsed")):
+    for reason, meaning in ((StopReason.DIVERGED, "loss turned NaN or inf"),
+                            (StopReason.CHANCE, "loss stayed at or above chance"),
+                            (StopReason.COLLAPSED, "item vectors collapsed")):
         bad = df[df.stop_reason == reason]
         lines.append(f"**{reason.capitalize()}** ({meaning}): "
                      + (", ".join(f"`{t.trial_id}` at epoch {t.epochs}" for t in bad.itertuples()) or "none") + ".")
@@ -545,6 +546,6 @@ def compare(dirs: list[str | Path]) -> pd.DataFrame:
             "test R@100": (best.get("test") or {}).get("recall@100") if best else None,
             "test R@10": (best.get("test") or {}).get("recall@10") if best else None,
             "trial-epochs": int(df["epochs"].sum()), "trial CPU s": float(df["cpu_time_s"].sum()),
-            "stopped early": int((df.stop_reason != "completed").sum()),
+            "stopped early": int((df.stop_reason != StopReason.COMPLETED).sum()),
         })
     return pd.DataFrame(rows)

@@ -29,7 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raytower._io import write_json
-from raytower.names import EPOCHS, STOP_REASON, TUNE_TRIAL_ID, val_key
+from raytower.names import EPOCHS, STOP_REASON, TUNE_TRIAL_ID, StopReason, val_key
 from raytower.train.config import TrainConfig
 from raytower.tune import _adapter as private
 from raytower.tune.settings import SearchSettings
@@ -112,7 +112,7 @@ class CurriculumStopper(tune.Stopper):
     def __call__(self, trial_id: str, result: dict) -> bool:
         epoch = int(result.get(TIME_ATTR, 0))
         if result.get("diverged") or not math.isfinite(result.get("loss", 0.0)):
-            self.log.record(trial_id, "diverged", epoch)
+            self.log.record(trial_id, StopReason.DIVERGED, epoch)
             return True
         # The trial's own config, its defaults TrainConfig's: a knob the space neither fixes nor
         # searches is the default the trial trains with, never a second default spelled here.
@@ -123,11 +123,11 @@ class CurriculumStopper(tune.Stopper):
         else:
             self._at_chance[trial_id] = 0
         if self._at_chance[trial_id] >= self.chance_patience:
-            self.log.record(trial_id, "chance", epoch)
+            self.log.record(trial_id, StopReason.CHANCE, epoch)
             return True
         dim = result.get("vector_dim", cfg.dim)  # the towers' own width, which a team's towers set themselves
         if result.get("stage") == 2 and result.get("effective_rank", math.inf) < self.collapse_frac * dim:
-            self.log.record(trial_id, "collapsed", epoch)
+            self.log.record(trial_id, StopReason.COLLAPSED, epoch)
             return True
         if epoch >= cfg.epochs:
             return False  # its last epoch: it ends as completed, not as a plateau
@@ -143,7 +143,7 @@ class CurriculumStopper(tune.Stopper):
         # Counted only past the grace period, where the Stage 2 switch and the logQ warm-up are
         # over: before that a flat curve is the curriculum at work, not convergence.
         if self.patience and epoch >= self.grace and epoch - best[1] >= self.patience:
-            self.log.record(trial_id, "plateau", epoch)
+            self.log.record(trial_id, StopReason.PLATEAU, epoch)
             return True
         return False
 
@@ -160,7 +160,7 @@ class RecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < private.asha_max_t(self):
-            self.log.record(trial.trial_id, "asha", result.get(TIME_ATTR, 0))
+            self.log.record(trial.trial_id, StopReason.ASHA, result.get(TIME_ATTR, 0))
         return decision
 
 
@@ -228,11 +228,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         reason = self.log.reason(trial_id)
         ot_trial, study = private.optuna_trials(self)[trial_id], private.study(self)
         epochs = int((result or {}).get(TIME_ATTR, 0))
-        ot_trial.set_user_attr(STOP_REASON, "error" if error else reason or "completed")
+        ot_trial.set_user_attr(STOP_REASON, StopReason.ERROR if error else reason or StopReason.COMPLETED)
         ot_trial.set_user_attr(EPOCHS, epochs)
-        if error or reason == "diverged":
+        if error or reason == StopReason.DIVERGED:
             study.tell(ot_trial, state=TrialState.FAIL)
-        elif reason in ("asha", "chance", "collapsed"):
+        elif reason in (StopReason.ASHA, StopReason.CHANCE, StopReason.COLLAPSED):
             if self.truthful:
                 study.tell(ot_trial, state=TrialState.PRUNED)
             else:  # what Ray's OptunaSearch does: COMPLETE with the last, low-fidelity value

@@ -20,7 +20,7 @@ from typing import Iterator
 from ray import tune
 
 from raytower._progress import LOG_EVERY_S, TERMINAL_EVERY_S, clock
-from raytower.names import BROKEN, DEFAULT_METRIC, best_key, label
+from raytower.names import BROKEN, DEFAULT_METRIC, StopReason, best_key, label
 SHORT = {"temp_start": "T0", "anneal_rate": "anneal", "temp_min": "Tmin", "logq_warmup_epochs": "logq_wu",
          "logq_max": "logq", "logq_ramp_epochs": "logq_ramp", "unfreeze_depth": "depth", "lr_ratio": "lr_ratio",
          "fusion": "fusion", "lr": "lr", "dim": "dim", "item_layers": "layers", "stage1_max_epochs": "s1_max"}
@@ -128,8 +128,8 @@ class ConsoleReporter(tune.Callback):
         result = trial.last_result or {}
         best = result.get(best_key(self.metric), math.nan)
         epochs = int(result.get("epoch", 0))
-        reason = "error" if error else (self.stops.reason(trial.trial_id) or
-                                        ("completed" if epochs >= self.max_epochs else "stopped"))
+        reason = StopReason.ERROR if error else (self.stops.reason(trial.trial_id) or
+                                                 (StopReason.COMPLETED if epochs >= self.max_epochs else "stopped"))
         self.ended[trial.trial_id] = math.nan if reason in BROKEN else best  # never the best so far
         self._print(f"  trial {trial.trial_id}  {reason:<9} epochs {epochs:>3}  best val {label(self.metric)} "
                     f"{best:.4f}  {_short(trial.config, self.knobs)}")

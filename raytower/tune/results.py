@@ -17,8 +17,8 @@ import pandas as pd
 from raytower._io import atomic_path, read_json, write_json
 from raytower.errors import ConfigError
 from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, METRICS, OPTUNA_DB, SETUP, STOPS, STUDY,
-                            TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, best_key, label, train_run_name,
-                            trial_dirname, val_key)
+                            TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
+                            train_run_name, trial_dirname, val_key)
 from raytower.train.config import TrainConfig
 from raytower.tune._storage import ExperimentStore
 from raytower.tune.record import SearchRecord, Shared
@@ -138,19 +138,19 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
         if reason is None:
             # error.txt stays after a failure Tune restarted the trial from: its status says how it ended
             if tune_status == "ERROR" or (t["error"] and tune_status in (None, "RUNNING", "PENDING")):
-                reason = "error"
+                reason = StopReason.ERROR
             elif epochs >= max_epochs:
-                reason = "completed"
+                reason = StopReason.COMPLETED
             elif tune_status == "TERMINATED":
-                reason = "time_budget"  # Tune ended it, and neither ASHA nor the stopper did
+                reason = StopReason.TIME_BUDGET  # Tune ended it, and neither ASHA nor the stopper did
             else:
-                reason = "unfinished"
+                reason = StopReason.UNFINISHED
         row["stop_reason"] = reason
-        row["status"] = {"completed": "COMPLETE", "plateau": "COMPLETE", "unfinished": "RUNNING", "error": "ERROR",
-                         "diverged": "FAILED"}.get(reason, "PRUNED")
+        row["status"] = {StopReason.COMPLETED: "COMPLETE", StopReason.PLATEAU: "COMPLETE", StopReason.UNFINISHED: "RUNNING",
+                         StopReason.ERROR: "ERROR", StopReason.DIVERGED: "FAILED"}.get(reason, "PRUNED")
         row["reached_final_rung"] = epochs >= max_epochs
         # A trial stopped on a plateau had converged: its best is as trustworthy as a finisher's.
-        row["full_fidelity"] = row["reached_final_rung"] or reason == "plateau"
+        row["full_fidelity"] = row["reached_final_rung"] or reason == StopReason.PLATEAU
         finite = [r for r in h if _finite(r.get(metric))]
         # of equal values the latest epoch: Ray keeps the latest checkpoints among equal scores
         best = max(finite, key=lambda r: (r[metric], r["epoch"])) if finite else None
@@ -234,7 +234,7 @@ def export_results(exp: str | Path, log=print, evaluate_test: bool = True, write
     trial = next(t for t in trials if t["trial_id"] == best["trial_id"])
     # Every field, defaults included: a later change of a default cannot change the exported model.
     params = TrainConfig.from_dict(trial["params"]).to_dict()
-    if best["stop_reason"] == "plateau":  # retraining stops where the trial did, on the same path
+    if best["stop_reason"] == StopReason.PLATEAU:  # retraining stops where the trial did, on the same path
         params["epochs"] = int(best["epochs"])
     if "patience" not in trial["params"]:  # retraining longer (--epochs) stops on a plateau as trials did
         params["patience"] = int(record.settings.get("patience") or 0)
@@ -282,9 +282,9 @@ def _test_figures(test: dict, metric: str) -> str:
 
 def search_finished(df: pd.DataFrame, record: SearchRecord) -> bool:
     """Every trial ended, and all num_samples of them started (or the time budget ran out)."""
-    if (df["stop_reason"] == "unfinished").any():
+    if (df["stop_reason"] == StopReason.UNFINISHED).any():
         return False
-    return len(df) >= record.num_samples or (df["stop_reason"] == "time_budget").any() or record.time_budget_spent
+    return len(df) >= record.num_samples or (df["stop_reason"] == StopReason.TIME_BUDGET).any() or record.time_budget_spent
 
 
 def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: bool = True) -> dict:
