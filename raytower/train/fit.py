@@ -13,34 +13,10 @@ import math
 from typing import Callable
 
 from raytower.names import val_key
+from raytower.train.row import SCALARS
 from raytower.train.loop import Curriculum
 
-# Stable TensorBoard names: the same in `raytower train` and in every search trial. TensorBoard
-# tags allow [A-Za-z0-9_./-] only, hence "recall_at_100" for the metric "val/recall@100".
-SCALARS = {
-    "curriculum/stage": "stage",
-    "curriculum/tau": "tau",
-    "curriculum/lambda": "lambda",
-    "loss/train": "loss",
-    "loss/random_guess": "loss_random",
-    "val/recall_at_10": "val/recall@10",
-    "val/recall_at_20": "val/recall@20",
-    "val/recall_at_50": "val/recall@50",
-    "val/recall_at_100": "val/recall@100",
-    "val/ndcg_at_10": "val/ndcg@10",
-    "val/ndcg_at_20": "val/ndcg@20",
-    "val/ndcg_at_50": "val/ndcg@50",
-    "val/ndcg_at_100": "val/ndcg@100",
-    "val/cold_recall_at_100": "val/cold/recall@100",
-    "val/coverage_at_100": "val/coverage@100",
-    "val/tail_recall_at_100": "val/tail_recall@100",
-    "fusion/gate_mean": "gate_mean",
-    "fusion/gate_mean_train": "gate_mean_train",
-    "fusion/gate_mean_cold": "gate_mean_cold",
-    "fusion/gate_mean_warm": "gate_mean_warm",
-    "collapse/effective_rank": "effective_rank",
-    "collapse/uniformity": "uniformity",
-}
+__all__ = ["SCALARS", "best_epoch", "fit", "plateaued", "tensorboard_scalars"]  # SCALARS: the schema's tags
 
 
 def tensorboard_scalars(row: dict) -> dict[str, float]:

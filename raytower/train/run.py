@@ -28,18 +28,13 @@ from raytower.errors import ConfigError, RaytowerError
 from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.model.towers import needs_pretraining
+from raytower.train.row import CONSOLE
 from raytower.train.config import TrainConfig
 from raytower.train.evaluate import evaluate
 from raytower.train.fit import best_epoch, fit
 from raytower.train.loop import Curriculum, load_model
 
-COLUMNS = [  # the per-epoch table: (header, row key, format)
-    ("epoch", "epoch", "{:>5d}"), ("stage", "stage", "{:>5d}"), ("tau", "tau", "{:>6.3f}"),
-    ("lambda", "lambda", "{:>6.3f}"), ("loss", "loss", "{:>7.3f}"), ("random", "loss_random", "{:>7.3f}"),
-    ("ln#cand", "ln_candidates", "{:>7.3f}"), ("R@10", "val/recall@10", "{:>6.3f}"),
-    ("R@100", "val/recall@100", "{:>6.3f}"), ("±SE", "val/recall@100_se", "{:>5.3f}"), ("gate", "gate_mean", "{:>5.2f}"),
-    ("erank", "effective_rank", "{:>6.1f}"), ("sec", "epoch_time_s", "{:>5.1f}"),
-]
+COLUMNS = [(c.short, c.key, c.fmt) for c in CONSOLE]  # the per-epoch table: (header, row key, format)
 
 
 def format_header() -> str:

@@ -16,18 +16,14 @@ import pandas as pd
 
 from raytower._io import atomic_path, read_json, write_json
 from raytower.errors import ConfigError
-from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, METRICS, OPTUNA_DB, SETUP, STOPS, STUDY,
+from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SETUP, STOPS, STUDY,
                             TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
                             train_run_name, trial_dirname, val_key)
+from raytower.train.row import REPORT_KEYS
 from raytower.train.config import TrainConfig
 from raytower.tune._storage import ExperimentStore
 from raytower.tune.record import SearchRecord, Shared
 
-# Every selectable metric, then the diagnostics: each trial's values at its best epoch ("best/")
-# and at its last ("final/").
-REPORT_KEYS = tuple(val_key(m) for m in METRICS) + (
-    "val/cold/recall@100", "val/coverage@100", "val/tail_recall@100", "loss", "loss_random",
-    "gate_mean", "effective_rank", "stage")
 
 
 def check_search_dir(exp: Path) -> None:
