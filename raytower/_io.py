@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes (a reader sees the old file or the new one, never half of one), and the destinations
+a user names: marked as raytower's, listed, replaced only with --force and only when nothing else is there."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from raytower._lock import INSIDE_LOCK, hold_cache_entry, hold_destination, owner, refuse_if_held
+from raytower._manifest import KINDS, MARKER, foreign_entries, key, listing, names, read_marker, unlisted
 
 
 @contextlib.contextmanager
@@ -30,57 +35,97 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike, may_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_dir(dest: str | os.PathLike, may_replace: Callable[[Path], None] | None = None,
+               kind: str | None = None) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``dest``; it becomes ``dest`` only on success.
 
     An existing ``dest`` is replaced. Used for cache entries (data bundles, pretraining
-    artifacts, downloads) so an interrupted run never leaves a half-written entry behind.
+    artifacts, downloads) so an interrupted run never leaves a half-written entry behind; another
+    process making the same entry is waited for (``hold_cache_entry``).
     ``may_replace(dest)``, when given, runs just before an existing ``dest`` is swapped out and
     raises to keep it: the destination may have changed while the new one was being written.
+    The temporary directory carries MARKER with this process's PID and host, so that a later writer
+    tells it from a user's folder and sweeps it only once this process is gone. With ``kind`` (a
+    destination the user named) the marker stays, listing what was written; a cache entry has none.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_orphans(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists() or dest.is_symlink():
-            if may_replace is not None:
-                may_replace(dest)
-            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with hold_cache_entry(dest):  # (already held, without waiting, when the user named it)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_orphans(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
+        try:
+            _write_doc(tmp, {**({"kind": kind} if kind else {}), **owner()})
+            yield tmp
+            if kind:
+                write_marker(tmp, kind)  # finished: every file in it is raytower's
+            else:
+                (tmp / MARKER).unlink(missing_ok=True)
+            _swap_in(tmp, dest, may_replace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+PREVIOUS = "previous"  # inside a set-aside .NAME.PID.*.old directory: the output being replaced
+
+
+def _swap_in(tmp: Path, dest: Path, may_replace: Callable[[Path], None] | None) -> None:
+    if not (dest.exists() or dest.is_symlink()):
+        os.replace(tmp, dest)
+        return
+    if may_replace is not None:
+        may_replace(dest)
+    # The old output is set aside in a directory carrying this process's marker: if the process dies
+    # between the two renames, the next writer's sweep puts the old one back.
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".old", dir=dest.parent))
+    _write_doc(aside, owner())
+    os.replace(dest, aside / PREVIOUS)
+    os.replace(tmp, dest)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # --- destinations a user names ---------------------------------------------------------------------
 # raytower never deletes or overwrites what a user owns. Every directory it writes for a user carries
-# MARKER, naming its kind; an existing destination may be replaced only when it is raytower's own
-# output of the same kind, and only with --force. Anything else is refused before work starts.
+# MARKER, naming its kind and listing every file and folder raytower wrote there (relative paths,
+# file sizes); an existing destination may be replaced only when it is raytower's own output of the
+# same kind holding nothing else, and only with --force. One raytower process writes a destination at
+# a time (raytower._lock). Anything else is refused before work starts.
 
-MARKER = ".raytower-output"
-KINDS = ("bundle", "run", "search", "model", "results", "dataset")
+_FOREIGN: dict[str, frozenset[str]] = {}  # an output written in place -> what was not raytower's when it began
 
 
 def write_marker(directory: str | os.PathLike, kind: str) -> None:
+    """Mark ``directory`` as raytower's ``kind``, listing everything in it now as raytower's own (a
+    finished output, or one just begun)."""
     assert kind in KINDS, kind
     from raytower import __version__
 
-    write_json(Path(directory) / MARKER, {"kind": kind, "raytower": __version__})
+    files, dirs, _ = listing(Path(directory))
+    _write_doc(directory, {"kind": kind, "raytower": __version__, "files": files, "dirs": dirs})
+
+
+def record_files(directory: str | os.PathLike) -> None:
+    """Bring the marker's list of raytower's files up to date in an output written in place (after
+    each epoch, at the end); cheap enough for every epoch. What was there and not raytower's when this
+    writer began (``writing_in_place``) is never listed."""
+    directory = Path(directory)
+    doc = read_marker(directory)
+    if doc.get("kind") not in KINDS:
+        return
+    foreign = _FOREIGN.get(key(directory), frozenset())
+    files, dirs, _ = listing(directory)
+    _write_doc(directory, {**doc, "files": {f: n for f, n in files.items() if f not in foreign},
+                           "dirs": [d for d in dirs if d not in foreign]})
 
 
 def output_kind(directory: str | os.PathLike) -> str | None:
     """The kind raytower marked ``directory`` with, or None (not raytower's, or not a directory)."""
-    try:
-        doc = json.loads((Path(directory) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    kind = doc.get("kind") if isinstance(doc, dict) else None
+    kind = read_marker(directory).get("kind")
     return kind if kind in KINDS else None
+
+
+def _write_doc(directory: str | os.PathLike, doc: dict) -> None:
+    if read_marker(directory) != doc:  # unchanged: nothing is written
+        write_json(Path(directory) / MARKER, doc)
 
 
 def check_destination(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> bool:
@@ -88,9 +133,11 @@ def check_destination(dest: str | os.PathLike, kind: str, force: bool = False, f
     earlier output of that kind is there and ``force`` allows replacing it.
 
     Allowed: a path that does not exist, an empty directory, or (with ``force``) a directory marked
-    as raytower's ``kind``. Run before any work, and again just before the swap."""
+    as raytower's ``kind`` that holds only the files its marker lists. Another raytower process
+    writing there is refused first. Run before any work, and again just before the swap."""
     from raytower.errors import ConfigError
 
+    refuse_if_held(dest, flag)
     dest = Path(dest)
     if dest.is_symlink() and not dest.exists():
         raise ConfigError(f"{flag}: a broken symbolic link; raytower replaces no link", dest)
@@ -102,17 +149,26 @@ def check_destination(dest: str | os.PathLike, kind: str, force: bool = False, f
                           dest)
     if not os.access(dest, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: the directory is not writable (permission denied)", dest)
-    if not any(dest.iterdir()):
+    if not any(e.name != INSIDE_LOCK for e in os.scandir(dest)):
         return False
     found = output_kind(dest)
-    if found == kind:
-        if not force:
-            raise ConfigError(f"{flag}: holds an earlier raytower {kind}; pass --force to replace it, "
-                              "or choose another directory", dest)
-        return True
-    what = f"a raytower {found}, not a {kind}" if found else "files raytower did not write"
-    raise ConfigError(f"{flag}: the directory holds {what}; raytower deletes nothing of yours: "
-                      "choose a new or empty directory", dest)
+    if found != kind:
+        what = f"a raytower {found}, not a {kind}" if found else "files raytower did not write"
+        raise ConfigError(f"{flag}: the directory holds {what}; raytower deletes nothing of yours: "
+                          "choose a new or empty directory", dest)
+    foreign = foreign_entries(dest)
+    if foreign is None:
+        raise ConfigError(f"{flag}: its {MARKER} marker lists no files (written by hand, or by an earlier raytower "
+                          "that kept no list), so raytower cannot tell its files from yours and deletes nothing: "
+                          "remove the directory yourself if nothing in it is yours, or choose another", dest)
+    if foreign:
+        raise ConfigError(f"{flag}: the directory holds files raytower did not write ({names(foreign)}) beside an "
+                          f"earlier raytower {kind}; raytower deletes nothing of yours: move them out, or choose "
+                          "another directory", dest)
+    if not force:
+        raise ConfigError(f"{flag}: holds an earlier raytower {kind}; pass --force to replace it, "
+                          "or choose another directory", dest)
+    return True
 
 
 def check_file_destination(dest: str | os.PathLike, kind: str, is_ours: Callable[[Path], bool],
@@ -149,36 +205,96 @@ def _check_creatable(dest: Path, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def output_dir(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> Iterator[Path]:
-    """``atomic_dir`` for a destination the user named: checked first, marked with ``kind``, and
-    swapped in only if what is there then may still be replaced."""
-    check_destination(dest, kind, force, flag)
-    with atomic_dir(dest, may_replace=lambda d: check_destination(d, kind, force, flag)) as tmp:
-        write_marker(tmp, kind)
-        yield tmp
+def output_dir(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out",
+               in_place: bool = False) -> Iterator[Path]:
+    """A ``kind`` for a destination the user named: held against other raytower processes, checked,
+    built in a temporary directory beside it and swapped in only if what is there then may still be
+    replaced; a failure leaves the earlier output as it was.
+
+    ``in_place``: an output written over a long time (a training run) is written where it is when
+    the destination is new or empty, so that it can be continued (``writing_in_place``); only an
+    earlier output it replaces (``force``) makes it build beside."""
+    dest = Path(dest)
+    with hold_destination(dest, flag):
+        replacing = check_destination(dest, kind, force, flag)
+        if in_place and not replacing:
+            dest.mkdir(parents=True, exist_ok=True)
+            write_marker(dest, kind)
+            with writing_in_place(dest, kind, flag):
+                yield dest
+            return
+        with atomic_dir(dest, may_replace=lambda d: check_destination(d, kind, force, flag), kind=kind) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def writing_in_place(dest: str | os.PathLike, kind: str, flag: str = "--out") -> Iterator[Path]:
+    """Write on in ``dest``, a ``kind`` raytower began (a new run, ``train --resume``, ``tune --resume``):
+    held against other raytower processes, its marker's list brought up to date at the end, even a
+    failed end (and whenever the writer calls ``record_files``). What was there and not raytower's
+    when this began stays unlisted: nothing of the user's becomes raytower's to replace."""
+    dest = Path(dest)
+    with hold_destination(dest, flag):
+        held = key(dest)
+        found = unlisted(dest, sizes=False) if dest.is_dir() else []
+        _FOREIGN[held] = frozenset(found if found is not None else _everything(dest))
+        try:
+            yield dest
+        except BaseException:
+            if output_kind(dest) == kind:
+                with contextlib.suppress(OSError):  # (a full disk: the first error is the one to tell)
+                    record_files(dest)
+            raise
+        else:
+            if output_kind(dest) == kind:
+                record_files(dest)
+        finally:
+            _FOREIGN.pop(held, None)
+
+
+def _everything(directory: Path) -> list[str]:
+    files, dirs, other = listing(directory)
+    return [*files, *dirs, *other]
 
 
 def claim_output_dir(dest: str | os.PathLike, kind: str, force: bool = False, flag: str = "--out") -> Path:
-    """Make ``dest`` the home of a new ``kind`` written in place (a training run, a search): checked,
-    an earlier output of that kind cleared only with ``force``, created and marked."""
+    """Make ``dest`` the home of a new ``kind`` written in place (a search, inside ``writing_in_place``):
+    checked, created and marked. With ``force``, an earlier output of that kind holding only raytower's
+    listed files (a search whose start failed leaves its marker alone) has those files removed."""
     dest = Path(dest)
-    if check_destination(dest, kind, force, flag):
-        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
-        os.replace(dest, old)  # gone from view at once; its files go next
-        shutil.rmtree(old, ignore_errors=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    write_marker(dest, kind)
+    with hold_destination(dest, flag):
+        if check_destination(dest, kind, force, flag):
+            _remove_listed(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        write_marker(dest, kind)
     return dest
 
 
+def _remove_listed(directory: Path) -> None:
+    doc = read_marker(directory)
+    for f in doc.get("files") or {}:
+        (directory / f).unlink(missing_ok=True)
+    for d in sorted(doc.get("dirs") or [], key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            (directory / d).rmdir()
+
+
 def _sweep_orphans(dest: Path) -> None:
-    """Remove what a killed writer of ``dest`` left beside it: its ``.NAME.PID.*`` temporary and
-    set-aside directories, where that process is gone. A live writer's are kept."""
+    """Remove what a killed writer of ``dest`` left beside it: a temporary (``.NAME.*.tmp``) or
+    set-aside (``.NAME.*.old``) directory carrying raytower's marker with that writer's PID and this
+    host's name, that process being gone. A folder without that marker is a user's, whatever its
+    name. An old output set aside by a swap cut short is put back first."""
+    host = socket.gethostname()
     for p in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
-        rest = p.name[len(dest.name) + 2:]
-        pid = rest.split(".", 1)[0]
-        if p.is_dir() and pid.isdigit() and (p.suffix in (".tmp", ".old")) and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+        if p.is_symlink() or not p.is_dir() or p.suffix not in (".tmp", ".old"):
+            continue
+        doc = read_marker(p)
+        pid = doc.get("pid")
+        if type(pid) is not int or doc.get("host") != host or _alive(pid):
+            continue
+        if p.suffix == ".old" and (p / PREVIOUS).is_dir() and not (dest.exists() or dest.is_symlink()):
+            os.replace(p / PREVIOUS, dest)
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -99,7 +99,9 @@ def cmd_train(args) -> int:
     from raytower.train.run import train
 
     out = Path(args.out or f"runs/train-{bundle.name}")
-    args.out = str(out)  # for the resume hint
+    # For the resume hint; none when --force replaces a run: the new one is built beside it and an
+    # interrupted one is discarded, the earlier run kept as it was.
+    args.out = None if args.force and out.is_dir() and any(out.iterdir()) else str(out)
     _stop_on_sigterm()
     train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force, metric=_train_metric(args))
     print(f"wrote {out / 'metrics.json'}")

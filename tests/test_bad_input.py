@@ -98,8 +98,24 @@ def marked(tmp, name, kind):
 
     d = tmp / name
     d.mkdir(parents=True)
-    write_marker(d, kind)
     (d / "metrics.json").write_text("{}")
+    write_marker(d, kind)  # lists metrics.json as raytower's
+    return str(d)
+
+
+def marked_with_users_files(tmp, name, kind):
+    """An earlier raytower output the user added notes and an analysis folder to: --force must keep them."""
+    d = Path(marked(tmp, name, kind))
+    (d / "notes.txt").write_text("my own work")
+    (d / "analysis").mkdir()
+    (d / "analysis" / "plot.py").write_text("print(1)")
+    return str(d)
+
+
+def hand_marked(tmp, name, kind):
+    """A folder of the user's with a marker they wrote by hand: not raytower's to replace."""
+    d = Path(users_dir(tmp, name))
+    (d / ".raytower-output").write_text(json.dumps({"kind": kind}))
     return str(d)
 
 
@@ -283,6 +299,12 @@ BAD_INPUT = [
     (lambda t: ["train", "--out", users_dir(t)], "files raytower did not write"),
     (lambda t: ["train", "--out", marked(t, "r", "run")], "earlier raytower run; pass --force"),
     (lambda t: ["train", "--out", marked(t, "r", "search"), "--force"], "a raytower search, not a run"),
+    (lambda t: ["train", "--out", marked_with_users_files(t, "r", "run"), "--force"],
+     "files raytower did not write (analysis/, notes.txt)"),
+    (lambda t: ["train", "--out", hand_marked(t, "r", "run"), "--force"], "marker lists no files"),
+    (lambda t: ["data", "prepare", "--data", SMALL_SYNTHETIC, "--out", marked_with_users_files(t, "b", "bundle"),
+                "--force"], "files raytower did not write (analysis/, notes.txt)"),
+    (lambda t: ["export", str(t), "--out", hand_marked(t, "m", "model"), "--force"], "marker lists no files"),
     (lambda t: ["export", users_dir(t, "a/search"), "--out", str(t / "a")], "files raytower did not write"),
     (lambda t: ["export", str(t), "--out", text(t, "f", "x"), "--force"], "an existing file"),
     (lambda t: ["export", str(t), "--out", marked(t, "m", "model")], "earlier raytower model; pass --force"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raytower._io import atomic_dir, cache_root, check_destination, output_dir
+from raytower._lock import hold_cache_entry, hold_destination
 from raytower.data._bundle import Bundle, EvalSet
 from raytower.data._download import cached_dataset, download
 from raytower.data._prepare import PrepareOptions, fingerprint, hash_files, is_bundle, prepare
@@ -133,13 +134,17 @@ def load_bundle(
         if out:
             check_destination(dest, "bundle", force)  # before the data is read
             sink = partial(output_dir, kind="bundle", force=force)
-        bar = _progress_bar(progress, name)
-        try:
-            bar("reading")
-            raw = read()
-            prepare(raw, options, fp, dest, progress=bar, sink=sink)
-        finally:
-            bar(None)
+        # --out is this process's alone; a cache entry another process is preparing is waited for and reused
+        with hold_destination(dest, "--out") if out else hold_cache_entry(dest):
+            hit = not refresh and not out and is_bundle(dest, fp)
+            if not hit:
+                bar = _progress_bar(progress, name)
+                try:
+                    bar("reading")
+                    raw = read()
+                    prepare(raw, options, fp, dest, progress=bar, sink=sink)
+                finally:
+                    bar(None)
     try:
         bundle = Bundle(dest)
     except DataError:

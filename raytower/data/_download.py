@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from raytower._io import cache_root, check_destination, output_dir
+from raytower._lock import hold_cache_entry
 from raytower.errors import DataError
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -129,7 +130,10 @@ def cached_dataset(name: str, *, progress: bool = True) -> Path:
     path = cache_root() / "datasets" / name
     if path.is_dir():  # atomic_dir: if it exists, it is complete
         return path
-    return download(name, path.parent, progress=progress)
+    with hold_cache_entry(path):  # two searches may ask at once: the second waits and uses the first's download
+        if path.is_dir():
+            return path
+        return download(name, path.parent, progress=progress)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from raytower._io import atomic_dir, cache_root, write_json
+from raytower._lock import hold_cache_entry
 from raytower._progress import Progress
 from raytower.errors import DataError
 from raytower.model.two_tower import ItemTower
@@ -112,12 +113,25 @@ def pretrain(bundle, pcfg: PretrainConfig, dest: Path | None = None, progress=pr
     (on the CPU, whatever the device). A cache entry that is damaged or of another format is made
     again (atomically), never misread."""
     dest = Path(dest) if dest else artifacts_dir(bundle, pcfg)
+    cached = _cached(dest, progress)
+    if cached is not None:
+        return cached
+    with hold_cache_entry(dest, on_wait=progress):  # another search or trial making them: wait, then reuse
+        cached = _cached(dest, None)
+        return cached if cached is not None else _make(bundle, pcfg, dest, progress, device)
+
+
+def _cached(dest: Path, progress) -> Artifacts | None:
     if (dest / "manifest.json").is_file():
         try:
             return Artifacts.load(dest)
         except DataError as e:
             if progress:
                 progress(f"remaking the pretraining artifacts: {e}")
+    return None
+
+
+def _make(bundle, pcfg: PretrainConfig, dest: Path, progress, device: str) -> Artifacts:
     torch.manual_seed(pcfg.seed)
     np.random.seed(pcfg.seed)
     gnn_user, gnn_item, gnn_stats = train_lightgcn(bundle, pcfg, progress, device)

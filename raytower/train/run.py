@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import raytower
-from raytower._io import atomic_path, claim_output_dir, read_json, write_json
+from raytower._io import atomic_path, output_dir, read_json, record_files, write_json, writing_in_place
 from raytower._progress import Progress
 from raytower.errors import ConfigError, RaytowerError
 from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
@@ -78,19 +78,26 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
     replaced; anything else is refused before training starts."""
     check_metric(metric)
-    out = claim_output_dir(out_dir, "run", force)
     pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
-    write_json(out / RUN_RECORD, {
-        "config": cfg.to_dict(), "pretraining": dataclasses.asdict(pcfg), "metric": metric,
-        "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint, "bundle": str(bundle.path)},
-    })
-    return _curriculum(out, cfg, pcfg, bundle, metric, device, threads, log)
+    # A new run is written in place, where --resume can continue it; one replacing an earlier run
+    # (force) is built beside it and swapped in at its end, so a failed run leaves the old one whole.
+    with output_dir(out_dir, "run", force, in_place=True) as out:
+        write_json(out / RUN_RECORD, {
+            "config": cfg.to_dict(), "pretraining": dataclasses.asdict(pcfg), "metric": metric,
+            "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint, "bundle": str(bundle.path)},
+        })
+        return _curriculum(out, cfg, pcfg, bundle, metric, device, threads, log)
 
 
 def resume(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
     """Continue the run in ``out_dir`` from its last epoch's checkpoint: the same epochs, the same
     figures as a run never interrupted (model, optimizer, stage, schedules, RNG all restored)."""
     out = Path(out_dir)
+    with writing_in_place(out, "run", "--resume"):  # one writer at a time; the run's file list kept
+        return _resume(out, device, threads, log)
+
+
+def _resume(out: Path, device: str, threads: int | None, log) -> dict:
     record = read_run_record(out)
     if (out / METRICS_FILE).is_file() and read_json(out / METRICS_FILE, {}).get("complete"):
         raise ConfigError("the run is finished (its metrics.json is complete): nothing to resume", out)
@@ -105,6 +112,11 @@ def resume(out_dir: str | Path, device: str = "cpu", threads: int | None = None,
 def evaluate_run(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
     """Test, once, a run cut short: its best epoch so far, with ``complete: false`` in metrics.json."""
     out = Path(out_dir)
+    with writing_in_place(out, "run", "--evaluate"):
+        return _evaluate_run(out, device, threads, log)
+
+
+def _evaluate_run(out: Path, device: str, threads: int | None, log) -> dict:
     record = read_run_record(out)
     if not (out / LAST_CHECKPOINT).is_file():
         raise ConfigError("the run has no finished epoch to evaluate", out)
@@ -189,6 +201,7 @@ def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metri
             kept["state"] = copy.deepcopy(state)
             save_checkpoint(kept["state"], out / BEST_CHECKPOINT)
         save_checkpoint(state, out / LAST_CHECKPOINT)  # after best.pt: a resume never lacks its best
+        record_files(out)  # what --force may replace later, listed after every epoch (a few files)
 
     best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"), metric=val_key(metric), hparams=cfg.to_dict())
     if best is None:

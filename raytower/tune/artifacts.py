@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raytower._io import atomic_dir, cache_root
+from raytower._lock import hold_cache_entry
 from raytower.tune._storage import ExperimentStore
 
 ARTIFACTS = "artifacts"  # under the storage path: artifacts/bundles/<name>-<fingerprint>, artifacts/pretrain/...
@@ -40,8 +41,8 @@ def local_copy(path: str, published: str | None, kind: str, key: str | None = No
     """Where this node reads an entry: ``path`` itself in a search that published nothing (a local
     one); else this node's own cache entry (on the driver's node, usually ``path`` itself), fetched
     from the search's storage path (``published``) the first time. A node never reads another
-    node's cache, even on a disk they happen to share. Several trials on one node may fetch at once:
-    the first copy to land is kept, and the others are dropped."""
+    node's cache, even on a disk they happen to share. Several trials on one node may ask at once:
+    the first fetches, the others wait for it and use its copy."""
     here = Path(path)
     if not published:
         return here
@@ -57,15 +58,18 @@ def local_copy(path: str, published: str | None, kind: str, key: str | None = No
         if (existing / COMPLETE).is_file():
             raise _KeepExisting
 
-    try:
-        with atomic_dir(cached, may_replace=keep) as tmp:
-            store.copy_out(rel, tmp)
-            (tmp / PUBLISHED).unlink(missing_ok=True)
-    except _KeepExisting:
-        pass
-    except OSError:  # another trial's copy landed between the check and the rename: keep it
-        if not (cached / COMPLETE).is_file():
-            raise
+    with hold_cache_entry(cached):  # another trial on this node fetching it: wait, then use its copy
+        if (cached / COMPLETE).is_file():
+            return cached
+        try:
+            with atomic_dir(cached, may_replace=keep) as tmp:
+                store.copy_out(rel, tmp)
+                (tmp / PUBLISHED).unlink(missing_ok=True)
+        except _KeepExisting:
+            pass
+        except OSError:  # another trial's copy landed between the check and the rename: keep it
+            if not (cached / COMPLETE).is_file():
+                raise
     return cached
 
 

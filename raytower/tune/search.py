@@ -26,7 +26,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from raytower._io import check_destination, claim_output_dir, output_kind
+from raytower._io import check_destination, claim_output_dir, output_kind, writing_in_place
+from raytower._lock import refuse_if_held
 from raytower.errors import ConfigError, RaytowerError
 from raytower.model.towers import needs_pretraining
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, TRAIN_RUNS, WARM_START_FROM,
@@ -143,9 +144,24 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
                given: frozenset[str] | None = None) -> dict:
     """Preflight, reconcile with an earlier session (``--resume``), prepare what the trials share
     and write the record, fit, finish. ``settings`` is never changed. ``given``: the settings the
-    caller named (``settings.given_fields``); on --resume each must equal the recorded value."""
-    space = _preflight(settings, log)
+    caller named (``settings.given_fields``); on --resume each must equal the recorded value.
+
+    One search writes an --out at a time: another is refused, naming its PID. --resume of a killed
+    search first stops the Ray processes that search left running."""
     out = Path(settings.out).resolve()
+    refuse_if_held(out)  # a search already writing there: said first
+    space = _preflight(settings, log)
+    with writing_in_place(out, "search", "--out"):
+        _check_output_dir(out, settings.resume, settings.min_free_gb)  # again, now that no other search can start
+        if settings.resume:
+            from raytower.tune._leftovers import stop_leftover_ray
+
+            stop_leftover_ray(out, log)
+        return _search(settings, space, out, data, prepare_options, log, given)
+
+
+def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, prepare_options, log,
+            given: frozenset[str] | None) -> dict:
     previous = _previous_record(settings, out)
     if previous:  # the search goes on as it was started: Tune restores its own state from it too
         settings = _as_recorded(settings, previous, given)
@@ -183,6 +199,9 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
     with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / RAY_LOG):
         if not settings.address:
             _init_ray(settings)
+            from raytower.tune._leftovers import record_ray_processes
+
+            record_ray_processes(out)  # what --resume stops if this driver is killed
         start = time.monotonic()
         try:
             _fit(settings, space, record.shared, out, uri)

@@ -104,10 +104,92 @@ def test_an_earlier_run_is_replaced_only_with_force(small_cfg_file, tmp_path, ca
     assert main([*argv, "--seed", "2"]) == 2  # a second run would mix two runs' files and curves
     assert "pass --force" in capsys.readouterr().err
     assert (out / "metrics.json").read_bytes() == first
+    listed = json.loads((out / MARKER).read_text())["files"]  # every file the run wrote, with its size
+    assert {"run.json", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"} <= listed.keys()
+    assert listed == {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()
+                      and p.name != MARKER}
+    (out / "notes.txt").write_text("my own work")  # what the user keeps in a run: --force keeps it too
+    (out / "analysis").mkdir()
+    before = _snapshot(tmp_path)
+    assert main([*argv, "--seed", "2", "--force"]) == 2
+    assert "files raytower did not write (analysis/, notes.txt)" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+    (out / "notes.txt").unlink()
+    (out / "analysis").rmdir()
     assert main([*argv, "--seed", "2", "--force"]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["seed"] == 2
     assert len(list((out / "tensorboard").iterdir())) == 1  # one run's curves, not two
     assert json.loads((out / MARKER).read_text())["kind"] == "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # built beside, swapped in, nothing left
+
+
+def _snapshot(root):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in root.rglob("*")}
+
+
+def test_a_failed_force_run_leaves_the_earlier_run_as_it_was(small_cfg_file, tmp_path, capsys, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import raytower.train.run as run_module
+    from tests.conftest import SMALL_SYNTHETIC
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", SMALL_SYNTHETIC, "--config", str(small_cfg_file), "--out", str(out),
+            "--epochs", "1", "--threads", "1"]
+    assert main([*argv, "--seed", "1"]) == 0
+    before = _snapshot(tmp_path)
+    real = run_module.write_json
+
+    def full_disk(dest, obj):  # the new run's last write: the disk is full by then
+        if Path(dest).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+        return real(dest, obj)
+
+    monkeypatch.setattr(run_module, "write_json", full_disk)
+    capsys.readouterr()
+    assert main([*argv, "--seed", "2", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert _snapshot(tmp_path) == before  # the old run whole; the new one's files gone with it
+
+
+def test_two_processes_on_one_out_the_second_is_refused_naming_the_first(small_cfg_file, tmp_path):
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from raytower._lock import hold_destination, lock_path
+    from tests.conftest import SMALL_SYNTHETIC
+
+    raytower = str(Path(sys.executable).with_name("raytower"))
+    out = tmp_path / "run"
+    argv = [raytower, "train", "--data", SMALL_SYNTHETIC, "--config", str(small_cfg_file), "--out", str(out),
+            "--threads", "1"]
+    first = subprocess.Popen([*argv, "--epochs", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                if json.loads(lock_path(out).read_text())["pid"] == first.pid:
+                    break  # it holds --out
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("the first training never took --out")
+        second = subprocess.run([*argv, "--epochs", "1"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert f"in use by another raytower process (PID {first.pid} on " in second.stderr
+        first.send_signal(signal.SIGKILL)  # no clean-up: only the kernel lets go of the lock
+        first.wait()
+        with hold_destination(out):  # free at once
+            assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
+    finally:
+        first.kill()
+        first.wait()
 
 
 def test_a_run_that_diverges_at_once_is_one_line_and_never_switches_stage(tmp_path, capsys):

@@ -5,6 +5,7 @@ Second tier: each test runs its own search (a `raytower tune` process or an in-p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,3 +230,34 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path):
     states = {t.params["temp_start"]: t.state.name for t in _study(out).trials}
     assert states == {1e-39: "FAIL", 0.5: "COMPLETE"}
     assert json.loads((out / "best_config.json").read_text())["params"]["temp_start"] == 0.5
+
+
+def test_resume_after_the_driver_alone_was_killed_stops_the_ray_it_left(tmp_path):
+    # kill -9 of the driver alone: its local Ray (raylet, GCS, the trial's worker, still writing
+    # checkpoints into --out) runs on for minutes. --resume stops it before continuing.
+    out, epochs = tmp_path / "exp", 6
+    args = _tune_args(out, 1, epochs, "--scheduler", "none")
+    proc = _start(args, tmp_path / "first.log")
+    _wait_until(lambda: any(_reported_epochs(out).values()), 600, proc, "an epoch was reported")
+    recorded = json.loads((out / ".ray-processes.json").read_text())["processes"]
+    ray_processes = []
+    for r in recorded:
+        with contextlib.suppress(psutil.Error):
+            ray_processes.append(psutil.Process(r["pid"]))
+    ray_processes += [c for p in ray_processes for c in p.children(recursive=True)]
+    assert ray_processes
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert [p for p in ray_processes if p.is_running()]  # the driver is gone, its Ray is not
+        resumed = subprocess.run([RAYTOWER, *args, "--resume"], capture_output=True, text=True, timeout=900,
+                                 env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        text = resumed.stdout + resumed.stderr
+        assert resumed.returncode == 0, text[-3000:]
+        assert "Ray process(es) the interrupted search left running" in text, text[-3000:]
+        assert not [p for p in ray_processes if p.is_running()]
+        _assert_whole(out, 1, epochs)
+    finally:
+        for p in ray_processes:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
