@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-fast test-slow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q --durations=10
+
+# The fast tier, for the edit-test loop: plain PyTorch and unit tests, nothing that starts Ray or is
+# slow (tests/conftest.py fails a test that starts Ray without the ray marker). `make test` is what CI runs.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not ray" -q
 
 # pytest exits 5 when no test carries the slow marker: an empty tier is not a failure.
 test-slow: install

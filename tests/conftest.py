@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,35 @@ def trials(search):
     import pandas as pd
 
     return pd.read_parquet(search / "trials.parquet")
+
+
+# The ray marker is what keeps Ray out of `make test-fast` (-m "not slow and not ray"). A test that is
+# not marked ray and starts Ray in this process, itself or through a fixture it asks for, fails where
+# Ray spawns its first daemon. Tests that run Ray in a child process (`raytower tune` through
+# subprocess) are marked by their modules' pytestmark.
+_RAY_DAEMONS = frozenset({"gcs_server", "raylet"})
+_unmarked_test: str | None = None  # the running test's id while it is not marked ray
+
+
+def _refuse_ray_in_unmarked_tests(event: str, args: tuple) -> None:
+    # An audit hook: it sees every subprocess.Popen (Ray's ConsolePopen too) and cannot be removed,
+    # so it checks the flag, and returns at once for the other events.
+    if event != "subprocess.Popen" or _unmarked_test is None:
+        return
+    argv = args[1]
+    program = argv.split()[0] if isinstance(argv, (str, bytes)) else next(iter(argv or ()), "")
+    if os.path.basename(os.fsdecode(program)) in _RAY_DAEMONS:
+        raise RuntimeError(f"{_unmarked_test} starts Ray but is not marked ray: add @pytest.mark.ray")
+
+
+sys.addaudithook(_refuse_ray_in_unmarked_tests)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _unmarked_test
+    _unmarked_test = None if item.get_closest_marker("ray") else item.nodeid
+    try:
+        yield
+    finally:
+        _unmarked_test = None
