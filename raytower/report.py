@@ -204,8 +204,8 @@ def _failure_region(params: dict, n_users: int) -> str:
     if not found:
         return ("**Curriculum study:** the chosen settings are outside the regions where the study saw the seed's "
                 "failures (a slow start at popularity's level, item-tower collapse, a soft temperature under full logQ; "
-                "README, \"When the curriculum matters\").")
-    return ("**Warning, in the curriculum study's failure region** (README, \"When the curriculum matters\"): "
+                "docs/studies.md, \"When the curriculum matters\").")
+    return ("**Warning, in the curriculum study's failure region** (docs/studies.md, \"When the curriculum matters\"): "
             + "; ".join(found) + ".")
 
 

@@ -46,7 +46,7 @@ class TrainConfig:
     fusion: str = "gated"  # concat | gated | moe
     n_experts: int = 4  # moe only
     item_layers: int = 3  # residual blocks of the item tower, under its projection head
-    gnn_dropout: float = 0.3  # train-time chance of hiding a user's GNN vector (the leak; see README)
+    gnn_dropout: float = 0.3  # train-time chance of hiding a user's GNN vector (the leak: docs/curriculum.md)
     # cosine: both towers' vectors are unit length, a score is a cosine over the temperature;
     # dot: raw dot products (over the temperature: hold it at 1 for SASRec's plain dot product)
     score: str = "cosine"

@@ -1,7 +1,7 @@
 """Where issue 17's failure study saw the seed's failure, as checks a chosen configuration can be read against.
 
 The study (``benchmarks/study_curriculum.py``; figures in ``benchmarks/results/curriculum_study.md``
-and the README's "When the curriculum matters") ran the seed's recipe on the 1M-interaction synthetic
+and docs/studies.md, "When the curriculum matters") ran the seed's recipe on the 1M-interaction synthetic
 set, one factor at a time. It saw two failures, and the report's "At a glance" names each one when
 a search's chosen configuration sits where it was seen:
 

@@ -58,7 +58,7 @@ class SearchSettings:
     grace_period: int | None = field(default=None, metadata=_flag(
         "ASHA's first rung in epochs (default: after the latest Stage 2 switch + 3)"))
     # 3: with the default space's grace period of 9, 30-epoch trials get rungs at 9 and 27, the
-    # setting every ASHA figure in the README and benchmarks/results/search.md was measured with.
+    # setting every ASHA figure in docs/studies.md and benchmarks/results/search.md was measured with.
     reduction_factor: int = field(default=3, metadata=_flag("ASHA's reduction factor (default %(default)s)"))
     scheduler: str = field(default="asha", metadata=_flag("early stopping (default %(default)s)", choices=SCHEDULERS))
     searcher: str = field(default="tpe", metadata=_flag(
