@@ -80,30 +80,15 @@ _N_SUCCESSORS = 3  # "sequels" per item
 
 def generate(
     *,
-    seed: int = 0,
-    n_users: int = 2000,
-    n_items: int = 1000,
-    mean_len: float = 40.0,
-    cold_frac: float = 0.1,
-    min_len: int = 3,
-    cold_min_len: int = 3,
-    cold_max_len: int = 8,
-    max_len: int = 0,
-    len_sigma: float = 1.0,
-    n_genres: int = 12,
-    n_topics: int = 0,
-    dim: int = 16,
-    pop_alpha: float = 0.9,
-    taste_temp: float = 0.35,
+    # sizes (grouped as the docstring's sections are)
+    seed: int = 0, n_users: int = 2000, n_items: int = 1000, mean_len: float = 40.0, cold_frac: float = 0.1,
+    min_len: int = 3, cold_min_len: int = 3, cold_max_len: int = 8, max_len: int = 0, len_sigma: float = 1.0,
+    # items and users
+    n_genres: int = 12, n_topics: int = 0, dim: int = 16, pop_alpha: float = 0.9, taste_temp: float = 0.35,
     demo_weight: float = 1.2,
-    p_follow: float = 0.3,
-    p_session: float = 0.35,
-    p_explore: float = 0.1,
-    p_drift: float = 0.15,
-    p_new_session: float = 0.1,
-    p_tie: float = 0.05,
-    repeat_prob: float = 0.01,
-    ratings: bool = True,
+    # the sequence process
+    p_follow: float = 0.3, p_session: float = 0.35, p_explore: float = 0.1, p_drift: float = 0.15,
+    p_new_session: float = 0.1, p_tie: float = 0.05, repeat_prob: float = 0.01, ratings: bool = True,
 ) -> RawData:
     """Generate a synthetic interaction log with item and user tables. Same seed, same output.
 
@@ -149,11 +134,19 @@ def generate(
     u_vec = _user_vectors(rng, p, users, world)
     cold = rng.random(n_users) < cold_frac
     target = _target_lengths(rng, p, cold, world.max_len)
+    interactions = _interactions(p, world, u_vec, target)
+    users.insert(0, "user", np.arange(1, n_users + 1))
+    return RawData(name="synthetic", interactions=interactions, items=world.item_table(), users=users)
 
+
+def _interactions(p: dict, world: _World, u_vec: np.ndarray, target: np.ndarray) -> pd.DataFrame:
+    """Every user's sequence, chunk by chunk: each chunk draws from its own stream of the seed, so
+    the output never depends on how many users are generated at once."""
+    n_users = p["n_users"]
     parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "timestamp": [], "rating": []}
     for c, lo in enumerate(range(0, n_users, _CHUNK_USERS)):
         hi = min(lo + _CHUNK_USERS, n_users)
-        crng = np.random.default_rng(np.random.SeedSequence([seed, 1, c]))
+        crng = np.random.default_rng(np.random.SeedSequence([p["seed"], 1, c]))
         out = _generate_chunk(crng, p, world, u_vec[lo:hi], target[lo:hi])
         parts["user"].append((out["user"] + (lo + 1)).astype(np.int32))
         for k in ("item", "timestamp", "rating"):
@@ -162,12 +155,10 @@ def generate(
 
     cols = {k: _concat_and_free(parts, k) for k in ("user", "item", "timestamp")}
     rating = _concat_and_free(parts, "rating")
-    if ratings:
+    if p["ratings"]:
         cols["rating"] = rating
     del rating
-    interactions = pd.DataFrame(cols, copy=False)
-    users.insert(0, "user", np.arange(1, n_users + 1))
-    return RawData(name="synthetic", interactions=interactions, items=world.item_table(), users=users)
+    return pd.DataFrame(cols, copy=False)
 
 
 def parse_synthetic_spec(spec: str) -> dict:
@@ -256,14 +247,28 @@ class _World:
     """Genres, topics, items and the samplers over them (shared by every user chunk)."""
 
     def __init__(self, rng: np.random.Generator, p: dict):
-        n_items, dim, G = p["n_items"], p["dim"], p["n_genres"]
+        n_items, G = p["n_items"], p["n_genres"]
         K = p["n_topics"] or int(np.clip(round(n_items / 40), 4, 512))
         K = min(K, n_items)
-        self.n_items, self.n_topics, self.dim = n_items, K, dim
+        self.n_items, self.n_topics, self.dim = n_items, K, p["dim"]
         self.genre_names = [GENRE_NAMES[g] if g < len(GENRE_NAMES) else f"Genre{g + 1}" for g in range(G)]
+        # Each step draws from ``rng`` in turn: their order is part of what a seed means.
+        topic_genres, era = self._make_topics(rng, G)
+        topic = self._assign_items(rng, p["pop_alpha"])
+        self._give_items_genres_and_years(rng, topic, topic_genres, era)
+        self._index_by_topic(topic)
+        self.neighbours = self._neighbour_topics()
+        # Successors ("sequels"): a few popularity-weighted items of the same topic per item.
+        succ = self.sample_in_topic(np.repeat(topic, _N_SUCCESSORS), rng.random(n_items * _N_SUCCESSORS))
+        self.successors = succ.reshape(n_items, _N_SUCCESSORS).astype(np.int32)
+        self.max_len = p["max_len"] or int(max(p["cold_max_len"], min(50 * p["mean_len"], n_items // 2)))
 
-        # Genres are directions in the latent space; a topic's centroid is the mean of its genres'
-        # directions plus its own offset, so genres are informative about taste but not all of it.
+    def _make_topics(self, rng: np.random.Generator, G: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each topic's genres (K x G booleans) and era; its unit centroid in ``self.centroid``.
+
+        Genres are directions in the latent space; a topic's centroid is the mean of its genres'
+        directions plus its own offset, so genres are informative about taste but not all of it."""
+        K, dim = self.n_topics, self.dim
         genre_vec = rng.standard_normal((G, dim))
         gw = _GENRE_WEIGHT[:G] if G <= len(_GENRE_WEIGHT) else np.ones(G)
         n_g = rng.choice([1, 2, 3], size=K, p=[0.45, 0.35, 0.2])
@@ -284,19 +289,25 @@ class _World:
         centroid[:, -1] = (era - era.mean()) / (era.std() + 1e-9)
         centroid /= np.linalg.norm(centroid, axis=1, keepdims=True)
         self.centroid = centroid
+        return topic_genres, era
 
+    def _assign_items(self, rng: np.random.Generator, pop_alpha: float) -> np.ndarray:
+        """Each item's topic (returned; also ``self.topic``) and popularity weight (``self.weight``)."""
+        K, n_items = self.n_topics, self.n_items
         # Topic sizes vary (gamma weights), every topic gets at least one item.
         size_w = rng.gamma(2.0, size=K)
         topic = np.concatenate([np.arange(K), rng.choice(K, size=n_items - K, p=size_w / size_w.sum())])
         topic = rng.permutation(topic)
         self.topic = topic.astype(np.int32)
-
         # Zipf popularity over a random ranking, so item ids carry no popularity information.
         rank = rng.permutation(n_items)
-        weight = (rank + 1.0) ** -p["pop_alpha"]
-        self.weight = weight
+        self.weight = (rank + 1.0) ** -pop_alpha
+        return topic
 
-        # Item genres: the topic's, occasionally with one genre added or dropped.
+    def _give_items_genres_and_years(self, rng: np.random.Generator, topic: np.ndarray, topic_genres: np.ndarray,
+                                     era: np.ndarray) -> None:
+        """Item genres: the topic's, occasionally with one genre added or dropped; a year near its era."""
+        n_items, G = self.n_items, topic_genres.shape[1]
         ig = topic_genres[topic].copy()
         cnt = ig.sum(1)
         add = (rng.random(n_items) < 0.2) & (cnt < 3)
@@ -307,12 +318,13 @@ class _World:
         self.item_genres = ig
         self.year = np.clip(np.round(era[topic] + rng.normal(0.0, 5.0, n_items)), 1920, 2023).astype(np.int64)
 
-        # Within-topic popularity sampling: items sorted by topic, one global CDF, and each topic's
-        # slice of it. A draw for topic k is a uniform in that slice, located by searchsorted.
+    def _index_by_topic(self, topic: np.ndarray) -> None:
+        """Within-topic popularity sampling: items sorted by topic, one global CDF, and each topic's
+        slice of it. A draw for topic k is a uniform in that slice, located by searchsorted."""
         self.by_topic = np.argsort(topic, kind="stable").astype(np.int32)
-        cdf = np.cumsum(weight[self.by_topic])
+        cdf = np.cumsum(self.weight[self.by_topic])
         self.cdf = cdf
-        counts = np.bincount(topic, minlength=K)
+        counts = np.bincount(topic, minlength=self.n_topics)
         self.t_end = np.cumsum(counts)
         self.t_start = self.t_end - counts
         self.t_lo = np.where(self.t_start > 0, cdf[np.maximum(self.t_start - 1, 0)], 0.0)
@@ -320,17 +332,13 @@ class _World:
         # Exploration = a topic by its total mass, then an item in it = global popularity.
         self.topic_cdf = np.cumsum(self.t_mass) / self.t_mass.sum()
 
-        # Neighbouring topics (by centroid similarity) for the session intent's drift.
-        sim = centroid @ centroid.T
+    def _neighbour_topics(self) -> np.ndarray:
+        """The topics (by centroid similarity) a session intent can drift to, per topic."""
+        K = self.n_topics
+        sim = self.centroid @ self.centroid.T
         np.fill_diagonal(sim, -np.inf)
         nn = min(_N_NEIGHBOURS, K - 1)
-        self.neighbours = (np.argsort(-sim, axis=1)[:, :nn] if nn > 0 else np.arange(K)[:, None]).astype(np.int32)
-
-        # Successors ("sequels"): a few popularity-weighted items of the same topic per item.
-        succ = self.sample_in_topic(np.repeat(topic, _N_SUCCESSORS), rng.random(n_items * _N_SUCCESSORS))
-        self.successors = succ.reshape(n_items, _N_SUCCESSORS).astype(np.int32)
-
-        self.max_len = p["max_len"] or int(max(p["cold_max_len"], min(50 * p["mean_len"], n_items // 2)))
+        return (np.argsort(-sim, axis=1)[:, :nn] if nn > 0 else np.arange(K)[:, None]).astype(np.int32)
 
     def sample_in_topic(self, topics: np.ndarray, u: np.ndarray) -> np.ndarray:
         """A popularity-weighted item (0-based) of each topic; ``u`` are uniforms in [0, 1)."""
@@ -407,21 +415,39 @@ def _target_lengths(rng, p: dict, cold: np.ndarray, max_len: int) -> np.ndarray:
 
 def _generate_chunk(rng, p: dict, world: _World, u_vec: np.ndarray, target: np.ndarray) -> dict:
     """Sequences for one chunk of users; returns user (0-based, chunk-local), item, timestamp, rating."""
-    n = len(target)
     taste_t, taste_cdf = _favourite_topics(rng, p, world, u_vec)
-    taste_cdf_w = np.diff(taste_cdf, axis=1, prepend=0.0)  # each favourite's weight
+    n_draw = _draws_per_user(world, target, taste_t, taste_cdf)
+    offset = np.concatenate([[0], np.cumsum(n_draw)[:-1]])  # where each user's draws start
+    items, times, liked = _draw_sequences(rng, p, world, n_draw, offset, taste_t, taste_cdf)
+    user = np.repeat(np.arange(len(target), dtype=np.int64), n_draw)
+    keep = _first_distinct(rng, p, world, user, items, n_draw, offset, target)
+    idx = np.nonzero(keep)[0]
+    rating = 3.3 + 0.7 * liked[idx] + rng.normal(0.0, 0.9, size=len(idx))
+    return {
+        "user": user[idx],
+        "item": items[idx] + 1,
+        "timestamp": times[idx],
+        "rating": np.clip(np.round(rating), 1, 5).astype(np.float32),
+    }
 
-    # Draw more than needed: duplicates are dropped afterwards. A user repeats more the longer
-    # their sequence is relative to the items their favourite topics hold, so they get more slack.
+
+def _draws_per_user(world: _World, target: np.ndarray, taste_t: np.ndarray, taste_cdf: np.ndarray) -> np.ndarray:
+    """How many items to draw for each user: more than needed, as duplicates are dropped afterwards.
+    A user repeats more the longer their sequence is relative to the items their favourite topics
+    hold, so they get more slack."""
+    taste_cdf_w = np.diff(taste_cdf, axis=1, prepend=0.0)  # each favourite's weight
     reach = np.bincount(world.topic, minlength=world.n_topics)[taste_t]
     reach = np.where(taste_cdf_w > 0, reach, 0).sum(1) + 1
     frac = target / reach
-    n_draw = np.ceil(target * (1.3 + 2.0 * np.minimum(frac, 2.0))).astype(np.int64) + 4
-    offset = np.concatenate([[0], np.cumsum(n_draw)[:-1]])
-    total = int(n_draw.sum())
+    return np.ceil(target * (1.3 + 2.0 * np.minimum(frac, 2.0))).astype(np.int64) + 4
 
-    # Step through positions for all users at once. Users sorted by draws (longest first), so the
-    # users still active at step t are a prefix of the sorted order.
+
+def _draw_sequences(rng, p: dict, world: _World, n_draw: np.ndarray, offset: np.ndarray, taste_t: np.ndarray,
+                    taste_cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every user's draws (item, timestamp, whether it matched their taste), laid out user after
+    user at ``offset``. Steps through positions for all users at once: users sorted by draws
+    (longest first), so the users still active at step t are a prefix of the sorted order."""
+    n, total = len(n_draw), int(n_draw.sum())
     order = np.argsort(-n_draw, kind="stable")
     n_draw_s, off_s = n_draw[order], offset[order]
     taste_t, taste_cdf = taste_t[order], taste_cdf[order]
@@ -434,37 +460,9 @@ def _generate_chunk(rng, p: dict, world: _World, u_vec: np.ndarray, target: np.n
     prev = np.zeros(n, dtype=np.int64)
     intent = np.zeros(n, dtype=np.int64)
     clock = _T0 + (rng.random(n) * _START_SPAN).astype(np.int64)
-    b_follow = p["p_follow"]
-    b_session = b_follow + p["p_session"]
-    b_explore = 1.0 - p["p_explore"]  # r >= this: explore; between b_session and this: taste
-
     for t in range(int(n_draw_s.max())):
         m = int(active_at[t])
-        r = rng.random(m)
-        new_session = np.ones(m, dtype=bool) if t == 0 else rng.random(m) < p["p_new_session"]
-        # A new session starts from long-term taste (or exploration), never from the old intent.
-        to_taste = r / max(b_session, 1e-12) * (b_explore - b_session)
-        r = np.where(new_session & (r < b_session), b_session + to_taste, r)
-        follow = r < b_follow
-        session = (r >= b_follow) & (r < b_session)
-        explore = r >= b_explore
-
-        it = intent[:m]
-        drift = rng.random(m) < p["p_drift"]
-        it = np.where(drift, world.neighbours[it, rng.integers(world.neighbours.shape[1], size=m)], it)
-        ut = rng.random(m)
-        fav = taste_t[np.arange(m), (ut[:, None] > taste_cdf[:m]).sum(1)]
-        glob = np.minimum(np.searchsorted(world.topic_cdf, ut), world.n_topics - 1)
-        topic = np.where(session, it, np.where(explore, glob, fav))
-        item = world.sample_in_topic(topic, rng.random(m))
-        if t > 0:
-            succ = world.successors[prev[:m], rng.integers(_N_SUCCESSORS, size=m)]
-            item = np.where(follow, succ, item)
-        # Taste and exploration picks reset the intent; following a sequel keeps it in the
-        # sequel's topic (the same as the previous item's).
-        intent[:m] = np.where(session, it, world.topic[item])
-        prev[:m] = item
-
+        item, new_session, explore = _next_items(rng, p, world, t, m, prev, intent, taste_t, taste_cdf)
         gap_in = np.where(rng.random(m) < p["p_tie"], 0, rng.exponential(300.0, size=m).astype(np.int64) + 1)
         gap_out = (rng.lognormal(math.log(86_400), 1.2, size=m)).astype(np.int64) + 3_600
         clock[:m] += np.where(new_session, np.where(t == 0, 0, gap_out), gap_in)
@@ -473,11 +471,49 @@ def _generate_chunk(rng, p: dict, world: _World, u_vec: np.ndarray, target: np.n
         items[dest] = item
         times[dest] = clock[:m]
         liked[dest] = ~explore
+    return items, times, liked
 
-    # Drop repeats of an item within a user (keeping a few as re-watches), then keep each user's
-    # first ``target`` draws. Users who ran short of distinct items keep their first min_len draws
-    # even if repeated, so the floor always holds.
-    user = np.repeat(np.arange(n, dtype=np.int64), n_draw)
+
+def _next_items(rng, p: dict, world: _World, t: int, m: int, prev: np.ndarray, intent: np.ndarray,
+                taste_t: np.ndarray, taste_cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step ``t``'s item for the ``m`` users still drawing, and for each whether a new session
+    starts and whether the pick explored; ``prev`` and ``intent`` move on in place."""
+    b_follow = p["p_follow"]
+    b_session = b_follow + p["p_session"]
+    b_explore = 1.0 - p["p_explore"]  # r >= this: explore; between b_session and this: taste
+    r = rng.random(m)
+    new_session = np.ones(m, dtype=bool) if t == 0 else rng.random(m) < p["p_new_session"]
+    # A new session starts from long-term taste (or exploration), never from the old intent.
+    to_taste = r / max(b_session, 1e-12) * (b_explore - b_session)
+    r = np.where(new_session & (r < b_session), b_session + to_taste, r)
+    follow = r < b_follow
+    session = (r >= b_follow) & (r < b_session)
+    explore = r >= b_explore
+
+    it = intent[:m]
+    drift = rng.random(m) < p["p_drift"]
+    it = np.where(drift, world.neighbours[it, rng.integers(world.neighbours.shape[1], size=m)], it)
+    ut = rng.random(m)
+    fav = taste_t[np.arange(m), (ut[:, None] > taste_cdf[:m]).sum(1)]
+    glob = np.minimum(np.searchsorted(world.topic_cdf, ut), world.n_topics - 1)
+    topic = np.where(session, it, np.where(explore, glob, fav))
+    item = world.sample_in_topic(topic, rng.random(m))
+    if t > 0:
+        succ = world.successors[prev[:m], rng.integers(_N_SUCCESSORS, size=m)]
+        item = np.where(follow, succ, item)
+    # Taste and exploration picks reset the intent; following a sequel keeps it in the
+    # sequel's topic (the same as the previous item's).
+    intent[:m] = np.where(session, it, world.topic[item])
+    prev[:m] = item
+    return item, new_session, explore
+
+
+def _first_distinct(rng, p: dict, world: _World, user: np.ndarray, items: np.ndarray, n_draw: np.ndarray,
+                    offset: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Which draws to keep: repeats of an item within a user dropped (a few kept as re-watches),
+    then each user's first ``target`` draws. Users who ran short of distinct items keep their
+    first min_len draws even if repeated, so the floor always holds."""
+    n, total = len(target), len(items)
     pos = np.arange(total, dtype=np.int64) - np.repeat(offset, n_draw)
     dup = pd.Series(user * world.n_items + items).duplicated().to_numpy()
     keep = ~dup | (rng.random(total) < p["repeat_prob"])
@@ -486,15 +522,7 @@ def _generate_chunk(rng, p: dict, world: _World, u_vec: np.ndarray, target: np.n
     rank = np.cumsum(keep) - 1
     start_rank = np.concatenate([[0], np.cumsum(np.bincount(user[keep], minlength=n))[:-1]])
     keep &= (rank - start_rank[user]) < target[user]
-
-    idx = np.nonzero(keep)[0]
-    rating = 3.3 + 0.7 * liked[idx] + rng.normal(0.0, 0.9, size=len(idx))
-    return {
-        "user": user[idx],
-        "item": items[idx] + 1,
-        "timestamp": times[idx],
-        "rating": np.clip(np.round(rating), 1, 5).astype(np.float32),
-    }
+    return keep
 
 
 def _favourite_topics(rng, p: dict, world: _World, u_vec: np.ndarray):
