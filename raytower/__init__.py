@@ -10,9 +10,7 @@ torch nor Ray. The pipeline reads top to bottom: ``raytower.data`` (logs in, bun
 PyTorch) -> ``raytower.tune`` (Ray Tune + Optuna around it) -> ``raytower.cli``.
 """
 
-__version__ = "0.1.0"
-
-from raytower.errors import RaytowerError, UsageError  # noqa: E402
+from raytower.errors import RaytowerError, UsageError
 
 __all__ = ["FitResult", "RaytowerError", "SearchResult", "TrainConfig", "UsageError", "__version__", "fit",
            "load_bundle", "search", "towers"]
@@ -20,6 +18,10 @@ __all__ = ["FitResult", "RaytowerError", "SearchResult", "TrainConfig", "UsageEr
 
 def __getattr__(name: str):
     # PEP 562: the API's names are imported on first use, so `import raytower` stays light.
+    if name == "__version__":  # from the package's metadata (raytower._version)
+        from raytower._version import version
+
+        return version()
     if name in ("FitResult", "SearchResult", "fit", "load_bundle", "search"):
         from raytower import api
 

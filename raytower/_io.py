@@ -97,10 +97,10 @@ def write_marker(directory: str | os.PathLike, kind: str) -> None:
     """Mark ``directory`` as raytower's ``kind``, listing everything in it now as raytower's own (a
     finished output, or one just begun)."""
     assert kind in KINDS, kind
-    from raytower import __version__
+    from raytower._version import version
 
     files, dirs, _ = listing(Path(directory))
-    _write_doc(directory, {"kind": kind, "raytower": __version__, "files": files, "dirs": dirs})
+    _write_doc(directory, {"kind": kind, "raytower": version(), "files": files, "dirs": dirs})
 
 
 def record_files(directory: str | os.PathLike) -> None:

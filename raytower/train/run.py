@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-import raytower
 from raytower._io import atomic_path, output_dir, read_json, record_files, write_json, writing_in_place
 from raytower._progress import Progress
+from raytower._version import version as raytower_version
 from raytower.errors import ConfigError, RaytowerError
 from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
 from raytower.model.pretrain import PretrainConfig, pretrain
@@ -50,7 +50,7 @@ def format_row(row: dict) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"raytower": raytower.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"raytower": raytower_version(), "torch": torch.__version__, "python": platform.python_version()}
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("ray", "optuna"):  # read from the metadata: importing Ray just for this costs seconds
