@@ -1,4 +1,4 @@
-"""The names modules agree on: the selection metric, the files of a search, the study.
+"""The names modules agree on: the selection metric, the user features, the files of a search, the study.
 
 One place, so a metric key or a file name is never spelled twice. With one held-out item per user
 (leave-last-out), Recall@K is the hit rate: 1 when that item is in the top K, else 0.
@@ -14,6 +14,8 @@ KS = (10, 20, 50, 100)
 # What a search may select on (``--metric``): validation Recall@K or NDCG@K, full ranking.
 METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
 DEFAULT_METRIC = "recall@100"
+# The user features a bundle carries (users.parquet) and the user tower reads, in this order.
+META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
 
 # A search's directory (``--out``): files raytower writes beside Tune's experiment.
 SETUP = "setup.json"  # the search's record (raytower.tune.record.SearchRecord)

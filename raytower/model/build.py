@@ -19,6 +19,7 @@ from raytower.errors import ConfigError, DataError
 from raytower.model.pretrain import Artifacts, build_item_tower
 from raytower.model.towers import BUILTIN, resolve, user_forward
 from raytower.model.two_tower import HybridUserTower, ItemTower
+from raytower.names import META_COLUMNS
 
 
 class TwoTower(nn.Module):
@@ -50,8 +51,6 @@ def build_model(cfg, bundle, artifacts: Artifacts | None, device: str | torch.de
 def _check_protocol(model: TwoTower, spec: str, device) -> None:
     """A probe of both towers on two users and three items: a wrong shape is one line now, not a
     broadcasting error in the middle of an epoch."""
-    from raytower.train.data import META_COLUMNS
-
     for name, tower in (("user", model.user_tower), ("item", model.item_tower)):
         if not isinstance(tower, nn.Module):
             raise ConfigError(f"model {spec!r}: the {name} tower is a {type(tower).__name__}, not a torch.nn.Module")

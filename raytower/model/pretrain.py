@@ -218,7 +218,7 @@ def train_lightgcn(bundle, pcfg: PretrainConfig, progress=print, device: str = "
 def graph_recall(bundle, gnn_user: torch.Tensor, gnn_item: torch.Tensor, split: str = "val", k: int = 100) -> float:
     """LightGCN's own Recall@k: user . item scores, history masked, full ranking, over the users
     of ``split`` that are in the graph (cold-start users have no LightGCN vector)."""
-    from raytower.train import metrics as M
+    from raytower import metrics as M
 
     ev = bundle.eval_set(split)
     rows = np.flatnonzero(~bundle.cold_mask[ev.users])

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raytower import metrics as M
 from raytower.errors import DataError
-from raytower.train import metrics as M
+from raytower.names import META_COLUMNS
 from raytower.train.config import VAL_USERS_AUTO
 from raytower.train.loss import log_sampling_prob
 
-META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
 SHUFFLE_POOL = 32  # batches sorted by length together: little padding, yet well shuffled
 VAL_SAMPLE_SEED = 0  # one validation sample per data set, whatever the trial's seed
 # The share of a GPU's memory the data set may take when it is copied there whole: the rest is the

@@ -13,10 +13,10 @@ import json
 import numpy as np
 import torch
 
+from raytower import metrics as M
 from raytower._io import write_json
 from raytower.model.build import TwoTower
 from raytower.model.towers import user_forward
-from raytower.train import metrics as M
 from raytower.train.data import TrainData
 
 USER_BATCH = 256  # users per forward pass of the user tower

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytower.train import metrics as M
+from raytower import metrics as M
 
 
 def _csr(lists):
