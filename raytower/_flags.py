@@ -51,23 +51,47 @@ def add_force(p: argparse.ArgumentParser, kind: str) -> None:
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """--data and a flag per PrepareOptions field that has one: one source for names, defaults, help."""
+    from raytower.data.options import flag_fields, flag_name
+
     g = p.add_argument_group("data preparation")
     g.add_argument("--data", default="synthetic", metavar="SOURCE", help=DATA_HELP)
-    g.add_argument("--split", choices=["leave_last_out", "temporal"], default="leave_last_out",
-                   help="leave-last-out per user (default) or a global temporal split")
-    g.add_argument("--cold-frac", type=fraction, default=0.1,
-                   help="fraction of users kept out of the LightGCN graph (cold start), seeded (default 0.1)")
-    g.add_argument("--k-core", type=non_negative_int, default=0, help="k-core filter (default 0: off)")
-    g.add_argument("--min-rating", type=float, default=None,
-                   help="implicit feedback: keep interactions with rating >= this (default: keep all)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the cold-start draw (default 0)")
+    for f in flag_fields():
+        kind = {"cold_frac": fraction, "k_core": non_negative_int}.get(f.name) or _field_type(f.type)
+        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {"type": kind}
+        g.add_argument(flag_name(f), dest=_dest(f), default=f.default, help=f.metadata["help"], **extra)
+
+
+def _dest(f) -> str:
+    """The attribute a data flag parses into: --data-seed -> data_seed."""
+    from raytower.data.options import flag_name
+
+    return flag_name(f).lstrip("-").replace("-", "_")
+
+
+def _field_type(annotation: str):
+    """``float | None`` -> float: what a flag's text converts to."""
+    return {"int": int, "float": float, "str": str}[annotation.split("|")[0].strip()]
 
 
 def prepare_options(args):
-    from raytower.data import PrepareOptions
+    """The PrepareOptions the data flags ask for."""
+    from raytower.data.options import PrepareOptions, flag_fields
 
-    return PrepareOptions(split=args.split, cold_frac=args.cold_frac, k_core=args.k_core,
-                          min_rating=args.min_rating, seed=args.data_seed)
+    return PrepareOptions(**{f.name: getattr(args, _dest(f)) for f in flag_fields()})
+
+
+def data_flags_given(args) -> list[str]:
+    """The data flags whose values differ from the defaults, as command-line words (a retrain hint
+    prepares the data the same way)."""
+    from raytower.data.options import flag_fields, flag_name
+
+    words = []
+    for f in flag_fields():
+        value = getattr(args, _dest(f))
+        if value != f.default:
+            words += [flag_name(f), str(value)]
+    return words
 
 
 def add_tune_flags(p: argparse.ArgumentParser) -> None:

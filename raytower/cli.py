@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, non_negative_int, positive_int,
-                             prepare_options)
+from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, data_flags_given, non_negative_int,
+                             positive_int, prepare_options)
 from raytower.errors import RaytowerError
 
 # The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
@@ -103,7 +103,8 @@ def cmd_train(args) -> int:
     # interrupted one is discarded, the earlier run kept as it was.
     args.out = None if args.force and out.is_dir() and any(out.iterdir()) else str(out)
     _stop_on_sigterm()
-    train(cfg, bundle, out, device=args.device, threads=args.threads, force=args.force, metric=_train_metric(args))
+    train(cfg, bundle, out, device=args.device or "cpu", threads=args.threads, force=args.force,
+          metric=_train_metric(args))
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
@@ -177,12 +178,23 @@ def _retrain_command(args) -> str:
     """`raytower train` on the same data, prepared the same way: every data flag that was given."""
     import shlex
 
-    data = ["--data", args.data]
-    for flag, default in (("split", "leave_last_out"), ("cold_frac", 0.1), ("k_core", 0), ("min_rating", None),
-                          ("data_seed", 0)):
-        if getattr(args, flag) != default:
-            data += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    return shlex.join(["raytower", "train", "--config", str(Path(args.out) / "best_config.json"), *data])
+    data = ["--data", args.data, *data_flags_given(args)]
+    return shlex.join([*this_command(), "train", "--config", str(Path(args.out) / "best_config.json"), *data])
+
+
+def this_command() -> list[str]:
+    """How to run raytower again from this shell: ``raytower`` when that is the script running now,
+    else the path that ran it (``.venv/bin/raytower`` after ``make``, whose venv a fresh shell has not
+    activated), else ``python -m raytower.cli``."""
+    import shutil
+
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.name != "raytower" or not script.exists():
+        return [sys.executable, "-m", "raytower.cli"]
+    on_path = shutil.which("raytower")
+    if on_path and os.path.samefile(on_path, script):
+        return ["raytower"]
+    return [os.path.relpath(script) if not script.is_absolute() or Path.cwd() in script.parents else str(script)]
 
 
 _TERMINATED: list[int] = []
@@ -208,7 +220,7 @@ def _interrupted_status() -> int:
 def _resume_command(argv: list[str]) -> str:
     import shlex
 
-    return shlex.join(["raytower", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return shlex.join([*this_command(), *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_best(args) -> int:
@@ -316,9 +328,11 @@ def _train_parser(sub) -> None:
                         "best_config.json was chosen by, else recall@100)")
     p.add_argument("--out", metavar="DIR", help="run directory, new or empty (default runs/train-<dataset>)")
     add_force(p, "run")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default cpu; with --resume or --evaluate, the run's own")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (fix it for reproducible runs; default: torch's choice)")
+                   help="torch threads (fix it for reproducible runs; default: torch's choice; with --resume or "
+                        "--evaluate, the run's own)")
     p.add_argument("--strict", action="store_true",
                    help="a best_config.json chosen on other data (another fingerprint) is an error, not a warning")
     p.add_argument("--patience", type=non_negative_int, default=None, metavar="N",
@@ -417,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / "run.json").is_file():
             import shlex
 
-            print(f"resume it with: {shlex.join(['raytower', 'train', '--resume', args.out])}", file=sys.stderr)
+            print(f"resume it with: {shlex.join([*this_command(), 'train', '--resume', args.out])}", file=sys.stderr)
         return _interrupted_status()
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +28,13 @@ import pyarrow.parquet as pq
 
 from raytower._io import atomic_dir, write_json
 from raytower.data._raw import RawData
+from raytower.data.options import PrepareOptions
 from raytower.errors import DataError
 
 BUNDLE_FORMAT = 1
 # Lower bounds of the age buckets MovieLens 1M uses; ml-100k's exact ages fall into the same ones.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """How a log becomes a bundle. Part of the fingerprint: change one and you get a new bundle."""
-
-    split: str = "leave_last_out"  # or "temporal": global time cut-offs
-    temporal_val_frac: float = 0.1  # temporal split: the last fractions of all interactions by time
-    temporal_test_frac: float = 0.1
-    cold_frac: float = 0.1  # users kept out of the LightGCN graph, to report cold start apart
-    seed: int = 0
-    min_user_interactions: int = 3  # leave-last-out needs train + validation + test
-    k_core: int = 0  # 0 = off; a 5-core filter would drop 333 of ml-100k's 1,682 items
-    min_rating: float | None = None  # implicit feedback: keep rows with rating >= this
-
-    def __post_init__(self) -> None:
-        if self.split not in ("leave_last_out", "temporal"):
-            raise DataError(f"unknown split {self.split!r}: use leave_last_out or temporal")
-        if not 0.0 <= self.cold_frac < 1.0:
-            raise DataError(f"cold_frac must be in [0, 1), got {self.cold_frac}")
-        if self.min_user_interactions < 3:
-            raise DataError("min_user_interactions must be at least 3 (train, validation, test)")
-        if self.k_core < 0:
-            raise DataError(f"k_core must be >= 0, got {self.k_core}")
-        for name in ("temporal_val_frac", "temporal_test_frac"):
-            if not 0.0 < getattr(self, name) < 0.5:
-                raise DataError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PrepareOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(f"unknown preparation option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def fingerprint(source_key: dict[str, Any], options: PrepareOptions) -> str:

@@ -85,11 +85,13 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
         write_json(out / RUN_RECORD, {
             "config": cfg.to_dict(), "pretraining": dataclasses.asdict(pcfg), "metric": metric,
             "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint, "bundle": str(bundle.path)},
+            # how it ran: a resume runs the same way unless told otherwise (threads change the sums' order)
+            "device": device, "threads": threads,
         })
         return _curriculum(out, cfg, pcfg, bundle, metric, device, threads, log)
 
 
-def resume(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
+def resume(out_dir: str | Path, device: str | None = None, threads: int | None = None, log=print) -> dict:
     """Continue the run in ``out_dir`` from its last epoch's checkpoint: the same epochs, the same
     figures as a run never interrupted (model, optimizer, stage, schedules, RNG all restored)."""
     out = Path(out_dir)
@@ -97,8 +99,9 @@ def resume(out_dir: str | Path, device: str = "cpu", threads: int | None = None,
         return _resume(out, device, threads, log)
 
 
-def _resume(out: Path, device: str, threads: int | None, log) -> dict:
+def _resume(out: Path, device: str | None, threads: int | None, log) -> dict:
     record = read_run_record(out)
+    device, threads = device or record.get("device") or "cpu", threads or record.get("threads")
     if (out / METRICS_FILE).is_file() and read_json(out / METRICS_FILE, {}).get("complete"):
         raise ConfigError("the run is finished (its metrics.json is complete): nothing to resume", out)
     cfg, pcfg, bundle = _recorded(out, record)
@@ -109,15 +112,16 @@ def _resume(out: Path, device: str, threads: int | None, log) -> dict:
     return _curriculum(out, cfg, pcfg, bundle, record["metric"], device, threads, log, last, best)
 
 
-def evaluate_run(out_dir: str | Path, device: str = "cpu", threads: int | None = None, log=print) -> dict:
+def evaluate_run(out_dir: str | Path, device: str | None = None, threads: int | None = None, log=print) -> dict:
     """Test, once, a run cut short: its best epoch so far, with ``complete: false`` in metrics.json."""
     out = Path(out_dir)
     with writing_in_place(out, "run", "--evaluate"):
         return _evaluate_run(out, device, threads, log)
 
 
-def _evaluate_run(out: Path, device: str, threads: int | None, log) -> dict:
+def _evaluate_run(out: Path, device: str | None, threads: int | None, log) -> dict:
     record = read_run_record(out)
+    device, threads = device or record.get("device") or "cpu", threads or record.get("threads")
     if not (out / LAST_CHECKPOINT).is_file():
         raise ConfigError("the run has no finished epoch to evaluate", out)
     cfg, pcfg, bundle = _recorded(out, record)
