@@ -114,34 +114,79 @@ def test_a_second_search_in_the_same_dir_needs_resume(search, capsys):
     assert rc == 2 and "--resume" in capsys.readouterr().err
 
 
-def test_train_executor_reports_the_same_metrics_and_checkpoints(search, trials, tmp_path):
-    out = tmp_path / "train-exec"
+# One more search, shared by the tests below: the train executor, warm-started from the session's
+# search, selecting by another metric with multivariate TPE. Each test checks one of these.
+@pytest.fixture(scope="module")
+def train_exec(search, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-exec") / "out"
     rc = main(["tune", "--data", SMALL_SYNTHETIC, "--space", SPACE, "--num-samples", "1", "--max-epochs", "2",
                "--scheduler", "none", "--executor", "train", "--out", str(out), "--warm-start", str(search),
-               # and another selection metric, with multivariate TPE learning from the warm start's trials
                "--metric", "ndcg@10", "--searcher", "tpe-mv"])
     assert rc == 0
-    # --warm-start: the new study starts from the earlier study's finished trials
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
-    assert len(study.trials) == 8 + 1
-    warm = [t for t in study.trials if "warm_start_from" in t.user_attrs]  # marked as copies
-    assert len(warm) == 8 and {t.user_attrs["warm_start_number"] for t in warm} == set(range(8))
-    new = next(t for t in study.trials if "warm_start_from" not in t.user_attrs)
-    assert all(t.params != new.params for t in warm)  # the start points already ran: not run again
-    t = pd.read_parquet(out / "trials.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_exec_study(train_exec):
+    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{train_exec / 'optuna.db'}")
+
+
+def _new_trial(study):
+    return next(t for t in study.trials if "warm_start_from" not in t.user_attrs)
+
+
+def _rows(exp, trial_dir):
+    return [json.loads(line) for line in (exp / "tune" / trial_dir / "result.json").read_text().splitlines()]
+
+
+def test_train_executor_runs_its_trial_to_the_end_and_tests_the_choice(train_exec):
+    t = pd.read_parquet(train_exec / "trials.parquet")
     assert len(t) == 1 and t.epochs.iloc[0] == 2 and t.stop_reason.iloc[0] == "completed"
-    rows_train = [json.loads(line) for line in (out / "tune" / t.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
-    rows_func = [json.loads(line) for line in (search / "tune" / trials.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
+    best = json.loads((train_exec / "best_config.json").read_text())
+    assert math.isfinite(best["test"]["recall@100"])
+
+
+def test_train_executor_reports_the_function_executors_curriculum_metrics(train_exec, search, trials):
+    t = pd.read_parquet(train_exec / "trials.parquet")
+    rows_train = _rows(train_exec, t.trial_dir.iloc[0])
+    rows_func = _rows(search, trials.trial_dir.iloc[0])
     curriculum_keys = {k for k in rows_func[0] if ("/" in k and not k.startswith("best/"))
                        or k in ("loss", "loss_random", "tau", "lambda", "stage", "epoch")}
     assert curriculum_keys <= set(rows_train[0])
-    assert len(list((out / "train").rglob("state.pt"))) == 2  # Train run's checkpoints, newest and best
-    best = json.loads((out / "best_config.json").read_text())
-    assert math.isfinite(best["test"]["recall@100"])
+
+
+def test_train_executor_keeps_the_newest_and_the_best_checkpoint(train_exec):
+    assert len(list((train_exec / "train").rglob("state.pt"))) == 2  # Train run's checkpoints, newest and best
+
+
+def test_warm_start_copies_the_earlier_studys_finished_trials(train_exec_study):
+    # --warm-start: the new study starts from the earlier study's finished trials
+    assert len(train_exec_study.trials) == 8 + 1
+    warm = [t for t in train_exec_study.trials if "warm_start_from" in t.user_attrs]  # marked as copies
+    assert len(warm) == 8 and {t.user_attrs["warm_start_number"] for t in warm} == set(range(8))
+
+
+def test_warm_start_points_are_not_run_again(train_exec_study):
+    warm = [t for t in train_exec_study.trials if "warm_start_from" in t.user_attrs]
+    new = _new_trial(train_exec_study)
+    assert all(t.params != new.params for t in warm)  # the start points already ran: not run again
+
+
+def test_trials_parquet_names_the_new_trials_optuna_number(train_exec, train_exec_study):
+    t = pd.read_parquet(train_exec / "trials.parquet")
+    assert t.optuna_number.iloc[0] == _new_trial(train_exec_study).number
+
+
+def test_metric_chooses_each_trials_best_epoch_and_the_best_config(train_exec):
     # --metric: the trial's best epoch, and the choice, are by validation NDCG@10
+    best = json.loads((train_exec / "best_config.json").read_text())
     assert best["selection"]["metric"] == "val/ndcg@10" and best["search"]["metric"] == "ndcg@10"
-    assert best["search"]["grace_period"] == 2  # resolved, not null: min(--max-epochs 2, stage1 2 + 3)
-    assert t.optuna_number.iloc[0] == new.number
+    rows_train = _rows(train_exec, pd.read_parquet(train_exec / "trials.parquet").trial_dir.iloc[0])
     by_ndcg = max(rows_train, key=lambda r: r["val/ndcg@10"])
     assert best["selection"]["epoch"] == by_ndcg["epoch"] and best["selection"]["value"] == by_ndcg["val/ndcg@10"]
     assert rows_train[-1]["best/val/ndcg@10"] == by_ndcg["val/ndcg@10"]
+
+
+def test_the_grace_period_is_recorded_resolved(train_exec):
+    best = json.loads((train_exec / "best_config.json").read_text())
+    assert best["search"]["grace_period"] == 2  # resolved, not null: min(--max-epochs 2, stage1 2 + 3)
