@@ -264,6 +264,7 @@ def test_the_retrain_hint_keeps_every_data_flag():
     hint = _retrain_command(build_parser().parse_args(argv))
     assert hint.endswith(" train --config runs/s/best_config.json --data ml-100k --split temporal "
                          "--cold-frac 0.2 --data-seed 3 --k-core 5 --min-rating 4.0")
+    assert _retrain_command(build_parser().parse_args(["tune", "--out", "o"])).endswith("--data synthetic")
 
 
 def test_hints_print_a_command_that_runs_in_a_fresh_shell():
@@ -278,4 +279,3 @@ def test_hints_print_a_command_that_runs_in_a_fresh_shell():
     assert len(words) == 1 and Path(words[0]).resolve() == script.resolve()  # not on PATH: its path
     assert subprocess.run([*words, "--help"], capture_output=True, env=fresh).returncode == 0
     assert cli.this_command()[-2:] == ["-m", "raytower.cli"]  # under pytest: not the console script
-    assert _retrain_command(build_parser().parse_args(["tune", "--out", "o"])).endswith("--data synthetic")
