@@ -94,7 +94,7 @@ def test_export_from_the_folder_submit_fetches(search, exported, tmp_path):
     import json
     import shutil
 
-    from raytower.tune import ExperimentStore
+    from raytower.tune.record import store_of
     from raytower.tune.results import checkpoint_state
 
     fetched = tmp_path / "fetched"
@@ -102,7 +102,7 @@ def test_export_from_the_folder_submit_fetches(search, exported, tmp_path):
     for name in ("best_config.json", "trials.parquet", "setup.json"):
         shutil.copy(search / name, fetched / name)
     best = json.loads((search / "best_config.json").read_text())
-    torch.save(checkpoint_state(ExperimentStore.of(search), best["trial_id"], best["selection"]["epoch"]),
+    torch.save(checkpoint_state(store_of(search), best["trial_id"], best["selection"]["epoch"]),
                fetched / "checkpoint.pt")
     assert main(["export", str(fetched), "--out", str(tmp_path / "m")]) == 0
     assert torch.allclose(_exported_scores(tmp_path / "m"), _exported_scores(exported), atol=1e-6)

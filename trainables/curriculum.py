@@ -19,14 +19,13 @@ from typing import Callable
 
 import torch
 
+from raytower._trial import Shared, local_copy
 from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.names import train_run_name, val_key
 from raytower.train.config import TrainConfig
 from raytower.train.fit import SCALARS, best_epoch, fit
 from raytower.train.loop import Curriculum
-from raytower.tune.artifacts import local_copy
-from raytower.tune.record import Shared
 
 STATE_FILE = "state.pt"
 # A Train worker that dies (a lost node) is restarted this often before its trial fails; Tune's own

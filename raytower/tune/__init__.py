@@ -6,13 +6,15 @@ command line builds its flags from it before it parses).
 """
 
 __all__ = ["ExperimentStore", "SearchRecord", "SearchSettings", "Shared", "experiment_uri"]
-_HOME = {"ExperimentStore": "_storage", "experiment_uri": "_storage", "SearchRecord": "record", "Shared": "record",
-         "SearchSettings": "settings"}
+# Where each name lives: the store and what trials share lie on floors below the search (raytower._storage,
+# raytower._trial), so that the trainables read them without importing raytower.tune.
+_HOME = {"ExperimentStore": "raytower._storage", "experiment_uri": "raytower._storage",
+         "SearchRecord": "raytower.tune.record", "Shared": "raytower._trial", "SearchSettings": "raytower.tune.settings"}
 
 
 def __getattr__(name: str):
     if name in _HOME:
         import importlib
 
-        return getattr(importlib.import_module(f"raytower.tune.{_HOME[name]}"), name)
+        return getattr(importlib.import_module(_HOME[name]), name)
     raise AttributeError(f"module 'raytower.tune' has no attribute {name!r}")

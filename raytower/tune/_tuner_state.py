@@ -31,7 +31,7 @@ def sign_tuner_state(uri: str) -> None:
         if (local / TUNER_STATE).is_file():
             sign_file(local / TUNER_STATE)
         return
-    from raytower.tune._storage import ExperimentStore
+    from raytower._storage import ExperimentStore
 
     store = ExperimentStore(uri)
     data = store.read_bytes(TUNER_STATE)
@@ -46,7 +46,7 @@ def verify_tuner_state(uri: str) -> None:
         if (local / TUNER_STATE).exists():
             verify_file(local / TUNER_STATE, hint=RESUME_HINT)
         return
-    from raytower.tune._storage import ExperimentStore, join_uri
+    from raytower._storage import ExperimentStore, join_uri
 
     store = ExperimentStore(uri)
     data = store.read_bytes(TUNER_STATE)

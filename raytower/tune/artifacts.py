@@ -2,7 +2,7 @@
 storage path and fetched by name (which holds the fingerprint) on any node whose cache lacks them.
 
     published = publish(store, Path(bundle.path), "bundles")      # the driver, once per search
-    path = local_copy(shared.bundle, shared.published, "bundles")   # a trial, on whatever node
+    path = local_copy(shared.bundle, shared.published, "bundles")   # a trial, on whatever node (raytower._trial)
 
 A local search needs none of this: its trials run where the driver prepared everything. With
 ``--storage-path`` (a cluster) every node can read the storage path, but not the head's disk.
@@ -12,13 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raytower._io import atomic_dir, cache_root
-from raytower._lock import hold_cache_entry
-from raytower.tune._storage import ExperimentStore
-
-ARTIFACTS = "artifacts"  # under the storage path: artifacts/bundles/<name>-<fingerprint>, artifacts/pretrain/...
-COMPLETE = "manifest.json"  # both kinds of entry are complete once their manifest is there
-PUBLISHED = ".published"  # written last: a half-published entry is never fetched
+from raytower._storage import ExperimentStore
+from raytower._trial import ARTIFACTS, PUBLISHED, local_copy
 
 
 def publish(store: ExperimentStore, local: Path, kind: str, key: str | None = None) -> str:
@@ -31,46 +26,6 @@ def publish(store: ExperimentStore, local: Path, kind: str, key: str | None = No
     store.copy_in(local, rel)
     store.write_bytes(f"{rel}/{PUBLISHED}", b"")
     return rel
-
-
-class _KeepExisting(Exception):
-    pass
-
-
-def local_copy(path: str, published: str | None, kind: str, key: str | None = None) -> Path:
-    """Where this node reads an entry: ``path`` itself in a search that published nothing (a local
-    one); else this node's own cache entry (on the driver's node, usually ``path`` itself), fetched
-    from the search's storage path (``published``) the first time. A node never reads another
-    node's cache, even on a disk they happen to share. Several trials on one node may ask at once:
-    the first fetches, the others wait for it and use its copy."""
-    here = Path(path)
-    if not published:
-        return here
-    cached = cache_root() / kind / (key or here.name)
-    if (cached / COMPLETE).is_file():
-        return cached
-    store = ExperimentStore(published)
-    rel = f"{ARTIFACTS}/{kind}/{key or here.name}"
-    if not store.is_file(f"{rel}/{PUBLISHED}"):
-        return here
-
-    def keep(existing: Path) -> None:
-        if (existing / COMPLETE).is_file():
-            raise _KeepExisting
-
-    with hold_cache_entry(cached):  # another trial on this node fetching it: wait, then use its copy
-        if (cached / COMPLETE).is_file():
-            return cached
-        try:
-            with atomic_dir(cached, may_replace=keep) as tmp:
-                store.copy_out(rel, tmp)
-                (tmp / PUBLISHED).unlink(missing_ok=True)
-        except _KeepExisting:
-            pass
-        except OSError:  # another trial's copy landed between the check and the rename: keep it
-            if not (cached / COMPLETE).is_file():
-                raise
-    return cached
 
 
 def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, shapes: list[tuple[int, int]],

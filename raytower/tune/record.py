@@ -2,6 +2,7 @@
 
     record = SearchRecord.read(out)
     record.shared.bundle, record.shared.artifact_path(cfg), record.metric
+    store = store_of(out)      # where its Tune and Train state lives
 
 Written once when the search starts (``write``) and updated once when it ends (``finish``); every
 module that reads a search directory reads it through this class, not by raw keys.
@@ -16,47 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from raytower._io import write_json
+from raytower._storage import ExperimentStore
+from raytower._trial import Shared
 from raytower.errors import ConfigError
 from raytower.names import DEFAULT_METRIC, SETUP
-
-
-@dataclass
-class Shared:
-    """What every trial of the search needs, by path (bound to the trainable with
-    ``tune.with_parameters``, so it stays out of the trial's config)."""
-
-    bundle: str
-    artifacts: dict[str, str]  # "dim-item_layers" -> pretraining artifacts directory
-    experiment_uri: str | None = None  # only with --storage-path: else OUT, wherever it is now
-    train_storage: str = ""  # where executor "train" keeps its Ray Train runs
-    threads: int = 1  # torch threads per trial
-    workers: int = 1
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] | None = None  # executor "train"
-    metric: str = DEFAULT_METRIC  # what a trial's best epoch and kept checkpoints are chosen by
-    # With --storage-path: the store the bundle and artifacts are published to (raytower.tune.artifacts),
-    # so a node whose cache lacks them fetches them by name.
-    published: str | None = None
-    bundle_key: str | None = None  # the bundle's name there: <dataset>-<fingerprint>
-
-    def artifact_path(self, cfg) -> str:
-        return self.artifacts[f"{cfg.dim}-{cfg.item_layers}"]
-
-    def load_artifacts(self, cfg):
-        """The pretraining artifacts a model of ``cfg`` builds on (this node's copy, fetched by name
-        on a cluster), or None for towers that need no pretraining (``raytower.model.towers``)."""
-        from raytower.model.pretrain import Artifacts
-        from raytower.model.towers import needs_pretraining
-        from raytower.tune.artifacts import local_copy
-
-        if not needs_pretraining(cfg.model):
-            return None
-        return Artifacts.load(local_copy(self.artifact_path(cfg), self.published, "pretrain"))
-
-    @classmethod
-    def from_dict(cls, doc: dict) -> "Shared":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
 
 
 @dataclass
@@ -109,3 +73,8 @@ class SearchRecord:
         self.elapsed_s = round(elapsed_s, 1)
         self.time_budget_spent = budget_spent
         self.write(out)
+
+
+def store_of(out: str | Path) -> ExperimentStore:
+    """Where the search in ``out`` keeps its Tune and Train state: its storage path, or ``out``."""
+    return ExperimentStore(SearchRecord.read(out).shared.experiment_uri or str(Path(out).resolve()))

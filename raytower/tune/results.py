@@ -15,14 +15,15 @@ from typing import Any
 import pandas as pd
 
 from raytower._io import atomic_path, read_json, write_json
+from raytower._storage import ExperimentStore
+from raytower._trial import Shared, local_copy
 from raytower.errors import ConfigError
 from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SETUP, STOPS, STUDY,
                             TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
                             train_run_name, trial_dirname, val_key)
 from raytower.train.row import REPORT_KEYS
 from raytower.train.config import TrainConfig
-from raytower.tune._storage import ExperimentStore
-from raytower.tune.record import SearchRecord, Shared
+from raytower.tune.record import SearchRecord, store_of
 
 
 
@@ -31,7 +32,7 @@ def check_search_dir(exp: Path) -> None:
     one (named as such, not as missing), or no Tune experiment beside it."""
     if not (exp / SETUP).is_file():
         raise ConfigError("not a raytower search directory (no setup.json)", exp)
-    if not ExperimentStore.of(exp).is_dir(EXPERIMENT):  # reads setup.json: damage is its own error
+    if not store_of(exp).is_dir(EXPERIMENT):  # reads setup.json: damage is its own error
         raise ConfigError("not a raytower search directory (no tune/ beside its setup.json)", exp)
 
 
@@ -46,7 +47,7 @@ def is_best_config(path: Path) -> bool:
 
 def read_trials(exp: Path) -> list[dict[str, Any]]:
     """One record per trial directory: its config and its per-epoch results (deduplicated by epoch)."""
-    store = ExperimentStore.of(exp)
+    store = store_of(exp)
     trials = []
     for name in store.subdirs(EXPERIMENT):
         params_text = store.read_text(f"{EXPERIMENT}/{name}/params.json")
@@ -95,7 +96,7 @@ def tune_statuses(exp: Path) -> dict[str, str]:
 
     Read from the newest ``experiment_state-*.json``, which Tune also writes when it is interrupted,
     before it stops the running trials (so they show as RUNNING there, not TERMINATED)."""
-    store = ExperimentStore.of(exp)
+    store = store_of(exp)
     # The newest by the start time in its name: on a local storage path Ray rewrites the older
     # session's file at the end too, so modification times do not tell them apart.
     states = sorted(rel for rel, _ in store.files(EXPERIMENT)
@@ -307,7 +308,7 @@ def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: boo
 def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = None):
     """(model, config, bundle) of a trial at ``epoch``, rebuilt from its kept checkpoint and the
     search's shared artifacts."""
-    state = checkpoint_state(ExperimentStore.of(exp), trial_id, epoch)
+    state = checkpoint_state(store_of(exp), trial_id, epoch)
     if state is None:
         raise ConfigError(f"the checkpoint of trial {trial_id} at epoch {epoch} is missing", exp)
     return model_from_state(state, shared or SearchRecord.read(exp).shared)
@@ -318,7 +319,6 @@ def model_from_state(state: dict, shared: Shared):
     On a cluster they were made on another node: this one reads its own copy, fetched by name."""
     from raytower.data import Bundle
     from raytower.train.loop import load_model
-    from raytower.tune.artifacts import local_copy
 
     cfg = TrainConfig.from_dict(state["config"])
     bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))

@@ -28,12 +28,13 @@ from pathlib import Path
 
 from raytower._io import check_destination, claim_output_dir, output_kind, writing_in_place
 from raytower._lock import refuse_if_held
+from raytower._storage import ExperimentStore, experiment_uri, join_uri
+from raytower._trial import Shared
 from raytower.errors import ConfigError, RaytowerError
 from raytower.model.towers import needs_pretraining
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STOPS, STUDY, TRAIN_RUNS, WARM_START_FROM,
                             WARM_START_NUMBER, trial_dirname, val_key)
-from raytower.tune._storage import ExperimentStore, experiment_uri, join_uri
-from raytower.tune.record import SearchRecord, Shared
+from raytower.tune.record import SearchRecord
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace, load_space
 

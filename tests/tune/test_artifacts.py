@@ -3,10 +3,11 @@ node that lacks them (a cluster node whose disk is not the driver's)."""
 
 import torch
 
+from raytower._storage import ExperimentStore
+from raytower._trial import local_copy
 from raytower.data import Bundle
 from raytower.model.pretrain import Artifacts
-from raytower.tune._storage import ExperimentStore
-from raytower.tune.artifacts import local_copy, publish
+from raytower.tune.artifacts import publish
 
 
 def test_a_node_with_an_empty_cache_fetches_the_bundle_and_artifacts(small_bundle, small_artifacts, tmp_path,

@@ -5,6 +5,9 @@ or a filesystem every node mounts): Ray writes trial results and checkpoints the
 that loses its node resumes on any other. ``--out`` stays on the driver's disk and keeps what must
 not live on object storage: the Optuna SQLite study (copied to the storage path when the search
 ends), ``setup.json`` and the exported results.
+
+Below the search and its trainable, both of which read it (``raytower.tune.record.store_of`` finds
+a search directory's store); no Ray here.
 """
 
 from __future__ import annotations
@@ -48,12 +51,6 @@ class ExperimentStore:
     def __init__(self, uri: str):
         self.uri = uri
         self.fs, self.root = open_uri(uri)
-
-    @classmethod
-    def of(cls, exp: Path) -> "ExperimentStore":
-        from raytower.tune.record import SearchRecord
-
-        return cls(SearchRecord.read(exp).shared.experiment_uri or str(Path(exp).resolve()))
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root

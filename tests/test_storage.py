@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from raytower._storage import PUBLISHED, ExperimentStore, experiment_uri
 from raytower.errors import ConfigError
-from raytower.tune._storage import PUBLISHED, ExperimentStore, experiment_uri
 
 
 def test_search_lives_in_its_own_folder_of_the_storage_path(tmp_path):
@@ -33,7 +33,7 @@ def test_an_unknown_scheme_is_a_one_line_error():
 
 
 def test_parts_join_before_a_query():
-    from raytower.tune._storage import join_uri
+    from raytower._storage import join_uri
 
     assert join_uri("s3://b/p?endpoint_override=h:9000", "tune") == "s3://b/p/tune?endpoint_override=h:9000"
     assert join_uri("/runs/s1/", "train") == "/runs/s1/train"
