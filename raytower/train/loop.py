@@ -26,11 +26,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts
 from raytower.model.towers import BUILTIN, needs_pretraining, user_forward
+from raytower.train._stages import switch_reason, unfreeze_for_stage2
+from raytower.train._towers import TrainedTowers
 from raytower.train.config import TrainConfig
 from raytower.train.data import TrainData, epoch_batches, training_targets
 from raytower.train.evaluate import evaluate, popularity
@@ -41,30 +42,28 @@ CHECKPOINT_FORMAT = 1
 
 
 class Curriculum:
-    """The two-stage curriculum over one model: its optimizer, the stage switch, one epoch's step,
-    and the state a checkpoint holds. ``create`` seeds the RNG and builds the model and the data."""
+    """The two-stage curriculum over one model: its optimizer, the stage it is in, one epoch's step,
+    and the state a checkpoint holds. ``create`` seeds the RNG and builds the model and the data.
+    The stage rules are ``raytower.train._stages``'; which parts train, and their DDP wrapping,
+    ``towers`` (``raytower.train._towers``)."""
 
     def __init__(self, cfg: TrainConfig, model: TwoTower, data: TrainData, device: str | torch.device = "cpu",
                  rank: int = 0, world_size: int = 1):
         self.cfg, self.model, self.data, self.device = cfg, model, data, torch.device(device)
         self.rank, self.world_size = rank, world_size
-        self.user_module: nn.Module = self._wrap(model.user_tower)
         self.all_positions = bool(getattr(model.user_tower, "all_positions", False))
         if cfg.targets == "all" and not self.all_positions:
             from raytower.errors import ConfigError
 
             raise ConfigError(f"targets: all trains every position, but the user tower of model {cfg.model!r} returns "
                               "one vector per user (no all_positions): set targets: last")
-        self.item_top: nn.Module | None = None  # Stage 2: the unfrozen top of the item tower
         self.popularity = popularity(data.bundle)
         self.epoch = 0  # epochs completed
         self.stage = 1
         self.switch: dict | None = None  # {"epoch": ..., "reason": ...}
         self.history: list[dict] = []
-        self.item_base: torch.Tensor | None = None
-        self.item_level = 0
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.item_cache = model.item_vectors()
+        self.towers = TrainedTowers(model, self.device, world_size)
         self.all_items = torch.arange(1, data.bundle.n_items + 1, device=self.device)  # loss: full
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
         if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
@@ -87,6 +86,15 @@ class Curriculum:
     def item_tower(self):
         return self.model.item_tower
 
+    @property
+    def item_cache(self) -> torch.Tensor:
+        """Every item's vector as the item tower stands: what validation ranks against."""
+        return self.towers.item_cache
+
+    @item_cache.setter
+    def item_cache(self, vectors: torch.Tensor) -> None:
+        self.towers.item_cache = vectors
+
     # ------------------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
@@ -101,21 +109,6 @@ class Curriculum:
         if c.loss == "full":  # every item is a candidate: nothing was sampled, nothing to correct
             return 0.0
         return logq_weight(self.epoch, c.logq_warmup_epochs, c.logq_max, c.logq_ramp_epochs)
-
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return DistributedDataParallel(module, device_ids=ids)
-        return module
-
-    def _candidate_vectors(self, cand: torch.Tensor) -> torch.Tensor:
-        if self.item_top is None:
-            return self.item_cache[cand]
-        if self.item_base is None:  # the embeddings train too: the whole tower runs
-            return self.item_top(cand)
-        return self.item_top(self.item_base[cand])
 
     # --- the epoch ----------------------------------------------------------------------------
     def step(self) -> dict:
@@ -140,7 +133,7 @@ class Curriculum:
         # A NaN loss, or scores that are not numbers (see metrics): nothing past this epoch counts.
         row["diverged"] = float(not (math.isfinite(row["loss"]) and math.isfinite(row["val/recall@100"])))
         if self.stage == 1 and not row["diverged"]:
-            reason = self._switch_reason(row)
+            reason = switch_reason(self.cfg, row, self.epoch, self.popularity["val"]["recall@100"])
             if reason:
                 self._enter_stage2(reason)
                 row["stage_switch"] = reason
@@ -152,48 +145,10 @@ class Curriculum:
         validation, no stage switch, ``epoch`` not advanced (``step`` does all three)."""
         return self._train_epoch(self.tau(), self.lam())
 
-    def _switch_reason(self, row: dict) -> str | None:
-        c = self.cfg
-        pop = self.popularity["val"]["recall@100"]
-        if c.stage2_min_recall > 0 and row["val/recall@100"] >= c.stage2_min_recall * pop:
-            return f"val recall@100 {row['val/recall@100']:.3f} >= {c.stage2_min_recall:g} x popularity {pop:.3f}"
-        if c.stage2_max_loss > 0 and row["loss"] <= c.stage2_max_loss * row["loss_random"]:
-            return f"loss {row['loss']:.3f} <= {c.stage2_max_loss:g} x random-guess {row['loss_random']:.3f}"
-        if self.epoch >= c.stage1_max_epochs:
-            return f"stage1_max_epochs ({c.stage1_max_epochs}) reached"
-        return None
-
     def _enter_stage2(self, reason: str) -> None:
         self.stage = 2
         self.switch = {"epoch": self.epoch, "reason": reason}
-        if self.cfg.unfreeze_depth > 0:
-            self._unfreeze_item_tower(self.cfg.unfreeze_depth)
-        if self.cfg.gnn_unfreeze:
-            if not callable(getattr(self.user_tower, "unfreeze_gnn", None)):
-                from raytower.errors import ConfigError
-
-                raise ConfigError(f"gnn_unfreeze: the user tower of model {self.cfg.model!r} has no GNN table "
-                                  "to unfreeze (unfreeze_gnn())")
-            table = self.user_tower.unfreeze_gnn()
-            # Under DDP the wrapped set of trainable parameters was fixed at wrapping and just grew.
-            self.user_module = self._wrap(self.user_tower)
-            self.optimizer.add_param_group({"params": [table], "lr": self.cfg.lr * self.cfg.gnn_lr_ratio})
-
-    def _unfreeze_item_tower(self, depth: int) -> None:
-        pieces = self.item_tower.pieces()[:depth]
-        for p in pieces:
-            p.requires_grad_(True)
-        if callable(getattr(self.item_tower, "frozen_base", None)):  # what lies under: once per stage
-            self.item_base, self.item_level = self.item_tower.frozen_base(depth)
-        tower, level = self.item_tower, self.item_level
-        if self.item_base is None:
-            top = tower
-        else:
-            top = _TowerTop(tower, level)
-        # Under DDP a module's set of trainable parameters is fixed at wrapping: wrap it now.
-        self.item_top = self._wrap(top)
-        params = [p for piece in pieces for p in piece.parameters()]
-        self.optimizer.add_param_group({"params": params, "lr": self.cfg.lr * self.cfg.lr_ratio})
+        unfreeze_for_stage2(self.cfg, self.towers, self.optimizer)
 
     def _batches(self) -> list[torch.Tensor]:
         """This rank's batches of this epoch (``data.epoch_batches``), on the device."""
@@ -202,58 +157,53 @@ class Curriculum:
         return [torch.as_tensor(b, device=self.device) for b in rows]
 
     def _train_epoch(self, tau: float, lam: float) -> dict:
-        self.user_tower.train()
-        if self.item_top is not None:
-            self.item_tower.train()
-        data = self.data
-        users_all = torch.as_tensor(data.train_users, device=self.device)
+        """Every batch of the epoch, one optimizer step each; the epoch's mean loss figures."""
+        self.towers.train()
+        users_all = torch.as_tensor(self.data.train_users, device=self.device)
         tot = {"loss": 0.0, "loss_random": 0.0, "ln_candidates": 0.0, "gate": 0.0}
         n_rows = 0
         batches = self._batches()
         for k, idx in enumerate(batches):
-            users = users_all[idx]
-            rows = idx.cpu().numpy()
-            seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
-            last_only = self.cfg.targets == "last"
-            inp, tgt, valid = training_targets(seqs, self.cfg.targets)
-            u = user_forward(self.user_module, users, inp, data.meta[users], last_only, self.all_positions)[valid]
-            if self.cfg.loss == "full":  # every item a candidate: column j - 1 is item j
-                cand, labels = self.all_items, tgt[valid] - 1
-            else:
-                cand, labels = candidates(tgt[valid])
-            v = self._candidate_vectors(cand)
-            log_q = data.log_q[cand]
-            if self.cfg.logq == "inclusion" and lam:
-                # T is this step's number of targets: batches are sorted by length, so it varies.
-                log_q = log_inclusion_prob(log_q, len(labels))
-            loss, random_loss = inbatch_softmax(u, v, labels, log_q, tau, lam, self.cfg.logq_positive)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            n = int(valid.sum())
+            n, figures = self._train_step(users_all[idx], idx, tau, lam)
             n_rows += n
-            tot["loss"] += loss.item() * n
-            tot["loss_random"] += random_loss.item() * n
-            tot["ln_candidates"] += math.log(len(cand)) * n
-            gate = getattr(getattr(self.user_tower, "fusion", None), "last_gate", None)
-            if gate is not None and self.cfg.fusion == "gated" and self.cfg.model == BUILTIN:
-                tot["gate"] += gate[valid].mean().item() * n
+            for key, value in figures.items():
+                tot[key] += value * n
             if self.on_batch:
                 self.on_batch(k + 1, len(batches))
         if self.world_size > 1:  # every rank must see the same epoch loss: it can trigger Stage 2
-            import torch.distributed as dist
-
-            sums = torch.tensor([*tot.values(), n_rows], dtype=torch.float64, device=self.device)
-            dist.all_reduce(sums)
-            tot = dict(zip(tot, sums[:-1].tolist()))
-            n_rows = int(sums[-1].item())
+            tot, n_rows = _summed_over_ranks(tot, n_rows, self.device)
         out = {k: v / max(n_rows, 1) for k, v in tot.items()}
         if self.cfg.fusion == "gated":
             out["gate_mean_train"] = out["gate"]
-        if self.item_top is not None:
-            with torch.no_grad():
-                self.item_cache = self.model.item_vectors()
+        self.towers.refresh_item_cache()
         return out
+
+    def _train_step(self, users: torch.Tensor, idx: torch.Tensor, tau: float, lam: float) -> tuple[int, dict]:
+        """One optimizer step on one batch: (its training rows, its per-row loss figures)."""
+        data, cfg = self.data, self.cfg
+        rows = idx.cpu().numpy()
+        seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
+        inp, tgt, valid = training_targets(seqs, cfg.targets)
+        u = user_forward(self.towers.user_module, users, inp, data.meta[users], cfg.targets == "last",
+                         self.all_positions)[valid]
+        if cfg.loss == "full":  # every item a candidate: column j - 1 is item j
+            cand, labels = self.all_items, tgt[valid] - 1
+        else:
+            cand, labels = candidates(tgt[valid])
+        v = self.towers.candidate_vectors(cand)
+        log_q = data.log_q[cand]
+        if cfg.logq == "inclusion" and lam:
+            # T is this step's number of targets: batches are sorted by length, so it varies.
+            log_q = log_inclusion_prob(log_q, len(labels))
+        loss, random_loss = inbatch_softmax(u, v, labels, log_q, tau, lam, cfg.logq_positive)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        figures = {"loss": loss.item(), "loss_random": random_loss.item(), "ln_candidates": math.log(len(cand))}
+        gate = getattr(getattr(self.user_tower, "fusion", None), "last_gate", None)
+        if gate is not None and cfg.fusion == "gated" and cfg.model == BUILTIN:
+            figures["gate"] = gate[valid].mean().item()
+        return int(valid.sum()), figures
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, split: str) -> tuple[dict, dict]:
@@ -289,6 +239,15 @@ class Curriculum:
             torch.set_rng_state(state["rng"])
 
 
+def _summed_over_ranks(tot: dict[str, float], n_rows: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """The epoch's sums over every DDP rank, so that each rank sees the same epoch loss."""
+    import torch.distributed as dist
+
+    sums = torch.tensor([*tot.values(), n_rows], dtype=torch.float64, device=device)
+    dist.all_reduce(sums)
+    return dict(zip(tot, sums[:-1].tolist())), int(sums[-1].item())
+
+
 def load_model_state(model: TwoTower, state: dict) -> None:
     """A checkpoint's weights into ``model``: the user tower and, after Stage 2, the unfrozen top of
     the item tower. Enough to evaluate or export; training state (optimizer, RNG) stays out."""
@@ -318,17 +277,6 @@ def _checkpoint_errors():
 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"checkpoint does not fit this model ({first[:200]})") from None
-
-
-class _TowerTop(nn.Module):
-    """The unfrozen top of the item tower as a module of its own, so DDP can wrap just that."""
-
-    def __init__(self, tower, level: int):
-        super().__init__()
-        self.tower, self.level = tower, level
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower.forward_from(x, self.level)
 
 
 def seed_everything(seed: int) -> None:
