@@ -108,33 +108,52 @@ def check_address(address: str, insecure: bool = False) -> None:
 
 def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir: str | None = None,
            timeout_s: float | None = None, log=print, force: bool = False, insecure: bool = False) -> int:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+    """Run ``raytower tune_args`` on the cluster as a Ray Job, stream its log here, and with
+    ``fetch_to`` copy its results back; 0 once it succeeded, else a RaytowerError saying why."""
     from raytower._io import check_destination
 
     check_address(address, insecure)
     command, out = entrypoint(tune_args)
     if fetch_to:  # refused now, not after an hour of search
         check_destination(fetch_to, "results", force, "--fetch-to")
+    client = _client(address)
+    runtime_env = {"working_dir": working_dir, "excludes": [".venv", "runs", ".cache", ".git"]} if working_dir else None
+    job_id = _submit_job(client, address, command, runtime_env)
+    log(f"submitted {job_id}: {command}")
+    _follow_log(client, job_id, timeout_s)
+    _check_succeeded(client, job_id)
+    if fetch_to:
+        _fetch_results(results_location(tune_args, out), out, Path(fetch_to), force, log)
+    return 0
+
+
+def _client(address: str):
+    """A Jobs API client that sends the cluster's token, if there is one."""
+    from ray.job_submission import JobSubmissionClient
+
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        client = JobSubmissionClient(address, headers=headers)
+        return JobSubmissionClient(address, headers=headers)
     except Exception as e:  # unreachable, refused, 401
         raise RaytowerError(f"cannot reach the Ray Jobs API at {address} ({str(e).splitlines()[0][:200]})") from None
-    runtime_env = {"working_dir": working_dir, "excludes": [".venv", "runs", ".cache", ".git"]} if working_dir else None
+
+
+def _submit_job(client, address: str, command: str, runtime_env: dict | None) -> str:
+    """The job's id, once the head takes it: a freshly started head answers 500 "No available
+    agent" until its job agent is up, so that answer is retried for SUBMIT_RETRY_S."""
     deadline = time.time() + SUBMIT_RETRY_S
     while True:
         try:
-            job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
-            break
+            return client.submit_job(entrypoint=command, runtime_env=runtime_env)
         except RuntimeError as e:
-            # A freshly started head answers 500 "No available agent" until its job agent is up.
             if "try again" not in str(e) or time.time() > deadline:
                 raise RaytowerError(f"the Jobs API at {address} refused the job ({str(e).splitlines()[0][:200]})") from None
             time.sleep(2)
-    log(f"submitted {job_id}: {command}")
 
+
+def _follow_log(client, job_id: str, timeout_s: float | None) -> None:
+    """The job's log, streamed to stdout until it ends; past ``timeout_s`` the job is stopped."""
     async def follow():
         async for chunk in client.tail_job_logs(job_id):
             sys.stdout.write(chunk)
@@ -145,6 +164,13 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
     except (asyncio.TimeoutError, TimeoutError):
         client.stop_job(job_id)
         raise RaytowerError(f"job {job_id} ran past {timeout_s:g} s and was stopped") from None
+
+
+def _check_succeeded(client, job_id: str) -> None:
+    """The job's final status (it may lag the end of its log by up to STATUS_WAIT_S): SUCCEEDED, or
+    a RaytowerError with the job's own message."""
+    from ray.job_submission import JobStatus
+
     deadline = time.time() + STATUS_WAIT_S
     status = client.get_job_status(job_id)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
@@ -153,21 +179,21 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
     if status != JobStatus.SUCCEEDED:
         info = client.get_job_info(job_id)
         raise RaytowerError(f"job {job_id} ended {status}: {(info.message or '').splitlines()[0][:300] if info.message else ''}")
-    if fetch_to:
-        from raytower._io import output_dir
-        from raytower.tune import ExperimentStore
 
-        dest = Path(fetch_to)
-        where = results_location(tune_args, out)
-        with output_dir(dest, "results", force, "--fetch-to") as tmp:
-            store = ExperimentStore(where)
-            missing = store.fetch(RESULT_FILES, tmp)
-            if missing:  # nothing is left at --fetch-to
-                raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on "
-                                    f"storage this machine reads (s3://...), or fetch with "
-                                    f"`ray rsync-down cluster.yaml {out} {dest}`", where)
-            fetched = list(RESULT_FILES)
-            if _fetch_checkpoint(store, tmp):
-                fetched.append(CHECKPOINT)
-        log(f"fetched {', '.join(fetched)} from {where} into {dest}")
-    return 0
+
+def _fetch_results(where: str, out: Path, dest: Path, force: bool, log) -> None:
+    """RESULT_FILES and the chosen trial's checkpoint from ``where`` into ``dest``, all or nothing."""
+    from raytower._io import output_dir
+    from raytower.tune import ExperimentStore
+
+    with output_dir(dest, "results", force, "--fetch-to") as tmp:
+        store = ExperimentStore(where)
+        missing = store.fetch(RESULT_FILES, tmp)
+        if missing:  # nothing is left at --fetch-to
+            raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on "
+                                f"storage this machine reads (s3://...), or fetch with "
+                                f"`ray rsync-down cluster.yaml {out} {dest}`", where)
+        fetched = list(RESULT_FILES)
+        if _fetch_checkpoint(store, tmp):
+            fetched.append(CHECKPOINT)
+    log(f"fetched {', '.join(fetched)} from {where} into {dest}")
