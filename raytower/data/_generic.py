@@ -60,7 +60,7 @@ def read_interactions_file(
         wanted["rating"] = rating_col
     elif "rating" in src.columns:
         wanted["rating"] = "rating"
-    src.require(list(wanted.values()))
+    src.require(list(wanted.values()), hint=" (name yours as FILE:user=COL,item=COL,time=COL)")
     df = src.load(list(dict.fromkeys(wanted.values())), str_cols=[user_col, item_col])
 
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
@@ -145,11 +145,11 @@ class Table:
         """Where row ``pos`` (0-based, data rows) is, in the user's terms."""
         return f"line {pos + self.first_line}" if self.is_text else f"row {pos + 1}"
 
-    def require(self, names: list[str]) -> None:
+    def require(self, names: list[str], hint: str = "") -> None:
         missing = [c for c in dict.fromkeys(names) if c not in self.columns]
         if missing:
             raise DataError(f"missing column(s) {_names(missing)}; the file has {_names(self.columns)}"
-                            f"{_header_hint(self.columns)}", self.path)
+                            f"{_header_hint(self.columns) or hint}", self.path)
 
     def present(self, *names: str) -> list[str]:
         return [c for c in names if c in self.columns]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from functools import partial
@@ -21,10 +22,15 @@ _MOVIELENS_FILES = {
     "ratings.dat", "movies.dat", "users.dat", "ratings.csv", "movies.csv",
 }
 _FILE_OPTIONS = {"user", "item", "time", "rating", "items", "users", "sep"}
+# The default column names work as option names too: FILE:timestamp=ts reads like FILE:time=ts.
+_OPTION_ALIASES = {"timestamp": "time"}
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'base:key=value,key=value' -> ('base', {...}). A ':' inside a path without '=' after it stays."""
+    """'base:key=value,key=value' -> ('base', {...}). A ':' inside a path without '=' after it stays,
+    and so does a whole spec that is an existing path (a file named "we:ird=1.csv")."""
+    if Path(spec).expanduser().exists():
+        return spec, {}
     base, sep, rest = spec.rpartition(":")
     if not sep or "=" not in rest or not base:
         return spec, {}
@@ -33,7 +39,8 @@ def split_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise DataError(f"bad option {part!r}: expected key=value", spec)
-        params[key.strip()] = value.strip()
+        key = key.strip()
+        params[_OPTION_ALIASES.get(key, key)] = value.strip()
     return base, params
 
 
@@ -88,8 +95,21 @@ def _resolve(spec: str):
             if not f.is_file():
                 raise DataError("no such file", f)
         key = {"file": hash_files(files), "reader": kwargs}
-        return path.stem, key, lambda: read_interactions_file(path, **kwargs)
+        name = _file_name(path)
+        return name, key, lambda: dataclasses.replace(read_interactions_file(path, **kwargs), name=name)
     raise DataError("no such file, directory or dataset name (try `raytower data download ml-100k`)", base)
+
+
+def _file_name(path: Path) -> str:
+    """A data set's name from its file: the stem and the format (log-csv, log-parquet), so that two
+    files named alike are two names in `raytower compare` and in run directories."""
+    known = {"csv", "tsv", "txt", "dat", "parquet", "pq", "gz", "bz2", "xz"}
+    suffixes: list[str] = []
+    name = path.name
+    while "." in name.strip(".") and name.rsplit(".", 1)[1].lower() in known:
+        name, suffix = name.rsplit(".", 1)
+        suffixes.insert(0, suffix.lower())
+    return "-".join([name, *suffixes])
 
 
 def load_bundle(

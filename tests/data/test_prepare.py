@@ -483,7 +483,7 @@ def test_generic_fixture_with_side_tables(tmp_path, monkeypatch):
             f"items={g / 'items.csv'},users={g / 'users.csv'}")
     b = load_bundle(spec)
     m = b.manifest
-    assert b.cache_hit is False and m["name"] == "log"
+    assert b.cache_hit is False and m["name"] == "log-csv"  # the format in the name: log.parquet is another
     assert (m["n_users"], m["n_items"], m["n_interactions"]) == (3, 3, 9)
     check_leave_last_out(b)
     assert items_of(b, "u_ana") == ["sku-001", "sku-002", "sku-003"]

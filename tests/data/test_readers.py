@@ -372,3 +372,33 @@ def test_bad_movielens_files(tmp_path, release, file, content, match):
     root = copy_release(FIXTURES / release, tmp_path / release)
     write(root / file, content)
     raises_one_line(read_movielens, root, file=file, match=match)
+
+
+LOG = "user,item,timestamp\n" + "".join(f"u{u},i{(u * 7 + k) % 13},{k}\n" for u in range(30) for k in range(6))
+
+
+def test_a_spec_that_is_an_existing_path_is_that_path(tmp_path):
+    """`d/we:ird=1.csv` was split at its ':' into 'd/we' and an option."""
+    from raytower.data import load_bundle
+
+    odd = tmp_path / "we:ird=1.csv"
+    odd.write_text(LOG)
+    assert load_bundle(str(odd)).n_users == 30
+
+
+def test_the_default_column_names_work_as_option_names(tmp_path):
+    from raytower.data import load_bundle
+
+    log = tmp_path / "log.csv"
+    log.write_text(LOG.replace("timestamp", "ts"))
+    assert load_bundle(f"{log}:timestamp=ts").n_users == load_bundle(f"{log}:time=ts").n_users == 30
+    err = raises_one_line(load_bundle, str(log), file="log.csv", match="missing column")
+    assert "FILE:user=COL,item=COL,time=COL" in err
+
+
+def test_a_csv_and_a_parquet_named_alike_are_two_data_sets(tmp_path):
+    from raytower.data import load_bundle
+
+    (tmp_path / "log.csv").write_text(LOG)
+    pd.read_csv(tmp_path / "log.csv").to_parquet(tmp_path / "log.parquet")
+    assert {load_bundle(str(tmp_path / f)).name for f in ("log.csv", "log.parquet")} == {"log-csv", "log-parquet"}
