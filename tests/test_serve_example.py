@@ -41,6 +41,7 @@ def serve(model_dir, *args) -> list[str]:
     return lines[:-1]
 
 
+@pytest.mark.slow  # train, export, then serve in another process: second tier
 def test_a_known_user_gets_what_recommend_gives(exported, capsys):
     from raytower.export import ServedModel
 
@@ -51,6 +52,7 @@ def test_a_known_user_gets_what_recommend_gives(exported, capsys):
     assert [line.split()[1] for line in lines] == want
 
 
+@pytest.mark.slow  # train, export, then serve in another process: second tier
 def test_a_new_user_from_raw_features(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
     enc = manifest["meta_encoders"]

@@ -59,6 +59,7 @@ def _wait_for_epoch(proc: subprocess.Popen, last: Path, epoch: int, timeout: flo
     pytest.fail(f"no checkpoint of epoch {epoch} within {timeout} s")
 
 
+@pytest.mark.slow  # kill-and-resume of a real training process: second tier
 def test_kill_9_then_resume_gives_the_uninterrupted_runs_epochs(tmp_path, cfg_file, straight, capsys):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(cfg_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -78,6 +79,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_runs_epochs(tmp_path, cfg_fi
     assert "finished" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # kill-and-resume of a real training process: second tier
 def test_sigterm_keeps_the_last_epoch_and_prints_the_resume_command(tmp_path, cfg_file, straight):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(cfg_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -95,6 +97,7 @@ def test_sigterm_keeps_the_last_epoch_and_prints_the_resume_command(tmp_path, cf
     assert _comparable(resumed["history"]) == _comparable(straight["history"])
 
 
+@pytest.mark.slow  # kill-and-resume of a real training process: second tier
 def test_evaluate_tests_a_run_cut_short_once_and_says_so(tmp_path, cfg_file, straight):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(cfg_file, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
