@@ -124,10 +124,11 @@ def test_ray_job_submit_cli_works_too(head, tmp_path):
 def test_local_mode_binds_its_dashboard_to_loopback(monkeypatch):
     import ray
 
-    from raytower.tune.search import SearchSettings, _init_ray
+    from raytower.tune.search import init_ray
+    from raytower.tune.settings import SearchSettings
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    _init_ray(SearchSettings())
+    init_ray(SearchSettings())
     try:
         port = int(os.environ["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1])
         assert _listen_ips(port) == {"127.0.0.1"}
