@@ -172,7 +172,7 @@ def check_destination(dest: str | os.PathLike, kind: str, force: bool = False, f
 
 
 def check_file_destination(dest: str | os.PathLike, kind: str, is_ours: Callable[[Path], bool],
-                           force: bool = False, flag: str = "-o") -> None:
+                           force: bool = False, flag: str = "--out") -> None:
     """``check_destination`` for a single file: ``is_ours(path)`` tells raytower's own ``kind``."""
     from raytower.errors import ConfigError
 

@@ -309,7 +309,8 @@ def _data_parsers(sub) -> None:
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("download", help="download a MovieLens release (checksum-verified)")
     p.add_argument("name", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest")
-    p.add_argument("--dest", default=None, metavar="DIR", help="unpack into DIR/NAME (default: the raytower cache)")
+    p.add_argument("--out", "--dest", dest="dest", default=None, metavar="DIR",
+                   help="unpack into DIR/NAME (default: the raytower cache; --dest: the older spelling)")
     add_force(p, "download in DIR/NAME")
     p.set_defaults(func=cmd_data_download)
 
@@ -360,7 +361,8 @@ def _best_parser(sub) -> None:
     p = sub.add_parser("best", help="print the chosen configuration of a finished or interrupted search "
                                     "(what its best_config.json holds); nothing in DIR is written")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead of printing it")
+    p.add_argument("--out", "-o", "--output", dest="output", metavar="FILE",
+                   help="write it to FILE instead of printing it (-o, --output: the older spellings)")
     add_force(p, "best_config.json at FILE")
     p.set_defaults(func=cmd_best)
 
@@ -393,11 +395,11 @@ def _submit_parser(sub) -> None:
     p = sub.add_parser("submit", help="run a search on a Ray cluster as a Ray Job; fetch best_config.json back",
                        description="Submit `raytower tune ...` as a Ray Job (it joins the cluster with "
                                    "--address auto), follow its logs, and on success copy best_config.json and "
-                                   "trials.parquet from its --out (which must be on shared storage) to --fetch-to. "
+                                   "trials.parquet from its --out (which must be on shared storage) to this --out (or --fetch-to). "
                                    "The token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token is sent.")
     p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
                    help="the Jobs API (default %(default)s: `ray dashboard cluster.yaml` tunnels it here)")
-    p.add_argument("--fetch-to", metavar="DIR", default=None,
+    p.add_argument("--out", "--fetch-to", dest="fetch_to", metavar="DIR", default=None,
                    help="copy the results here when the job succeeds (a new or empty directory)")
     add_force(p, "fetched results")
     p.add_argument("--working-dir", metavar="DIR", default=None, help="upload this directory as the job's working_dir")

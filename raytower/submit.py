@@ -115,7 +115,7 @@ def submit(address: str, tune_args: list[str], fetch_to: str | None, working_dir
     check_address(address, insecure)
     command, out = entrypoint(tune_args)
     if fetch_to:  # refused now, not after an hour of search
-        check_destination(fetch_to, "results", force, "--fetch-to")
+        check_destination(fetch_to, "results", force, "--out")
     client = _client(address)
     runtime_env = {"working_dir": working_dir, "excludes": [".venv", "runs", ".cache", ".git"]} if working_dir else None
     job_id = _submit_job(client, address, command, runtime_env)
@@ -186,7 +186,7 @@ def _fetch_results(where: str, out: Path, dest: Path, force: bool, log) -> None:
     from raytower._io import output_dir
     from raytower.tune import ExperimentStore
 
-    with output_dir(dest, "results", force, "--fetch-to") as tmp:
+    with output_dir(dest, "results", force, "--out") as tmp:
         store = ExperimentStore(where)
         missing = store.fetch(RESULT_FILES, tmp)
         if missing:  # nothing is left at --fetch-to

@@ -77,7 +77,7 @@ def tampered_tuner_state(tmp, how):
     pkl.write_bytes(pickle.dumps({"as": "Ray wrote it"}))
     sign_file(pkl)
     if how == "append":
-        pkl.write_bytes(pkl.read_bytes() + b"\\0")
+        pkl.write_bytes(pkl.read_bytes() + b"\0")
     else:
         pkl.write_bytes(pickle.dumps(Exploit(tmp / "pwned")))
         pkl.with_name("tuner.pkl.hmac").unlink()
@@ -310,6 +310,12 @@ BAD_INPUT = [
     (lambda t: ["export", str(t), "--out", marked(t, "m", "model")], "earlier raytower model; pass --force"),
     (lambda t: ["best", str(t), "-o", users_dir(t)], "a directory"),
     (lambda t: ["best", str(t), "-o", text(t, "best.json", "{}"), "--force"], "not a raytower best_config.json"),
+    # --out everywhere a command writes, the older spellings kept: -o/--output, --dest, --fetch-to
+    (lambda t: ["best", str(t), "--out", users_dir(t)], "--out: a directory"),
+    (lambda t: ["data", "download", "ml-100k", "--out", str(Path(users_dir(t, "d/ml-100k")).parent)],
+     "--out: the directory holds files raytower did not write"),
+    (lambda t: ["submit", "--address", "http://127.0.0.1:9", "--out", users_dir(t), "--", "tune", "--out", "x"],
+     "--out: the directory holds files raytower did not write"),
     (lambda t: ["data", "download", "ml-100k", "--dest", str(Path(users_dir(t, "d/ml-100k")).parent)],
      "files raytower did not write"),
     (lambda t: tune(t) if users_dir(t, "out") else None, "files raytower did not write"),

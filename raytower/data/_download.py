@@ -104,7 +104,7 @@ def download(
     check = PUBLISHED if md5 is None else "given checksum"
     dest_dir = Path(dest_dir)
     target = dest_dir / name
-    check_destination(target, "dataset", force, "--dest")  # before a byte is fetched
+    check_destination(target, "dataset", force, "--out")  # before a byte is fetched
     created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, part = tempfile.mkstemp(prefix=f".{info.zip_name}.", suffix=".part", dir=dest_dir)
@@ -186,7 +186,7 @@ def _unpack(zip_path: Path, target: Path, url: str, force: bool) -> None:
             bad = zf.testzip()  # every entry's CRC: catches corruption a good length can hide
             if bad is not None:
                 raise DataError(f"corrupt zip: entry {bad!r} fails its CRC check", url)
-            with output_dir(target, "dataset", force, "--dest") as tmp:
+            with output_dir(target, "dataset", force, "--out") as tmp:
                 for info, rel in members:
                     out = tmp.joinpath(*rel.parts)
                     out.parent.mkdir(parents=True, exist_ok=True)
