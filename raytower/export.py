@@ -170,6 +170,42 @@ def meta_encoders(bundle_manifest: dict) -> dict:
     }
 
 
+def check_manifest(doc, path: Path) -> dict:
+    """An exported model's manifest, its values checked as TrainConfig checks a config: a tampered
+    one is one line, not a 74 GiB allocation (max_len 1e10) or a KeyError (meta_columns ["nope"])."""
+    from raytower.train.config import LIMITS
+
+    def bad(msg: str):
+        raise ConfigError(f"a damaged exported model: {msg}", path)
+
+    if not isinstance(doc, dict):
+        bad("manifest.json is not a mapping")
+    doc = {"format": 1, **doc}
+    if doc["format"] not in (1, MODEL_FORMAT) or isinstance(doc["format"], bool):
+        bad(f"format must be 1 or {MODEL_FORMAT}, got {doc['format']!r}")
+    for key, most in (("max_len", LIMITS["max_len"]), ("dim", LIMITS["dim"])):
+        value = doc.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            bad(f"{key} must be a whole number in [1, {most:,}], got {str(value)[:40]!r}")
+    if doc.get("meta_columns") != list(META_COLUMNS):
+        bad(f"meta_columns must be {list(META_COLUMNS)}, got {str(doc.get('meta_columns'))[:80]}")
+    return doc
+
+
+def _check_tables(model: "ServedModel", d: Path) -> None:
+    """The arrays and tables agree with the manifest (a KeyError or a shape error later is a traceback)."""
+    dim, n = model.manifest["dim"], len(model.item_vectors)
+    if model.item_vectors.ndim != 2 or model.item_vectors.shape[1] != dim:
+        raise ConfigError(f"a damaged exported model: item_vectors.npy is {tuple(model.item_vectors.shape)}, "
+                          f"the manifest says {dim} wide", d)
+    missing = {"user_idx", "user_id", "history", *META_COLUMNS} - set(model.users.columns)
+    if missing or not {"item_id", "title"} <= set(model.items.columns):
+        raise ConfigError(f"a damaged exported model: users.parquet or items.parquet lacks "
+                          f"{sorted(missing) or ['item_id/title']}", d)
+    if len(model.items) and (model.items.index.max() >= n or model.items.index.min() < 1):
+        raise ConfigError(f"a damaged exported model: items.parquet names rows outside item_vectors.npy's {n}", d)
+
+
 class ServedModel:
     """What `raytower recommend` loads: no training code, no pickles (torch.export, NumPy, Parquet).
     The torch.export archive is checked before torch reads it (raytower._safe_pt2): one that asks to
@@ -181,12 +217,12 @@ class ServedModel:
         if not (d / "manifest.json").is_file():
             raise ConfigError("not an exported model (no manifest.json)", d)
         try:
-            self.manifest = json.loads((d / "manifest.json").read_text())
-            self.tower = load_user_tower(d, self.manifest.get("format", 1))
+            self.manifest = check_manifest(json.loads((d / "manifest.json").read_text()), d / "manifest.json")
+            self.tower = load_user_tower(d, self.manifest["format"])
             self.item_vectors = torch.from_numpy(np.load(d / "item_vectors.npy", allow_pickle=False))
             self.items = pd.read_parquet(d / "items.parquet").set_index("item_idx")
             self.users = pd.read_parquet(d / "users.parquet")
-            self.manifest["max_len"], self.manifest["meta_columns"]  # noqa: B018 - present, or damaged
+            _check_tables(self, d)
         except ConfigError:  # refused, or damaged: already one line naming the file
             raise
         except Exception as e:  # a file missing, truncated or tampered: refuse it in one line

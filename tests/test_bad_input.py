@@ -162,10 +162,14 @@ def diverged_search(tmp):
     return str(out)
 
 
-def damaged_model(tmp):
+def damaged_model(tmp, **manifest):
+    """An exported model's folder: a sound manifest (``manifest`` changes it) over a damaged tower."""
+    from raytower.train.data import META_COLUMNS
+
     d = tmp / "model"
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"format": 2, "max_len": 5, "meta_columns": []}))
+    doc = {"format": 2, "dim": 32, "max_len": 5, "meta_columns": list(META_COLUMNS), **manifest}
+    (d / "manifest.json").write_text(json.dumps(doc))
     (d / "user_tower.pt2").write_bytes(b"PK\x03\x04 not really a zip")
     return str(d)
 
@@ -281,6 +285,10 @@ BAD_INPUT = [
     (lambda t: ["recommend", str(t), "--user", "1"], "not an exported model"),
     (lambda t: ["data", "prepare", "--data", str(t)], "unknown data layout"),
     (lambda t: ["recommend", damaged_model(t), "--user", "1"], "a damaged exported model"),
+    # a tampered manifest: max_len 1e10 asked for 74.5 GiB, an unknown meta column was a KeyError
+    (lambda t: ["recommend", damaged_model(t, max_len=10**10), "--user", "1"], "max_len must be a whole number"),
+    (lambda t: ["recommend", damaged_model(t, meta_columns=["nope"]), "--user", "1"], "meta_columns must be"),
+    (lambda t: ["recommend", damaged_model(t, format="2"), "--user", "1"], "format must be 1 or 2"),
     (lambda t: ["recommend", crafted_model(t, "flagged_weight"), "--user", "1"], "refused: the file asks to unpickle"),
     (lambda t: ["recommend", crafted_model(t, "pickled_sample_inputs"), "--user", "1"], "asks to unpickle objects"),
     (lambda t: ["recommend", crafted_model(t, "opaque_constant"), "--user", "1"], "unpickle objects (data/constants"),
