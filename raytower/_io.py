@@ -53,6 +53,8 @@ def atomic_dir(dest: str | os.PathLike, may_replace: Callable[[Path], None] | No
         dest.parent.mkdir(parents=True, exist_ok=True)
         _sweep_orphans(dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
+        # mkdtemp makes 0700: a model a serving account reads, a cache a team shares, follow the umask
+        os.chmod(tmp, 0o777 & ~_umask())
         try:
             _write_doc(tmp, {**({"kind": kind} if kind else {}), **owner()})
             yield tmp

@@ -242,3 +242,22 @@ def test_two_processes_making_one_cache_entry_both_succeed_and_the_second_reuses
     assert [r["hit"] for r in results if not r["built"]] == [True]
     entries = sorted(p.name for p in (tmp_path / "cache" / "bundles").iterdir())
     assert len(entries) == 1 and not entries[0].startswith(".")  # no lock file, no temporary left
+
+
+def test_outputs_and_cache_entries_follow_the_umask(tmp_path):
+    """export --out was 0700 (mkdtemp) under umask 022, so a serving account could not read the model."""
+    import os
+    import stat
+
+    from raytower._io import atomic_dir, output_dir
+
+    old = os.umask(0o022)
+    try:
+        with output_dir(tmp_path / "model", "model") as d:
+            (d / "f").write_text("x")
+        with atomic_dir(tmp_path / "cache-entry") as d:
+            (d / "f").write_text("x")
+    finally:
+        os.umask(old)
+    for name in ("model", "cache-entry"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o755, name
