@@ -192,6 +192,24 @@ def damaged_bundle(tmp):
     return str(d)
 
 
+def junk_study(tmp, foreign=False):
+    """An earlier search's folder whose optuna.db is junk, or a real SQLite study of another name."""
+    d = tmp / "earlier"
+    d.mkdir()
+    if foreign:
+        import optuna
+
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created": not this test's stderr
+        try:
+            optuna.create_study(study_name="someone-else", storage=f"sqlite:///{d / 'optuna.db'}")
+        finally:
+            optuna.logging.set_verbosity(level)
+    else:
+        (d / "optuna.db").write_bytes(b"not a database at all")
+    return str(d)
+
+
 def damaged_setup(tmp):
     out = Path(diverged_search(tmp))
     (out / "setup.json").write_text('{"settings": {')
@@ -241,6 +259,9 @@ BAD_INPUT = [
     (lambda t: tune(t, "--gpus-per-trial", "64"), "GPU"),
     (lambda t: tune(t, "--cpus-per-trial", "64"), "no trial could ever start"),  # it waited forever
     (lambda t: tune(t, "--warm-start", str(t / "nowhere")), "--warm-start: no optuna.db"),
+    # read before anything is written: found after Ray started, they left an --out neither re-run nor resumed
+    (lambda t: tune(t, "--warm-start", junk_study(t)), "--warm-start: cannot read the study"),
+    (lambda t: tune(t, "--warm-start", junk_study(t, foreign=True)), "--warm-start: cannot read the study"),
     (lambda t: tune(t, "--storage", "nosuchdb://x/y"), "--storage nosuchdb://x/y: cannot open it"),
     (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),

@@ -89,8 +89,13 @@ def _check_trusted(out: Path) -> None:
 
 
 def _check_warm_start(earlier: Path) -> None:
+    """The earlier study is opened and read now, before Ray starts or setup.json is written: a junk or
+    foreign optuna.db found later left an --out that could be neither re-run nor resumed."""
+    from raytower.tune._tuner import warm_trials
+
     if not (earlier / OPTUNA_DB).is_file():
         raise ConfigError("--warm-start: no optuna.db there (expected an earlier search's --out)", earlier)
+    warm_trials(earlier)
 
 
 def _check_storage(url: str) -> None:
