@@ -171,7 +171,21 @@ def cmd_tune(args) -> int:
         return _interrupted_status()
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
     print(f"retrain it: {_retrain_command(args)}")
+    for line in _next_steps(Path(args.out), settings.storage):
+        print(line)
     return 0
+
+
+def _next_steps(out: Path, study_url: str | None) -> list[str]:
+    """What to do with a finished search, as commands that run from here."""
+    import shlex
+
+    me = shlex.join(this_command())
+    db = study_url or f"sqlite:///{out / 'optuna.db'}"
+    return [f"  report:      {me} report {shlex.quote(str(out))}   (leaderboard, plots, at a glance)",
+            f"  export:      {me} export {shlex.quote(str(out))} --out MODEL_DIR   (then: recommend, examples/serve.py)",
+            f"  TensorBoard: tensorboard --logdir {shlex.quote(str(out / 'tune'))}",
+            f"  Optuna:      optuna-dashboard {shlex.quote(db)}   (pip install optuna-dashboard)"]
 
 
 def _retrain_command(args) -> str:

@@ -279,3 +279,19 @@ def test_hints_print_a_command_that_runs_in_a_fresh_shell():
     assert len(words) == 1 and Path(words[0]).resolve() == script.resolve()  # not on PATH: its path
     assert subprocess.run([*words, "--help"], capture_output=True, env=fresh).returncode == 0
     assert cli.this_command()[-2:] == ["-m", "raytower.cli"]  # under pytest: not the console script
+
+
+def test_a_finished_search_says_what_to_do_next(tmp_path):
+    """The footer named best_config.json and trials.parquet only: report, export, TensorBoard and
+    optuna-dashboard are the next steps, each a command that runs from here."""
+    import shlex
+
+    from raytower.cli import _next_steps
+
+    lines = _next_steps(tmp_path / "s", None)
+    text = "\n".join(lines)
+    for word in (" report ", " export ", "tensorboard --logdir", "optuna-dashboard sqlite:///"):
+        assert word in text, text
+    report = shlex.split(lines[0].split(":", 1)[1].split("(")[0])
+    out = subprocess.run(report, capture_output=True, text=True)
+    assert out.returncode == 2 and "not a raytower search directory" in out.stderr  # the command ran
