@@ -55,7 +55,9 @@ class SearchResult:
         """One row per trial (trials.parquet) as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.read_parquet(self.out / "trials.parquet")
+        from raytower.names import TRIALS
+
+        return pd.read_parquet(self.out / TRIALS)
 
     @cached_property
     def study(self):

@@ -14,6 +14,7 @@ from pathlib import Path
 from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, data_flags_given, non_negative_int,
                              positive_int, prepare_options)
 from raytower.errors import RaytowerError
+from raytower.names import BEST_CONFIG, RUN_RECORD
 
 # The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
 _ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -193,7 +194,7 @@ def _retrain_command(args) -> str:
     import shlex
 
     data = ["--data", args.data, *data_flags_given(args)]
-    return shlex.join([*this_command(), "train", "--config", str(Path(args.out) / "best_config.json"), *data])
+    return shlex.join([*this_command(), "train", "--config", str(Path(args.out) / BEST_CONFIG), *data])
 
 
 def this_command() -> list[str]:
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         print("raytower: interrupted", file=sys.stderr)
         if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
             print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
-        elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / "run.json").is_file():
+        elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / RUN_RECORD).is_file():
             import shlex
 
             print(f"resume it with: {shlex.join([*this_command(), 'train', '--resume', args.out])}", file=sys.stderr)

@@ -26,15 +26,13 @@ from raytower.errors import ConfigError
 from raytower.model.build import TwoTower
 from raytower.model.towers import user_forward
 from raytower.model.pretrain import Artifacts
-from raytower.names import BEST_CONFIG
+from raytower.names import BEST_CHECKPOINT, BEST_CONFIG, FETCHED_CHECKPOINT, RUN_METRICS
 from raytower.train.config import TrainConfig
 from raytower.train.data import META_COLUMNS, left_padded
 from raytower.train.loop import load_model
 
-RUN_CHECKPOINT = "checkpoints/best.pt"  # a raytower train run's best epoch
 USER_TOWER = "user_tower.pt2"
 MODEL_FORMAT = 2  # 2: the user tower as torch.export (1: TorchScript)
-FETCHED_CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch, as raytower submit --fetch-to copies it
 
 
 class ServingUserTower(nn.Module):
@@ -77,7 +75,7 @@ def load_user_tower(model_dir: Path, fmt: int):
 def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
     """(model, config, bundle, what was chosen) from a search directory (its best_config.json), the
     folder ``raytower submit --fetch-to`` fills, or a ``raytower train`` run (its best epoch)."""
-    if (exp / "metrics.json").is_file() and (exp / RUN_CHECKPOINT).is_file():
+    if (exp / RUN_METRICS).is_file() and (exp / BEST_CHECKPOINT).is_file():
         return _from_train_run(exp)
     best_file = exp / BEST_CONFIG
     if not best_file.is_file():
@@ -96,13 +94,13 @@ def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
 
 
 def _from_train_run(run: Path):
-    metrics = _read_json(run / "metrics.json")
+    metrics = _read_json(run / RUN_METRICS)
     try:
         bundle_path, artifacts_path = metrics["dataset"]["bundle"], metrics["pretraining"]["path"]
     except (KeyError, TypeError):
         raise ConfigError("a `raytower train` run from before runs recorded their bundle's path: train it again",
                           run) from None
-    state = _read_state(run / RUN_CHECKPOINT)
+    state = _read_state(run / BEST_CHECKPOINT)
     bundle, artifacts = Bundle(bundle_path), Artifacts.load(artifacts_path) if artifacts_path else None
     chosen = {"trial_id": None, "selection": {"epoch": metrics.get("best_epoch"),
                                               "metric": metrics.get("selection_metric")},

@@ -28,6 +28,17 @@ RAY_LOG = "ray.log"
 EXPERIMENT = "tune"  # Tune's experiment directory under the storage path
 TRAIN_RUNS = "train"  # Ray Train runs (executor "train")
 STUDY = "raytower"  # the Optuna study's name
+TRIAL_STATE = "state.pt"  # in each Tune checkpoint: a trial's trainable state (trainables/curriculum.py)
+
+# A `raytower train` run's directory (raytower.train.run writes it; export, resume and evaluate read it)
+RUN_RECORD = "run.json"  # what the run was asked to do: enough for --resume and --evaluate
+BEST_CHECKPOINT = "checkpoints/best.pt"  # the best validation epoch's state: the one tested and exported
+LAST_CHECKPOINT = "checkpoints/last.pt"  # the latest epoch's state: where --resume continues
+RUN_METRICS = "metrics.json"  # the result, written once at the end
+
+# What `raytower submit --out` fetches (raytower.submit writes it; export reads it)
+FETCHED_CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch
+FETCHED_FILES = (BEST_CONFIG, TRIALS, SETUP)
 # Optuna user attributes that link a study's trials to the search's records
 TUNE_TRIAL_ID = "tune_trial_id"  # the Tune trial (trials.parquet's trial_id, tune/trial_<id>/)
 STOP_REASON = "stop_reason"  # completed, plateau, asha, chance, collapsed, diverged, error

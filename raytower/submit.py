@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 from raytower.errors import RaytowerError
+from raytower.names import BEST_CONFIG, FETCHED_CHECKPOINT, FETCHED_FILES
 
-RESULT_FILES = ("best_config.json", "trials.parquet", "setup.json")
 SUBMIT_RETRY_S = 300  # a freshly started head answers "No available agent" until its job agent is up
 STATUS_WAIT_S = 60  # after the log stream ends, how long the job may take to report its final status
-CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch: `raytower export` reads the folder
 
 
 def auth_token() -> str | None:
@@ -77,11 +76,11 @@ def _fetch_checkpoint(store, dest: Path) -> bool:
 
     from raytower.tune.results import checkpoint_state
 
-    best = json.loads((dest / "best_config.json").read_text())
+    best = json.loads((dest / BEST_CONFIG).read_text())
     state = checkpoint_state(store, best["trial_id"], int(best["selection"]["epoch"]))
     if state is None:
         return False
-    torch.save(state, dest / CHECKPOINT)  # tensors and plain data: read back with weights_only
+    torch.save(state, dest / FETCHED_CHECKPOINT)  # tensors and plain data: read back with weights_only
     return True
 
 
@@ -182,18 +181,18 @@ def _check_succeeded(client, job_id: str) -> None:
 
 
 def _fetch_results(where: str, out: Path, dest: Path, force: bool, log) -> None:
-    """RESULT_FILES and the chosen trial's checkpoint from ``where`` into ``dest``, all or nothing."""
+    """FETCHED_FILES and the chosen trial's checkpoint from ``where`` into ``dest``, all or nothing."""
     from raytower._io import output_dir
     from raytower.tune import ExperimentStore
 
     with output_dir(dest, "results", force, "--out") as tmp:
         store = ExperimentStore(where)
-        missing = store.fetch(RESULT_FILES, tmp)
+        missing = store.fetch(FETCHED_FILES, tmp)
         if missing:  # nothing is left at --fetch-to
             raise RaytowerError(f"{', '.join(missing)} not visible here: give the search --storage-path on "
                                 f"storage this machine reads (s3://...), or fetch with "
                                 f"`ray rsync-down cluster.yaml {out} {dest}`", where)
-        fetched = list(RESULT_FILES)
+        fetched = list(FETCHED_FILES)
         if _fetch_checkpoint(store, tmp):
-            fetched.append(CHECKPOINT)
+            fetched.append(FETCHED_CHECKPOINT)
     log(f"fetched {', '.join(fetched)} from {where} into {dest}")

@@ -22,12 +22,12 @@ import torch
 from raytower._trial import Shared, local_copy
 from raytower.data import Bundle
 from raytower.errors import ConfigError
-from raytower.names import train_run_name, val_key
+from raytower.names import TRIAL_STATE, train_run_name, val_key
 from raytower.train.config import TrainConfig
 from raytower.train.fit import SCALARS, best_epoch, fit
 from raytower.train.loop import Curriculum
 
-STATE_FILE = "state.pt"
+STATE_FILE = TRIAL_STATE  # (the name the benchmarks and tests know it by)
 # A Train worker that dies (a lost node) is restarted this often before its trial fails; Tune's own
 # FailureConfig then restarts the trial itself.
 WORKER_MAX_FAILURES = 2

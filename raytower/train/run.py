@@ -25,7 +25,8 @@ from raytower._io import atomic_path, output_dir, read_json, record_files, write
 from raytower._progress import Progress
 from raytower._version import version as raytower_version
 from raytower.errors import ConfigError, RaytowerError
-from raytower.names import DEFAULT_METRIC, check_metric, label, val_key
+from raytower.names import (BEST_CHECKPOINT, DEFAULT_METRIC, LAST_CHECKPOINT, RUN_METRICS, RUN_RECORD, check_metric,
+                            label, val_key)
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.model.towers import needs_pretraining
 from raytower.train.row import CONSOLE
@@ -61,10 +62,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-RUN_RECORD = "run.json"  # what the run was asked to do: enough for --resume and --evaluate
-BEST_CHECKPOINT = "checkpoints/best.pt"  # the best validation epoch's state: the one tested
-LAST_CHECKPOINT = "checkpoints/last.pt"  # the latest epoch's state: where --resume continues
-METRICS_FILE = "metrics.json"
 
 
 def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", threads: int | None = None,
@@ -102,7 +99,7 @@ def resume(out_dir: str | Path, device: str | None = None, threads: int | None =
 def _resume(out: Path, device: str | None, threads: int | None, log) -> dict:
     record = read_run_record(out)
     device, threads = device or record.get("device") or "cpu", threads or record.get("threads")
-    if (out / METRICS_FILE).is_file() and read_json(out / METRICS_FILE, {}).get("complete"):
+    if (out / RUN_METRICS).is_file() and read_json(out / RUN_METRICS, {}).get("complete"):
         raise ConfigError("the run is finished (its metrics.json is complete): nothing to resume", out)
     cfg, pcfg, bundle = _recorded(out, record)
     last = read_checkpoint(out / LAST_CHECKPOINT) if (out / LAST_CHECKPOINT).is_file() else None
@@ -241,7 +238,7 @@ def _finish(out: Path, run: Curriculum, best_state: dict, best: dict, metric: st
         "pretraining": {"path": str(artifacts.path), **artifacts.stats} if artifacts else {"path": None},
         "versions": versions(),
     }
-    write_json(out / METRICS_FILE, result)
+    write_json(out / RUN_METRICS, result)
     cut = "" if result["complete"] else f" (cut short after epoch {run.epoch}: its best so far)"
     log(f"best epoch {best['epoch']}{cut} by val {label(metric)} {best[val_key(metric)]:.4f}: val Recall@100 "
         f"{best['val/recall@100']:.4f}; "
