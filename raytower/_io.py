@@ -273,10 +273,14 @@ def claim_output_dir(dest: str | os.PathLike, kind: str, force: bool = False, fl
 
 
 def _remove_listed(directory: Path) -> None:
+    """Remove what the marker lists and ``directory`` holds. Only entries found inside it count: the
+    marker is a file anyone may edit, and a listed '../notes.txt' or '/home/me/x' is nobody's to delete."""
     doc = read_marker(directory)
-    for f in doc.get("files") or {}:
+    files, dirs, _ = listing(directory)  # relative paths inside, links not followed
+    listed_files, listed_dirs = doc.get("files"), doc.get("dirs")
+    for f in files.keys() & (listed_files.keys() if isinstance(listed_files, dict) else set()):
         (directory / f).unlink(missing_ok=True)
-    for d in sorted(doc.get("dirs") or [], key=len, reverse=True):
+    for d in sorted(set(dirs) & set(listed_dirs if isinstance(listed_dirs, list) else []), key=len, reverse=True):
         with contextlib.suppress(OSError):
             (directory / d).rmdir()
 

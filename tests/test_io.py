@@ -140,6 +140,25 @@ def test_a_hand_written_marker_does_not_make_a_folder_raytowers(tmp_path, marker
     assert (dest / "notes.txt").read_text() == "my own work"
 
 
+def test_a_marker_listing_paths_outside_its_folder_deletes_nothing_there(tmp_path):
+    # A search --out re-claimed with --force removes the files its marker lists; the marker is a file
+    # anyone may edit, and it once deleted '../notes.txt' and absolute paths it named.
+    from raytower._io import claim_output_dir
+
+    (tmp_path / "notes.txt").write_text("my own work")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "data.csv").write_text("mine too")
+    dest = tmp_path / "s"
+    dest.mkdir()
+    (dest / "setup.json").write_text("{}")
+    outside = {"../notes.txt": 11, str(tmp_path / "elsewhere" / "data.csv"): 8, "setup.json": 2}
+    (dest / MARKER).write_text(json.dumps({"kind": "search", "files": outside, "dirs": ["../elsewhere"]}))
+    claim_output_dir(dest, "search", force=True)
+    assert (tmp_path / "notes.txt").read_text() == "my own work"
+    assert (tmp_path / "elsewhere" / "data.csv").read_text() == "mine too"
+    assert not (dest / "setup.json").exists()  # what it lists inside is raytower's, and goes
+
+
 HOLDER = """
 import sys, time
 from raytower._io import output_dir
