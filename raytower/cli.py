@@ -223,6 +223,10 @@ def _stop_on_sigterm() -> None:
     def on_term(signum, frame):
         _TERMINATED.append(signum)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not callable(signal.getsignal(signal.SIGINT)):
+            # SIGINT ignored (a job a non-interactive shell started with &, nohup): raising it
+            # would do nothing, and SIGTERM, handled, would be swallowed too
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -97,6 +97,29 @@ def test_sigterm_keeps_the_last_epoch_and_prints_the_resume_command(tmp_path, cf
     assert _comparable(resumed["history"]) == _comparable(straight["history"])
 
 
+# raytower's SIGTERM handler in a process that then receives SIGTERM, as `raytower train` or `tune` would
+SIGTERM_PROBE = """
+import os, signal, sys, time
+from raytower import cli
+cli._stop_on_sigterm()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(20)
+except KeyboardInterrupt:
+    sys.exit(cli._interrupted_status())
+"""
+
+
+def test_sigterm_stops_a_run_whose_shell_ignores_sigint():
+    # A non-interactive shell starts `raytower train ... &` with SIGINT ignored; the handler raised
+    # SIGINT, which was then ignored too, and the run went on to its end as if never signalled.
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_PROBE], preexec_fn=ignore_sigint, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
 @pytest.mark.slow  # kill-and-resume of a real training process: second tier
 def test_evaluate_tests_a_run_cut_short_once_and_says_so(tmp_path, cfg_file, straight):
     out = tmp_path / "run"
