@@ -170,9 +170,15 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
                 if f.metadata.get("env") and os.environ.get(f.metadata["env"]) and f.name not in settings}
     s = SearchSettings(space=str(space), out=str(out), **from_env, **settings)
     s.validate(api=True)
-    doc = run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log,
-                     given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
-    return SearchResult(Path(out), doc, s)
+    run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log,
+               given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
+    # best_config.json as written: plain JSON values (the in-memory document holds NumPy scalars,
+    # which json.dumps refuses in a notebook)
+    import json
+
+    from raytower.names import BEST_CONFIG
+
+    return SearchResult(Path(out), json.loads((Path(out) / BEST_CONFIG).read_text()), s)
 
 
 def _search_signature() -> inspect.Signature:

@@ -183,6 +183,8 @@ def check_manifest(doc, path: Path) -> dict:
         bad(f"format must be 1 or {MODEL_FORMAT}, got {doc['format']!r}")
     for key, most in (("max_len", LIMITS["max_len"]), ("dim", LIMITS["dim"])):
         value = doc.get(key)
+        if key == "dim" and value is None:
+            continue  # not needed to serve: the item vectors' own width is used
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
             bad(f"{key} must be a whole number in [1, {most:,}], got {str(value)[:40]!r}")
     if doc.get("meta_columns") != list(META_COLUMNS):
@@ -192,8 +194,8 @@ def check_manifest(doc, path: Path) -> dict:
 
 def _check_tables(model: "ServedModel", d: Path) -> None:
     """The arrays and tables agree with the manifest (a KeyError or a shape error later is a traceback)."""
-    dim, n = model.manifest["dim"], len(model.item_vectors)
-    if model.item_vectors.ndim != 2 or model.item_vectors.shape[1] != dim:
+    dim, n = model.manifest.get("dim"), len(model.item_vectors)
+    if model.item_vectors.ndim != 2 or (dim is not None and model.item_vectors.shape[1] != dim):
         raise ConfigError(f"a damaged exported model: item_vectors.npy is {tuple(model.item_vectors.shape)}, "
                           f"the manifest says {dim} wide", d)
     missing = {"user_idx", "user_id", "history", *META_COLUMNS} - set(model.users.columns)

@@ -148,6 +148,8 @@ def model_dir(root: Path, tower: bytes) -> Path:
     """An exported model folder as far as `raytower recommend` reads before its tower."""
     d = root / "model"
     d.mkdir(parents=True)
-    (d / "manifest.json").write_text(json.dumps({"format": 2, "max_len": 3, "meta_columns": []}))
+    # a sound manifest (raytower.export.check_manifest), so what is refused is the tower itself
+    meta = ["age_bucket", "gender_idx", "occupation_idx"]
+    (d / "manifest.json").write_text(json.dumps({"format": 2, "max_len": 3, "meta_columns": meta}))
     (d / "user_tower.pt2").write_bytes(tower)
     return d

@@ -223,16 +223,17 @@ CACHE_BUILDER = """
 import json, sys, time
 from pathlib import Path
 import raytower.data as data
+import raytower.data._load as loader  # where load_bundle looks prepare up
 
 built = []
-real = data.prepare
+real = loader.prepare
 
 def slow_prepare(*args, **kwargs):
     built.append(True)
     time.sleep(2)  # a long preparation: the other process asks for the same entry meanwhile
     return real(*args, **kwargs)
 
-data.prepare = slow_prepare
+loader.prepare = slow_prepare
 Path(sys.argv[1] + sys.argv[3]).touch()  # ready
 while not Path(sys.argv[1]).exists():
     time.sleep(0.01)
