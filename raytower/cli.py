@@ -11,10 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, data_flags_given, non_negative_int,
+from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, non_negative_int,
                              positive_int, prepare_options)
+from raytower._hints import next_steps, resume_command, retrain_command, this_command
 from raytower.errors import RaytowerError
-from raytower.names import BEST_CONFIG, RUN_RECORD
+from raytower.names import RUN_RECORD
 
 # The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
 _ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -168,48 +169,13 @@ def cmd_tune(args) -> int:
                    given=given_fields(args.argv[1:]))
     except SearchInterrupted as e:
         print(f"raytower: {e}", file=sys.stderr)
-        print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
+        print(f"resume it with: {resume_command(args.argv)}", file=sys.stderr)
         return _interrupted_status()
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
-    print(f"retrain it: {_retrain_command(args)}")
-    for line in _next_steps(Path(args.out), settings.storage):
+    print(f"retrain it: {retrain_command(args)}")
+    for line in next_steps(Path(args.out), settings.storage):
         print(line)
     return 0
-
-
-def _next_steps(out: Path, study_url: str | None) -> list[str]:
-    """What to do with a finished search, as commands that run from here."""
-    import shlex
-
-    me = shlex.join(this_command())
-    db = study_url or f"sqlite:///{out / 'optuna.db'}"
-    return [f"  report:      {me} report {shlex.quote(str(out))}   (leaderboard, plots, at a glance)",
-            f"  export:      {me} export {shlex.quote(str(out))} --out MODEL_DIR   (then: recommend, examples/serve.py)",
-            f"  TensorBoard: tensorboard --logdir {shlex.quote(str(out / 'tune'))}",
-            f"  Optuna:      optuna-dashboard {shlex.quote(db)}   (pip install optuna-dashboard)"]
-
-
-def _retrain_command(args) -> str:
-    """`raytower train` on the same data, prepared the same way: every data flag that was given."""
-    import shlex
-
-    data = ["--data", args.data, *data_flags_given(args)]
-    return shlex.join([*this_command(), "train", "--config", str(Path(args.out) / BEST_CONFIG), *data])
-
-
-def this_command() -> list[str]:
-    """How to run raytower again from this shell: ``raytower`` when that is the script running now,
-    else the path that ran it (``.venv/bin/raytower`` after ``make``, whose venv a fresh shell has not
-    activated), else ``python -m raytower.cli``."""
-    import shutil
-
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is None or script.name != "raytower" or not script.exists():
-        return [sys.executable, "-m", "raytower.cli"]
-    on_path = shutil.which("raytower")
-    if on_path and os.path.samefile(on_path, script):
-        return ["raytower"]
-    return [os.path.relpath(script) if not script.is_absolute() or Path.cwd() in script.parents else str(script)]
 
 
 _TERMINATED: list[int] = []
@@ -234,12 +200,6 @@ def _stop_on_sigterm() -> None:
 
 def _interrupted_status() -> int:
     return 128 + 15 if _TERMINATED else 130
-
-
-def _resume_command(argv: list[str]) -> str:
-    import shlex
-
-    return shlex.join([*this_command(), *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 def cmd_best(args) -> int:
@@ -448,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raytower: interrupted", file=sys.stderr)
         if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
-            print(f"resume it with: {_resume_command(args.argv)}", file=sys.stderr)
+            print(f"resume it with: {resume_command(args.argv)}", file=sys.stderr)
         elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / RUN_RECORD).is_file():
             import shlex
 

@@ -257,28 +257,29 @@ def test_download_without_dest_goes_to_the_cache(ctx, capsys):
 
 
 def test_the_retrain_hint_keeps_every_data_flag():
-    from raytower.cli import _retrain_command, build_parser
+    from raytower._hints import retrain_command
+    from raytower.cli import build_parser
 
     argv = ["tune", "--data", "ml-100k", "--split", "temporal", "--cold-frac", "0.2", "--k-core", "5",
             "--min-rating", "4", "--data-seed", "3", "--out", "runs/s"]
-    hint = _retrain_command(build_parser().parse_args(argv))
+    hint = retrain_command(build_parser().parse_args(argv))
     assert hint.endswith(" train --config runs/s/best_config.json --data ml-100k --split temporal "
                          "--cold-frac 0.2 --data-seed 3 --k-core 5 --min-rating 4.0")
-    assert _retrain_command(build_parser().parse_args(["tune", "--out", "o"])).endswith("--data synthetic")
+    assert retrain_command(build_parser().parse_args(["tune", "--out", "o"])).endswith("--data synthetic")
 
 
 def test_hints_print_a_command_that_runs_in_a_fresh_shell():
     """After `make`, raytower is .venv/bin/raytower, which a fresh shell's PATH does not have: the hint
     names the script that ran, or `python -m raytower.cli`, never a bare `raytower` that is not there."""
-    from raytower import cli
+    from raytower import _hints
 
     fresh = {**os.environ, "PATH": "/usr/bin:/bin"}
     script = Path(sys.executable).parent / "raytower"
-    code = f"import sys; sys.argv[0] = {str(script)!r}; from raytower.cli import this_command; print(this_command())"
+    code = f"import sys; sys.argv[0] = {str(script)!r}; from raytower._hints import this_command; print(this_command())"
     words = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh).stdout)
     assert len(words) == 1 and Path(words[0]).resolve() == script.resolve()  # not on PATH: its path
     assert subprocess.run([*words, "--help"], capture_output=True, env=fresh).returncode == 0
-    assert cli.this_command()[-2:] == ["-m", "raytower.cli"]  # under pytest: not the console script
+    assert _hints.this_command()[-2:] == ["-m", "raytower.cli"]  # under pytest: not the console script
 
 
 def test_a_finished_search_says_what_to_do_next(tmp_path):
@@ -286,9 +287,9 @@ def test_a_finished_search_says_what_to_do_next(tmp_path):
     optuna-dashboard are the next steps, each a command that runs from here."""
     import shlex
 
-    from raytower.cli import _next_steps
+    from raytower._hints import next_steps
 
-    lines = _next_steps(tmp_path / "s", None)
+    lines = next_steps(tmp_path / "s", None)
     text = "\n".join(lines)
     for word in (" report ", " export ", "tensorboard --logdir", "optuna-dashboard sqlite:///"):
         assert word in text, text

@@ -28,7 +28,7 @@ INIT = ":init"  # a package's __init__ as importing one of its modules runs it: 
 FLOORS = ("foundation", "data", "model", "train", "trial", "trainables", "tune", "top")
 SUBPACKAGES = {"data": "data", "model": "model", "train": "train", "trainables": "trainables", "tune": "tune",
                "search_spaces": "tune", "report": "top"}
-TOP = {"raytower.api", "raytower.cli", "raytower._flags", "raytower.export", "raytower.report", "raytower.submit"}
+TOP = {"raytower.api", "raytower.cli", "raytower._flags", "raytower._hints", "raytower.export", "raytower.report", "raytower.submit"}
 TRIAL = {"raytower._trial"}  # what a trial is handed: below the search and its trainable alike
 CORE = FLOORS[:FLOORS.index("trainables")]  # plain PyTorch (numpy, pandas, pyarrow for data)
 
