@@ -236,6 +236,57 @@ def damaged_trial(tmp, params=None, epoch=2):
     return str(out)
 
 
+def crafted_run(tmp, edit=None, last=None, metrics=None, marker=True):
+    """A `raytower train` run cut short (run.json, its marker), edited as a careless or malicious user
+    would: ``edit(record)`` changes run.json, ``last`` is what checkpoints/last.pt holds (torch.save; bytes as is),
+    ``metrics`` what metrics.json holds; ``marker=False``: a folder of the user's holding a run.json."""
+    import dataclasses
+
+    from raytower._io import write_marker
+    from raytower.data import load_bundle
+    from raytower.model.pretrain import PretrainConfig
+    from raytower.train.config import TrainConfig
+
+    bundle = load_bundle(SMALL_SYNTHETIC)  # (in the cache, outside tmp)
+    cfg = TrainConfig.from_dict({"dim": 32, "item_layers": 2, "max_len": 30, "batch_size": 64, "epochs": 2})
+    record = {"config": cfg.to_dict(), "pretraining": dataclasses.asdict(PretrainConfig.for_train(cfg)),
+              "metric": "recall@100", "device": "cpu", "threads": 1,
+              "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint, "bundle": str(bundle.path)}}
+    if edit is not None:
+        edit(record)
+    d = tmp / "run"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps(record))
+    for name in ("last.pt", "best.pt") if last is not None else ():
+        if isinstance(last, bytes):
+            (d / "checkpoints" / name).write_bytes(last)
+        else:
+            torch.save(last, d / "checkpoints" / name)
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    if marker:
+        write_marker(d, "run")
+    return str(d)
+
+
+class Exploit:
+    """Unpickling this would create ``marker``; a checkpoint holding it is refused unread."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def checkpoint(**change):
+    """What a checkpoint holds (Curriculum.state_dict's fields), with ``change``."""
+    return {"config": {}, "epoch": 1, "stage": 1, "history": [{"epoch": 1, "val/recall@100": 0.5}],
+            "user_tower": {}, "item_tower_top": {}, "optimizer": {}, "elapsed_s": 1.0, **change}
+
+
 BEST_NO_PARAMS = json.dumps({"selection": {"value": 0.5}, "dataset": {}})
 # (argv builder, text the one-line error must contain)
 BAD_INPUT = [
@@ -353,6 +404,34 @@ BAD_INPUT = [
     # The token is never sent in the clear to another machine (RFC 5737 documentation address).
     (lambda t: ["submit", "--address", "http://192.0.2.1:8265", "--", "tune", "--out", "x"], "pass --insecure"),
     (lambda t: ["submit", "--address", "ftp://127.0.0.1:8265", "--", "tune", "--out", "x"], "expected http(s)"),
+    # train --resume / --evaluate on a run.json or checkpoint handed back: tracebacks, an epoch trained for
+    # nothing (an unknown metric), a user's metrics.json overwritten, a finished run relabelled cut short
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r.update(metric="nope"))], "its metric must be one of"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r.update(dataset="x"))], "its dataset must be a mapping"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r["dataset"].update(bundle=5))],
+     "its dataset must be a mapping"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r.update(threads="abc"))], "its threads must be"),
+    (lambda t: ["train", "--evaluate", crafted_run(t, lambda r: r.update(threads=-3))], "its threads must be"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r.update(device="meta"))], "its device must be"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r["pretraining"].update(dim="abc"))],
+     "its pretraining dim must be a non-negative int"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r["pretraining"].update(dim=64))],
+     "its pretraining (dim 64, item_layers 2) does not fit its config"),
+    (lambda t: ["train", "--resume", crafted_run(t, last=[1, 2])], "not a raytower checkpoint (a list"),
+    (lambda t: ["train", "--resume", crafted_run(t, last=checkpoint(elapsed_s="x"))], "its elapsed_s must be a number"),
+    (lambda t: ["train", "--resume", crafted_run(t, last=checkpoint(epoch="x"))], "its epoch must be a int"),
+    (lambda t: ["train", "--resume", crafted_run(t, last=checkpoint(history=[{"epoch": 1, "val/recall@100": "x"}]))],
+     "its history holds a row"),
+    (lambda t: ["train", "--evaluate", crafted_run(t, last=checkpoint(config=None))], "its config must be a dict"),
+    (lambda t: ["train", "--evaluate", crafted_run(t, metrics={"complete": True})], "it was tested at its end"),
+    (lambda t: ["train", "--resume", crafted_run(t, metrics={"my": "notes"})], "not the metrics.json raytower writes"),
+    (lambda t: ["train", "--resume", crafted_run(t, metrics={"my": "notes"}, marker=False)],
+     "no .raytower-output marker of a run"),
+    (lambda t: ["train", "--resume", crafted_run(t, lambda r: r.update(device="cuda"))]
+     if not torch.cuda.is_available() else ["train", "--epochs", "x"], "cuda"),
+    # the model is resolved before --out is written: the refusal once left a run.json behind
+    (lambda t: ["train", "--data", SMALL_SYNTHETIC, "--config", text(t, "c.yaml", 'model: "os:system"\n'),
+                "--out", str(t / "r")], "not a tower builder"),
 ]
 
 
@@ -385,6 +464,17 @@ def test_flag_errors_are_one_line_in_a_real_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "raytower.cli", "tune", "--num-samples", "0"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--num-samples" in out.stderr
+
+
+def test_a_pickled_checkpoint_is_refused_in_one_line_in_a_real_process(tmp_path):
+    # torch's warning about the pickle it then refused was a second line on stderr
+    import pickle
+
+    run_dir = crafted_run(tmp_path, last=pickle.dumps(Exploit(tmp_path / "pwned")))  # protocol 4: torch warns
+    out = subprocess.run([sys.executable, "-m", "raytower.cli", "train", "--resume", run_dir],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "last.pt: unreadable checkpoint" in out.stderr and not (tmp_path / "pwned").exists()
 
 
 def test_checkpoint_from_another_model_shape_is_refused(small_bundle, small_artifacts, small_config):

@@ -12,21 +12,25 @@ once on the best validation epoch -> ``metrics.json``. TensorBoard scalars go to
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
 import math
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from raytower._io import atomic_path, output_dir, read_json, record_files, write_json, writing_in_place
+from raytower._io import (atomic_path, output_dir, output_kind, read_json, record_files, write_json,
+                          writing_in_place)
 from raytower._progress import Progress
 from raytower._version import version as raytower_version
 from raytower.errors import ConfigError, RaytowerError
-from raytower.names import (BEST_CHECKPOINT, DEFAULT_METRIC, LAST_CHECKPOINT, RUN_METRICS, RUN_RECORD, check_metric,
-                            label, val_key)
+from raytower.names import (BEST_CHECKPOINT, DEFAULT_METRIC, LAST_CHECKPOINT, METRICS, RUN_METRICS, RUN_RECORD,
+                            check_metric, label, val_key)
 from raytower.model.pretrain import PretrainConfig, pretrain
 from raytower.model.towers import needs_pretraining
 from raytower.train.row import CONSOLE
@@ -75,6 +79,7 @@ def train(cfg: TrainConfig, bundle, out_dir: str | Path, device: str = "cpu", th
     ``out_dir`` is a new or empty directory, or (with ``force``) an earlier raytower run, which is
     replaced; anything else is refused before training starts."""
     check_metric(metric)
+    needs_pretraining(cfg.model)  # a model that is no marked builder: refused before --out is written
     pcfg = pretrain_cfg or PretrainConfig.for_train(cfg)
     # A new run is written in place, where --resume can continue it; one replacing an earlier run
     # (force) is built beside it and swapped in at its end, so a failed run leaves the old one whole.
@@ -98,12 +103,12 @@ def resume(out_dir: str | Path, device: str | None = None, threads: int | None =
 
 def _resume(out: Path, device: str | None, threads: int | None, log) -> dict:
     record = read_run_record(out)
-    device, threads = device or record.get("device") or "cpu", threads or record.get("threads")
-    if (out / RUN_METRICS).is_file() and read_json(out / RUN_METRICS, {}).get("complete"):
+    device, threads = _how_it_runs(record, device, threads, out)
+    if _finished(out):
         raise ConfigError("the run is finished (its metrics.json is complete): nothing to resume", out)
     cfg, pcfg, bundle = _recorded(out, record)
     last = read_checkpoint(out / LAST_CHECKPOINT) if (out / LAST_CHECKPOINT).is_file() else None
-    best = read_checkpoint(out / BEST_CHECKPOINT) if last is not None and (out / BEST_CHECKPOINT).is_file() else None
+    best = read_checkpoint(out / BEST_CHECKPOINT) if last is not None else None  # (written before last.pt)
     if last is not None:
         log(f"resuming {out} after epoch {last['epoch']}")
     return _curriculum(out, cfg, pcfg, bundle, record["metric"], device, threads, log, last, best)
@@ -118,7 +123,9 @@ def evaluate_run(out_dir: str | Path, device: str | None = None, threads: int | 
 
 def _evaluate_run(out: Path, device: str | None, threads: int | None, log) -> dict:
     record = read_run_record(out)
-    device, threads = device or record.get("device") or "cpu", threads or record.get("threads")
+    device, threads = _how_it_runs(record, device, threads, out)
+    if _finished(out):  # its test figures are there; a second look would relabel it cut short
+        raise ConfigError("the run is finished (its metrics.json is complete): it was tested at its end", out)
     if not (out / LAST_CHECKPOINT).is_file():
         raise ConfigError("the run has no finished epoch to evaluate", out)
     cfg, pcfg, bundle = _recorded(out, record)
@@ -126,13 +133,15 @@ def _evaluate_run(out: Path, device: str | None, threads: int | None, log) -> di
         torch.set_num_threads(threads)
     artifacts = _pretrained(cfg, bundle, pcfg, log, device)
     last = read_checkpoint(out / LAST_CHECKPOINT)
+    best_state = read_checkpoint(out / BEST_CHECKPOINT)
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
-    run.load_state_dict(last)
+    with _about(out / LAST_CHECKPOINT):
+        run.load_state_dict(last)
     best = best_epoch(run.history, val_key(record["metric"]))
     if best is None:
         raise ConfigError("no epoch of the run has a validation metric to choose", out)
-    return _finish(out, run, read_checkpoint(out / BEST_CHECKPOINT), best, record["metric"], artifacts,
-                   last.get("elapsed_s", 0.0), "cut_short", log)
+    return _finish(out, run, best_state, best, record["metric"], artifacts, last.get("elapsed_s", 0.0), "cut_short",
+                   log)
 
 
 def read_run_record(out: Path) -> dict:
@@ -141,17 +150,50 @@ def read_run_record(out: Path) -> dict:
     if not isinstance(record, dict) or not {"config", "pretraining", "metric", "dataset"} <= record.keys():
         raise ConfigError("not a resumable raytower train run (no run.json: runs before resuming was added "
                           "cannot be resumed)", out)
+    if output_kind(out) != "run":  # a folder of the user's holding a run.json: its metrics.json is theirs
+        raise ConfigError("not a raytower train run (no .raytower-output marker of a run): raytower writes "
+                          "nothing into a folder it did not make", out)
+    where = out / RUN_RECORD
+    if record["metric"] not in METRICS:
+        raise ConfigError(f"its metric must be one of {', '.join(METRICS)}, got {record['metric']!r}", where)
+    data = record["dataset"]
+    if not (isinstance(data, dict) and all(isinstance(data.get(k), str) for k in ("name", "fingerprint", "bundle"))):
+        raise ConfigError("its dataset must be a mapping of name, fingerprint and bundle (strings)", where)
+    threads = record.get("threads")
+    if threads is not None and (type(threads) is not int or threads < 1):
+        raise ConfigError(f"its threads must be a positive int or null, got {threads!r}", where)
+    if record.get("device") not in (None, "cpu", "cuda"):
+        raise ConfigError(f"its device must be 'cpu' or 'cuda', got {record.get('device')!r}", where)
     return record
+
+
+def _how_it_runs(record: dict, device: str | None, threads: int | None, out: Path) -> tuple[str, int | None]:
+    """The device and threads the run recorded, unless given: a resume runs as the run did."""
+    device = device or record.get("device") or "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("the run trained on cuda and no CUDA device is available here: pass --device cpu", out)
+    return device, threads or record.get("threads")
+
+
+def _finished(out: Path) -> bool:
+    """Whether metrics.json says the run ended by itself; one line when it is not raytower's."""
+    if not (out / RUN_METRICS).exists():
+        return False
+    doc = read_json(out / RUN_METRICS, {})
+    if not isinstance(doc, dict) or not isinstance(doc.get("complete"), bool):
+        raise ConfigError("not the metrics.json raytower writes (it would be replaced): move it out of the run",
+                          out / RUN_METRICS)
+    return doc["complete"]
 
 
 def _recorded(out: Path, record: dict) -> tuple[TrainConfig, PretrainConfig, object]:
     from raytower.data import load_bundle
 
     cfg = TrainConfig.from_dict(record["config"], source=str(out / RUN_RECORD))
-    try:
-        pcfg = PretrainConfig(**record["pretraining"])
-    except TypeError as e:
-        raise ConfigError(f"its pretraining config does not fit this raytower ({e})", out / RUN_RECORD) from None
+    pcfg = _pretrain_config(record["pretraining"], out / RUN_RECORD)
+    if (pcfg.dim, pcfg.item_layers) != (cfg.dim, cfg.item_layers):  # pretrained for this model: refused before
+        raise ConfigError(f"its pretraining (dim {pcfg.dim}, item_layers {pcfg.item_layers}) does not fit its "
+                          f"config (dim {cfg.dim}, item_layers {cfg.item_layers})", out / RUN_RECORD)
     data = record["dataset"]
     if not Path(data["bundle"]).is_dir():
         raise ConfigError(f"the run's prepared data {data['bundle']} is gone (a cleared cache?): prepare it "
@@ -161,6 +203,21 @@ def _recorded(out: Path, record: dict) -> tuple[TrainConfig, PretrainConfig, obj
         raise ConfigError(f"the run's prepared data {data['bundle']} changed (fingerprint {bundle.fingerprint}, "
                           f"recorded {data['fingerprint']})", out)
     return cfg, pcfg, bundle
+
+
+def _pretrain_config(doc, where: Path) -> PretrainConfig:
+    """run.json's pretraining: PretrainConfig's fields, each a finite, non-negative number of its type."""
+    fields = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+    if not isinstance(doc, dict) or doc.keys() != fields.keys():
+        raise ConfigError("its pretraining config does not fit this raytower (expected the fields "
+                          f"{', '.join(fields)})", where)
+    for name, kind in fields.items():
+        value = doc[name]
+        ok = type(value) is int if kind in (int, "int") else type(value) in (int, float) and math.isfinite(value)
+        if not ok or value < 0:
+            raise ConfigError(f"its pretraining {name} must be a non-negative {getattr(kind, '__name__', kind)}, "
+                              f"got {value!r}", where)
+    return PretrainConfig(**doc)
 
 
 def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metric: str, device: str,
@@ -173,7 +230,8 @@ def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metri
     artifacts = _pretrained(cfg, bundle, pcfg, log, device)
     run = Curriculum.create(cfg, bundle, artifacts, device=device)
     if last is not None:
-        run.load_state_dict(last)
+        with _about(out / LAST_CHECKPOINT):
+            run.load_state_dict(last)
     pop = run.popularity
     log(f"popularity baseline: val Recall@100 {pop['val']['recall@100']:.3f}, "
         f"test Recall@100 {pop['test']['recall@100']:.3f}, Recall@10 {pop['test']['recall@10']:.3f}")
@@ -217,7 +275,9 @@ def _finish(out: Path, run: Curriculum, best_state: dict, best: dict, metric: st
             stop: str, log) -> dict:
     """Test, touched once, on the epoch validation chose; metrics.json written."""
     bundle, cfg = run.data.bundle, run.cfg
-    test, _ = evaluate(load_model(best_state, bundle, artifacts, run.device), run.data, "test")
+    with _about(out / BEST_CHECKPOINT):
+        model = load_model(best_state, bundle, artifacts, run.device)
+    test, _ = evaluate(model, run.data, "test")
     result = {
         "config": cfg.to_dict(),
         "dataset": {"name": bundle.name, "fingerprint": bundle.fingerprint,
@@ -258,11 +318,56 @@ def _pretrained(cfg: TrainConfig, bundle, pcfg: PretrainConfig, log, device: str
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint raytower wrote: tensors and plain data only (never code), or one line."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain data, never code
+        with warnings.catch_warnings():  # torch warns about a pickle it then refuses: the refusal is the news
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain data, never code
     except Exception as e:
         raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
+    _check_checkpoint(state, path)
+    return state
+
+
+# What a checkpoint holds (Curriculum.state_dict, and the run's elapsed time), by the type each must be.
+_CHECKPOINT_FIELDS = {"config": dict, "epoch": int, "stage": int, "history": list, "user_tower": dict,
+                      "item_tower_top": dict, "optimizer": dict}
+
+
+def _check_checkpoint(state, path: Path) -> None:
+    if not isinstance(state, dict):
+        raise ConfigError(f"not a raytower checkpoint (a {type(state).__name__}, not a mapping)", path)
+    for key, kind in _CHECKPOINT_FIELDS.items():
+        value = state.get(key)
+        if not (type(value) is int if kind is int else isinstance(value, kind)):  # (a bool is no epoch)
+            raise ConfigError(f"not a raytower checkpoint: its {key} must be a {kind.__name__}, got "
+                              f"{type(state.get(key)).__name__}", path)
+    if type(state.get("elapsed_s", 0.0)) not in (int, float):
+        raise ConfigError(f"not a raytower checkpoint: its elapsed_s must be a number, got {state['elapsed_s']!r}",
+                          path)
+    for row in state["history"]:  # printed and ranked on resume: numbers, and the stage switch's reason
+        if not (isinstance(row, dict) and type(row.get("epoch")) is int
+                and all(type(v) in ((str,) if k == "stage_switch" else (int, float)) for k, v in row.items())):
+            raise ConfigError("not a raytower checkpoint: its history holds a row that is not an epoch's figures",
+                              path)
+
+
+@contextlib.contextmanager
+def _about(path: Path):
+    """A checkpoint that does not fit the run's model: the one line names the file."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.path is not None:
+            raise
+        raise ConfigError(str(e), path) from None
 
 
 def save_checkpoint(state: dict, dest: Path) -> None:
-    with atomic_path(dest) as tmp:
-        torch.save(state, tmp)
+    # Serialised first, then written by Python: torch's own writer reports a full disk or a file-size
+    # limit as a RuntimeError, where Python's write raises the OSError (ENOSPC, EFBIG) that says so.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    except OSError as e:  # a failed write names no file
+        raise OSError(e.errno, e.strerror, str(dest)) from None

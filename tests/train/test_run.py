@@ -155,6 +155,26 @@ def test_a_failed_force_run_leaves_the_earlier_run_as_it_was(small_cfg_file, tmp
     assert _snapshot(tmp_path) == before  # the old run whole; the new one's files gone with it
 
 
+@pytest.mark.slow  # a real training process under a file-size limit: second tier
+def test_a_checkpoint_past_a_file_size_limit_is_one_line(small_cfg_file, tmp_path):
+    # torch's own writer reported a full disk or RLIMIT_FSIZE as a RuntimeError ("unexpected pos"): a traceback
+    import resource
+
+    from tests.conftest import SMALL_SYNTHETIC
+
+    def limit():  # a checkpoint of this model is about 650 kB; the data and pretraining files are smaller
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "raytower.cli", "train", "--data", SMALL_SYNTHETIC, "--config",
+                           str(small_cfg_file), "--out", str(out), "--epochs", "1", "--threads", "1"],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"raytower: error: {out / 'checkpoints' / 'best.pt'}: File too "
+                                                     "large (nothing half-written is left behind)")
+    assert not list((out / "checkpoints").iterdir())  # no partial checkpoint
+
+
 def test_two_processes_on_one_out_the_second_is_refused_naming_the_first(small_cfg_file, tmp_path):
     import os
     import signal
