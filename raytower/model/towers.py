@@ -22,12 +22,19 @@ item tower, then in Stage 2 unfreezes its top ``unfreeze_depth`` pieces at ``lr 
                                         what lies under the unfrozen pieces, computed once per stage
 
 Only a function marked with ``builder`` is called: a config (a best_config.json someone hands back)
-names code to import, and the mark keeps it to functions written for this purpose.
+names code to import, and the mark keeps it to functions written for this purpose. Importing a module
+runs it, so the module's source is read first, without running it or the packages above it: it must
+define the name at its top level as a marked function (or import it from a module that does).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -54,6 +61,8 @@ def resolve(spec: str) -> Callable:
     module, sep, name = spec.partition(":")
     if not sep or not module or not name.isidentifier():
         raise ConfigError(f"model {spec!r}: expected 'package.module:function' (or {BUILTIN!r}, the built-in towers)")
+    if module not in sys.modules:  # importing it would run it: read it first
+        _check_source(spec, module, name)
     try:
         fn = getattr(importlib.import_module(module), name)
     except ImportError as e:
@@ -63,6 +72,64 @@ def resolve(spec: str) -> Callable:
     if not callable(fn) or not isinstance(getattr(fn, _MARK, None), dict):
         raise ConfigError(f"model {spec!r}: not a tower builder (mark it with @raytower.towers.builder())")
     return fn
+
+
+def _check_source(spec: str, module: str, name: str, depth: int = 0) -> None:
+    """One line unless ``module``'s source defines ``name`` at its top level as a function marked with
+    ``builder`` (a decorator or call of that name), or imports it from a module that does."""
+    try:
+        found = _find_spec(module)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"model {spec!r}: cannot import {module} ({e})") from None
+    if found is None:
+        raise ConfigError(f"model {spec!r}: cannot import {module} (No module named {module!r})")
+    if not (found.origin or "").endswith(".py") or depth > 8:
+        raise ConfigError(f"model {spec!r}: {module} is not a Python source file raytower can read before "
+                          "importing it; define the builder in one")
+    try:
+        tree = ast.parse(Path(found.origin).read_bytes(), found.origin)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ConfigError(f"model {spec!r}: cannot read {found.origin} ({type(e).__name__}: {e})") from None
+    bound = None  # the last top-level statement binding ``name``: what the module's attribute will be
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            bound = node
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            bound = node
+        elif isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
+            bound = node
+    if bound is None:
+        raise ConfigError(f"model {spec!r}: {module} has no {name} (defined at its top level)")
+    if isinstance(bound, ast.ImportFrom):
+        original = next(a.name for a in bound.names if (a.asname or a.name) == name)
+        package = module if found.submodule_search_locations is not None else module.rpartition(".")[0]
+        source = importlib.util.resolve_name("." * bound.level + (bound.module or ""), package)
+        if source not in sys.modules:
+            _check_source(spec, source, original, depth + 1)
+        elif not isinstance(getattr(getattr(sys.modules[source], original, None), _MARK, None), dict):
+            raise ConfigError(f"model {spec!r}: not a tower builder (mark it with @raytower.towers.builder())")
+        return
+    marks = bound.decorator_list if hasattr(bound, "decorator_list") else [bound.value]
+    if not any(_calls_builder(m) for m in marks):
+        raise ConfigError(f"model {spec!r}: not a tower builder (mark it with @raytower.towers.builder())")
+
+
+def _find_spec(module: str):
+    """Where ``module`` is, found without importing it or the packages above it (importlib's
+    find_spec imports the parents, running their ``__init__``)."""
+    parent = module.rpartition(".")[0]
+    if not parent or parent in sys.modules:
+        return importlib.util.find_spec(module)
+    above = _find_spec(parent)
+    if above is None or above.submodule_search_locations is None:
+        return None
+    return importlib.machinery.PathFinder.find_spec(module, list(above.submodule_search_locations))
+
+
+def _calls_builder(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and (isinstance(n.func, ast.Name) and n.func.id == "builder"
+                                            or isinstance(n.func, ast.Attribute) and n.func.attr == "builder")
+               for n in ast.walk(node))
 
 
 def needs_pretraining(model: str) -> bool:

@@ -53,6 +53,31 @@ def test_a_config_names_only_marked_builders(examples_importable, small_bundle, 
         build_model(TrainConfig.from_dict({**MINE, "model": model}), small_bundle, None)
 
 
+def test_a_named_module_is_read_before_it_is_imported(tmp_path, monkeypatch, capsys):
+    # A config handed back names any module; importing it ran it (`this` printed, a package's
+    # __main__ ran its command line, a module's side effects happened) before the mark was checked.
+    from raytower.model.towers import resolve
+
+    ran = tmp_path / "ran"
+    side_effect = f"open({str(ran)!r}, 'a').write(__name__ + ' ')\n"
+    (tmp_path / "rt_side.py").write_text(side_effect + "def build(bundle, artifacts, args): pass\n")
+    (tmp_path / "rt_pkg").mkdir()
+    (tmp_path / "rt_pkg" / "__init__.py").write_text(side_effect + "from .sub import build\n")
+    (tmp_path / "rt_pkg" / "sub.py").write_text(side_effect + "def build(bundle, artifacts, args): pass\n")
+    (tmp_path / "rt_mine").mkdir()  # a team's package re-exporting its marked builder: still found
+    (tmp_path / "rt_mine" / "__init__.py").write_text("from .impl import build as towers\n")
+    (tmp_path / "rt_mine" / "impl.py").write_text("import raytower\n\n\n@raytower.towers.builder()\n"
+                                                  "def build(bundle, artifacts, args): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, message in [("rt_side:build", "not a tower builder"), ("rt_pkg:build", "not a tower builder"),
+                          ("rt_pkg.sub:build", "not a tower builder"), ("rt_side:other", "rt_side has no other"),
+                          ("this:s", "not a tower builder"), ("venv.__main__:main", "not a tower builder")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve(spec)
+    assert not ran.exists() and capsys.readouterr().out == ""  # nothing of them ran
+    assert resolve("rt_mine:towers").__name__ == "build"
+
+
 def test_towers_of_the_wrong_shape_are_one_line(examples_importable, small_bundle, monkeypatch):
     import towers
 
