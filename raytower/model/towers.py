@@ -90,14 +90,8 @@ def _check_source(spec: str, module: str, name: str, depth: int = 0) -> None:
         tree = ast.parse(Path(found.origin).read_bytes(), found.origin)
     except (OSError, SyntaxError, ValueError) as e:
         raise ConfigError(f"model {spec!r}: cannot read {found.origin} ({type(e).__name__}: {e})") from None
-    bound = None  # the last top-level statement binding ``name``: what the module's attribute will be
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
-            bound = node
-        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            bound = node
-        elif isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
-            bound = node
+    # the last top-level statement binding ``name``: what the module's attribute will be
+    bound = next((node for node in reversed(tree.body) if name in _bound_by(node)), None)
     if bound is None:
         raise ConfigError(f"model {spec!r}: {module} has no {name} (defined at its top level)")
     if isinstance(bound, ast.ImportFrom):
@@ -112,6 +106,17 @@ def _check_source(spec: str, module: str, name: str, depth: int = 0) -> None:
     marks = bound.decorator_list if hasattr(bound, "decorator_list") else [bound.value]
     if not any(_calls_builder(m) for m in marks):
         raise ConfigError(f"model {spec!r}: not a tower builder (mark it with @raytower.towers.builder())")
+
+
+def _bound_by(node: ast.stmt) -> set[str]:
+    """The names a top-level definition, assignment or ``from ... import`` binds."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {node.name}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.ImportFrom):
+        return {a.asname or a.name for a in node.names}
+    return set()
 
 
 def _find_spec(module: str):
