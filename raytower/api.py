@@ -140,6 +140,38 @@ def _check_keywords(func: str, given: dict[str, Any], accepted) -> None:
                          f"{', '.join(sorted(accepted))}")
 
 
+def _check_type(func: str, name: str, value: Any, kinds: tuple, what: str) -> None:
+    """A UsageError unless ``value`` is one of ``kinds`` (a bool is no number)."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise UsageError(f"{func}(): {name} must be {what}, got {type(value).__name__}")
+
+
+def _prepare_options(func: str, prepare: Any):
+    """``prepare`` (a dict of PrepareOptions' fields, or None) as PrepareOptions."""
+    from dataclasses import fields
+
+    from raytower.data import PrepareOptions
+
+    if prepare is None:
+        return PrepareOptions()
+    _check_type(func, "prepare", prepare, (dict,), "a dict of PrepareOptions' fields")
+    known = [f.name for f in fields(PrepareOptions)]
+    unknown = sorted(set(prepare) - set(known), key=str)
+    if unknown:
+        raise UsageError(f"{func}(): prepare got unknown key(s) {', '.join(map(str, unknown))}; it takes "
+                         f"{', '.join(sorted(known))}")
+    return PrepareOptions(**prepare)
+
+
+def _check_common(func: str, data: Any, out: Any, log: Any) -> None:
+    _check_type(func, "data", data, (str, Path), "a path or a source name")
+    if out is not None:
+        _check_type(func, "out", out, (str, Path), "a path")
+    if not callable(log):
+        raise UsageError(f"{func}(): log must be callable (print, or a function taking one line), got "
+                         f"{type(log).__name__}")
+
+
 def load_bundle(data: str = "synthetic", **prepare: Any):
     """A prepared data set (cached by content): ``prepare`` takes PrepareOptions' fields
     (split, cold_frac, k_core, min_rating, seed)."""
@@ -160,17 +192,19 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
     signature below lists them with their defaults)."""
     from dataclasses import fields
 
-    from raytower.data import PrepareOptions
     from raytower.tune.search import run_search
     from raytower.tune.settings import SearchSettings
 
     _check_keywords("search", settings, [f.name for f in fields(SearchSettings) if f.name not in ("space", "out")])
+    _check_common("search", data, out, log)
+    _check_type("search", "space", space, (str, Path), "a search space file or a built-in space's name")
+    options = _prepare_options("search", prepare)
     # What the CLI reads from the environment (RAYTOWER_STORAGE), unless given here
     from_env = {f.name: os.environ[f.metadata["env"]] for f in fields(SearchSettings)
                 if f.metadata.get("env") and os.environ.get(f.metadata["env"]) and f.name not in settings}
     s = SearchSettings(space=str(space), out=str(out), **from_env, **settings)
     s.validate(api=True)
-    run_search(s, data=data, prepare_options=PrepareOptions(**(prepare or {})), log=log,
+    run_search(s, data=str(data), prepare_options=options, log=log,
                given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
     # best_config.json as written: plain JSON values (the in-memory document holds NumPy scalars,
     # which json.dumps refuses in a notebook)
@@ -204,7 +238,6 @@ def fit(config: Any = None, data: str = "synthetic", out: str | Path | None = No
     ``overrides`` replace single fields; ``metric`` chooses the best epoch, the one tested."""
     from dataclasses import fields
 
-    from raytower.data import PrepareOptions
     from raytower.data import load_bundle as _load
     from raytower.names import check_metric
     from raytower.train.config import TrainConfig
@@ -228,7 +261,9 @@ def fit(config: Any = None, data: str = "synthetic", out: str | Path | None = No
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"fit(): threads must be a positive int (or None), got {threads!r}")
     _check_device(device)
-    bundle = _load(str(data), PrepareOptions(**(prepare or {})))
+    _check_common("fit", data, out, log)
+    _check_type("fit", "force", force, (bool,), "True or False")
+    bundle = _load(str(data), _prepare_options("fit", prepare))
     run_dir = Path(out or f"runs/train-{bundle.name}")
     metrics = _train(cfg, bundle, run_dir, device=device, threads=threads, log=log, force=force, metric=metric)
     return FitResult(run_dir, metrics)

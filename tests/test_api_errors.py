@@ -17,6 +17,18 @@ TINY = {"dim": 32, "item_layers": 2, "max_len": 30, "batch_size": 64, "stage1_ma
     (lambda t: raytower.fit(42, out=t / "r"), "config must be a TrainConfig"),
     (lambda t: raytower.fit(TINY, out=t / "r", temprature=0.1), "fit() got unknown keyword(s) temprature"),
     (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=t / "r", threads=0), "threads must be a positive int"),
+    # wrong types that were a bare TypeError from deep inside, or passed: out=5 wrote ./5, force="no" forced,
+    # log=None failed after the run directory was made
+    (lambda t: raytower.fit(TINY, data=5, out=t / "r"), "fit(): data must be a path or a source name, got int"),
+    (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=5), "fit(): out must be a path, got int"),
+    (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=t / "r", prepare=[1]), "prepare must be a dict"),
+    (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=t / "r", prepare={"nope": 1}),
+     "fit(): prepare got unknown key(s) nope; it takes"),
+    (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=t / "r", force="no"), "force must be True or False"),
+    (lambda t: raytower.fit(TINY, data=SMALL_SYNTHETIC, out=t / "r", log=None), "log must be callable"),
+    (lambda t: raytower.search(out=5), "search(): out must be a path, got int"),
+    (lambda t: raytower.search(space=5, out=t / "s"), "search(): space must be a search space file"),
+    (lambda t: raytower.search(prepare=[1], out=t / "s"), "search(): prepare must be a dict"),
 ])
 def test_usage_errors_are_type_errors_naming_what_is_accepted(tmp_path, call, message):
     with pytest.raises(UsageError) as e:
@@ -31,6 +43,15 @@ def test_range_errors_name_the_keyword_not_the_flag(tmp_path):
         raytower.search(num_samples=0, out=tmp_path / "s")
     with pytest.raises(ConfigError, match=r"^metric must be one of"):
         raytower.fit(TINY, data=SMALL_SYNTHETIC, out=tmp_path / "r", metric="ndcg@7")
+
+
+@pytest.mark.parametrize("prepare,message", [({"seed": "x"}, "seed must be int, got 'x'"),
+                                             ({"cold_frac": "0.1"}, "cold_frac must be float, got '0.1'"),
+                                             ({"seed": -1}, "seed must be >= 0, got -1")])
+def test_prepare_options_of_the_wrong_type_are_one_line_naming_the_field(prepare, message):
+    # they were a NumPy or comparison TypeError from inside the preparation
+    with pytest.raises(raytower.RaytowerError, match=message):
+        raytower.load_bundle(SMALL_SYNTHETIC, **prepare)
 
 
 def test_a_device_torch_does_not_know_leaves_no_run_directory(tmp_path):

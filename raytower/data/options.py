@@ -31,6 +31,12 @@ class PrepareOptions:
         "help": "implicit feedback: keep interactions with rating >= this (default: keep all)"})
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # the Python API passes values as they come: "3" is no k_core
+            value = getattr(self, f.name)
+            if type(value) not in _TYPES[str(f.type)]:
+                raise DataError(f"{f.name} must be {f.type}, got {value!r}")
+        if self.seed < 0:
+            raise DataError(f"seed must be >= 0, got {self.seed}")
         if self.split not in ("leave_last_out", "temporal"):
             raise DataError(f"unknown split {self.split!r}: use leave_last_out or temporal")
         if not 0.0 <= self.cold_frac < 1.0:
@@ -52,6 +58,10 @@ class PrepareOptions:
         return cls(**d)
 
 
+
+
+# A field's annotation -> the types its value may have (an int is a float; a bool is neither).
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None))}
 
 
 def flag_fields() -> list:
