@@ -132,4 +132,8 @@ def verify_file(path: str | os.PathLike, hint: str = "") -> None:
         recorded = None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read its signature ({getattr(e, 'strerror', None) or e})", path) from None
-    check_signature(path.read_bytes(), recorded, path.name, path, hint)
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # a directory in its place
+        raise ConfigError(f"cannot read it ({e.strerror or e})", path) from None
+    check_signature(data, recorded, path.name, path, hint)

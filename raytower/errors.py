@@ -15,7 +15,8 @@ class RaytowerError(Exception):
     def __init__(self, message: str, path: str | os.PathLike | None = None):
         message = " ".join(str(message).split())  # one line, always
         self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        shown = self.path if self.path is None or self.path.isprintable() else repr(self.path)  # a newline in a name
+        super().__init__(f"{shown}: {message}" if self.path else message)
 
 
 class DataError(RaytowerError):

@@ -66,7 +66,7 @@ def local_search(tmp, mode=None):
 
 def tampered_tuner_state(tmp, how):
     """A local search whose tune/tuner.pkl raytower signed, then changed (``append``: one byte more;
-    ``unsigned``: a pickle that would create a file, with no signature)."""
+    ``unsigned``: a pickle that would create a file, with no signature; ``directory``: a folder)."""
     import pickle
 
     from raytower._signing import sign_file
@@ -78,6 +78,9 @@ def tampered_tuner_state(tmp, how):
     sign_file(pkl)
     if how == "append":
         pkl.write_bytes(pkl.read_bytes() + b"\0")
+    elif how == "directory":  # a folder in its place, its signature left
+        pkl.unlink()
+        pkl.mkdir()
     else:
         pkl.write_bytes(pickle.dumps(Exploit(tmp / "pwned")))
         pkl.with_name("tuner.pkl.hmac").unlink()
@@ -432,6 +435,9 @@ BAD_INPUT = [
     # the model is resolved before --out is written: the refusal once left a run.json behind
     (lambda t: ["train", "--data", SMALL_SYNTHETIC, "--config", text(t, "c.yaml", 'model: "os:system"\n'),
                 "--out", str(t / "r")], "not a tower builder"),
+    # a newline in a file's name made the one line two
+    (lambda t: ["data", "prepare", "--data", str(t / "a\nb.csv")], "b.csv': no such file"),
+    (lambda t: tune(tampered_tuner_state(t, "directory"), "--resume"), "tuner.pkl: cannot read it (Is a directory)"),
 ]
 
 
