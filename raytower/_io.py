@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -360,6 +361,18 @@ def _umask() -> int:
 def write_json(dest: str | os.PathLike, obj: Any) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_serialised(dest: str | os.PathLike, serialise: Callable[[io.BytesIO], None]) -> None:
+    """Write what ``serialise(buffer)`` puts in memory to ``dest`` (in a directory being built).
+    torch's own writers (torch.save, torch.export.save) report a full disk or a file-size limit as a
+    RuntimeError and a C++ stack; Python's write raises the OSError (ENOSPC, EFBIG), naming ``dest``."""
+    buffer = io.BytesIO()
+    serialise(buffer)
+    try:
+        Path(dest).write_bytes(buffer.getbuffer())
+    except OSError as e:  # a failed write names no file
+        raise OSError(e.errno, e.strerror, str(dest)) from None
 
 
 def read_json(path: str | os.PathLike, missing: Any) -> Any:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from raytower._io import check_destination, output_dir, write_json
+from raytower._io import check_destination, output_dir, write_json, write_serialised
 from raytower.data import Bundle
 from raytower.errors import ConfigError
 from raytower.model.build import TwoTower
@@ -137,7 +137,7 @@ def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) ->
     users = bundle.users[["user_idx", "user_id", *META_COLUMNS]].copy()
     users["history"] = [bundle.item_idx[offsets[u]:offsets[u + 1]] for u in users["user_idx"]]
     with output_dir(model_dir, "model", force) as tmp:
-        torch.export.save(exported, str(tmp / USER_TOWER))
+        write_serialised(tmp / USER_TOWER, lambda buffer: torch.export.save(exported, buffer))
         item_vectors = model.item_vectors().cpu().numpy().astype(np.float32)
         np.save(tmp / "item_vectors.npy", item_vectors)
         bundle.items[["item_idx", "item_id", "title"]].to_parquet(tmp / "items.parquet", index=False)

@@ -120,3 +120,27 @@ def test_export_from_a_train_run(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert manifest["epoch"] == metrics["best_epoch"] and manifest["config"] == metrics["config"]
     assert torch.isfinite(_exported_scores(tmp_path / "m")[0, 1:]).all()
+
+
+@pytest.mark.slow  # train, then export in a process under a file-size limit: second tier
+def test_an_export_past_a_file_size_limit_is_one_line(tmp_path):
+    # torch.export.save reported a full disk or RLIMIT_FSIZE as a RuntimeError and a C++ stack
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import SMALL_SYNTHETIC
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dim: 32\nitem_layers: 2\nmax_len: 30\nepochs: 1\nbatch_size: 64\n")
+    assert main(["train", "--data", SMALL_SYNTHETIC, "--config", str(cfg), "--threads", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+
+    def limit():  # the user tower's archive is about 500 kB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    done = subprocess.run([sys.executable, "-m", "raytower.cli", "export", str(tmp_path / "run"), "--out",
+                           str(tmp_path / "m")], preexec_fn=limit, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.strip().endswith("user_tower.pt2: File too large (nothing half-written is left behind)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "run"]  # nothing half-written beside it

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raytower._io import atomic_dir, cache_root, write_json
+from raytower._io import atomic_dir, cache_root, write_json, write_serialised
 from raytower._lock import hold_cache_entry
 from raytower._progress import Progress
 from raytower.errors import DataError
@@ -140,8 +140,8 @@ def _make(bundle, pcfg: PretrainConfig, dest: Path, progress, device: str) -> Ar
         progress(f"  lightgcn's own validation Recall@100 (graph users): {gnn_stats['lightgcn_val_recall@100']:.4f}")
     tower, tower_stats = train_item_tower(bundle, pcfg, gnn_user, gnn_item, progress, device)
     with atomic_dir(dest) as tmp:
-        torch.save({"user": gnn_user, "item": gnn_item}, tmp / "lightgcn.pt")
-        torch.save(tower.state_dict(), tmp / "item_tower.pt")
+        write_serialised(tmp / "lightgcn.pt", lambda buffer: torch.save({"user": gnn_user, "item": gnn_item}, buffer))
+        write_serialised(tmp / "item_tower.pt", lambda buffer: torch.save(tower.state_dict(), buffer))
         write_json(tmp / "manifest.json", {
             "format": ARTIFACT_FORMAT, "method": METHOD, "bundle": bundle.fingerprint, "config": asdict(pcfg),
             "stats": gnn_stats | tower_stats,

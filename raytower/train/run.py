@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import io
 import math
 import platform
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from raytower._io import (atomic_path, output_dir, output_kind, read_json, record_files, write_json,
-                          writing_in_place)
+                          write_serialised, writing_in_place)
 from raytower._progress import Progress
 from raytower._version import version as raytower_version
 from raytower.errors import ConfigError, RaytowerError
@@ -362,12 +361,8 @@ def _about(path: Path):
 
 
 def save_checkpoint(state: dict, dest: Path) -> None:
-    # Serialised first, then written by Python: torch's own writer reports a full disk or a file-size
-    # limit as a RuntimeError, where Python's write raises the OSError (ENOSPC, EFBIG) that says so.
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
     try:
         with atomic_path(dest) as tmp:
-            tmp.write_bytes(buffer.getbuffer())
-    except OSError as e:  # a failed write names no file
-        raise OSError(e.errno, e.strerror, str(dest)) from None
+            write_serialised(tmp, lambda buffer: torch.save(state, buffer))  # a full disk: ENOSPC, not torch's
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(dest)) from None  # the checkpoint's name, not its temporary one

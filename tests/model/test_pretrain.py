@@ -91,3 +91,26 @@ def test_pretraining_on_a_device_returns_cpu_tables_and_the_cpu_figures(small_bu
     assert torch.allclose(u, du, atol=1e-4) and torch.allclose(i, di, atol=1e-4)
     tower, _ = train_item_tower(small_bundle, pcfg, du, di, None, device=device)
     assert all(p.device.type == "cpu" for p in tower.parameters())
+
+
+@pytest.mark.slow  # LightGCN in a process under a file-size limit: second tier
+def test_pretraining_past_a_file_size_limit_is_one_line(small_bundle, tmp_path):
+    # torch.save reported a full disk or RLIMIT_FSIZE as a RuntimeError traceback
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit():  # the LightGCN tables are about 155 kB; the bundle is read where it is
+        resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, 120_000))
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dim: 32\nitem_layers: 2\nmax_len: 30\nbatch_size: 64\nepochs: 1\n")
+    done = subprocess.run([sys.executable, "-m", "raytower.cli", "train", "--data", str(small_bundle.path), "--config",
+                           str(cfg), "--out", str(tmp_path / "run"), "--threads", "1"], preexec_fn=limit,
+                          env={**os.environ, "RAYTOWER_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.endswith("lightgcn.pt: File too large (nothing half-written is left behind)"), last
+    assert not list((tmp_path / "cache").rglob("*.pt"))  # no partial cache entry
