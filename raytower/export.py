@@ -30,6 +30,7 @@ from raytower.names import BEST_CHECKPOINT, BEST_CONFIG, FETCHED_CHECKPOINT, RUN
 from raytower.train.config import TrainConfig
 from raytower.train.data import META_COLUMNS, left_padded
 from raytower.train.loop import load_model
+from raytower.train.run import read_checkpoint
 
 USER_TOWER = "user_tower.pt2"
 MODEL_FORMAT = 2  # 2: the user tower as torch.export (1: TorchScript)
@@ -86,7 +87,7 @@ def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
         from raytower.tune.record import SearchRecord
         from raytower.tune.results import model_from_state
 
-        return (*model_from_state(_read_state(exp / FETCHED_CHECKPOINT), SearchRecord.read(exp).shared), best)
+        return (*model_from_state(read_checkpoint(exp / FETCHED_CHECKPOINT), SearchRecord.read(exp).shared), best)
     from raytower.tune.results import trial_model
 
     model, cfg, bundle = trial_model(exp, best["trial_id"], int(best["selection"]["epoch"]))
@@ -100,12 +101,17 @@ def _from_train_run(run: Path):
     except (KeyError, TypeError):
         raise ConfigError("a `raytower train` run from before runs recorded their bundle's path: train it again",
                           run) from None
-    state = _read_state(run / BEST_CHECKPOINT)
+    if not isinstance(bundle_path, str) or not isinstance(artifacts_path, (str, type(None))):
+        raise ConfigError("its dataset's bundle and pretraining's path must be paths (strings)", run / RUN_METRICS)
+    if type(metrics.get("best_epoch")) is not int:  # it goes into the manifest
+        raise ConfigError(f"its best_epoch must be an int, got {metrics.get('best_epoch')!r}", run / RUN_METRICS)
+    state = read_checkpoint(run / BEST_CHECKPOINT)
+    cfg = TrainConfig.from_dict(state["config"], source=str(run / BEST_CHECKPOINT))  # a bad field names the file
     bundle, artifacts = Bundle(bundle_path), Artifacts.load(artifacts_path) if artifacts_path else None
-    chosen = {"trial_id": None, "selection": {"epoch": metrics.get("best_epoch"),
+    chosen = {"trial_id": None, "selection": {"epoch": metrics["best_epoch"],
                                               "metric": metrics.get("selection_metric")},
               "versions": metrics.get("versions", {})}
-    return load_model(state, bundle, artifacts), TrainConfig.from_dict(state["config"]), bundle, chosen
+    return load_model(state, bundle, artifacts), cfg, bundle, chosen
 
 
 def _read_json(path: Path) -> dict:
@@ -113,13 +119,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except ValueError as e:
         raise ConfigError(f"not valid JSON ({e})", path) from None
-
-
-def _read_state(path: Path) -> dict:
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")  # tensors and plain data, never code
-    except Exception as e:
-        raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
 
 
 def export_model(exp: str | Path, model_dir: str | Path, force: bool = False) -> Path:
