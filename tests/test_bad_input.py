@@ -272,6 +272,16 @@ def crafted_run(tmp, edit=None, last=None, metrics=None, marker=True):
     return str(d)
 
 
+def trained_run(tmp, change=None, best=None):
+    """What `raytower export` reads of a finished train run (metrics.json, checkpoints/best.pt), edited."""
+    d = tmp / "run"
+    (d / "checkpoints").mkdir(parents=True)
+    metrics = {"dataset": {"bundle": str(tmp / "bundle")}, "pretraining": {"path": None}, "best_epoch": 1}
+    (d / "metrics.json").write_text(json.dumps({**metrics, **(change or {})}))
+    torch.save(best if best is not None else checkpoint(), d / "checkpoints" / "best.pt")
+    return str(d)
+
+
 class Exploit:
     """Unpickling this would create ``marker``; a checkpoint holding it is refused unread."""
 
@@ -438,6 +448,13 @@ BAD_INPUT = [
     # a newline in a file's name made the one line two
     (lambda t: ["data", "prepare", "--data", str(t / "a\nb.csv")], "b.csv': no such file"),
     (lambda t: tune(tampered_tuner_state(t, "directory"), "--resume"), "tuner.pkl: cannot read it (Is a directory)"),
+    # export of a train run whose metrics.json or best.pt was edited: a traceback, a string epoch in the manifest
+    (lambda t: ["export", trained_run(t, {"pretraining": {"path": 5}}), "--out", str(t / "m")],
+     "metrics.json: its dataset's bundle and pretraining's path must be paths"),
+    (lambda t: ["export", trained_run(t, {"best_epoch": "two"}), "--out", str(t / "m")],
+     "metrics.json: its best_epoch must be an int, got 'two'"),
+    (lambda t: ["export", trained_run(t, best=checkpoint(config={"dim": "x"})), "--out", str(t / "m")],
+     "best.pt: dim must be int, got 'x'"),
 ]
 
 
