@@ -447,6 +447,7 @@ BAD_INPUT = [
                 "--out", str(t / "r")], "not a tower builder"),
     # a newline in a file's name made the one line two
     (lambda t: ["data", "prepare", "--data", str(t / "a\nb.csv")], "b.csv': no such file"),
+    (lambda t: ["data", "prepare", "--data", "/dev/null"], "/dev/null: not a regular file or a directory"),
     (lambda t: tune(tampered_tuner_state(t, "directory"), "--resume"), "tuner.pkl: cannot read it (Is a directory)"),
     # export of a train run whose metrics.json or best.pt was edited: a traceback, a string epoch in the manifest
     (lambda t: ["export", trained_run(t, {"pretraining": {"path": 5}}), "--out", str(t / "m")],

@@ -97,6 +97,8 @@ def _resolve(spec: str):
         key = {"file": hash_files(files), "reader": kwargs}
         name = _file_name(path)
         return name, key, lambda: dataclasses.replace(read_interactions_file(path, **kwargs), name=name)
+    if path.exists():  # /dev/null, a pipe: it is there, and "no such file" would send the user looking
+        raise DataError("not a regular file or a directory (a device, a pipe or a socket): give a data file", base)
     raise DataError("no such file, directory or dataset name (try `raytower data download ml-100k`)", base)
 
 
