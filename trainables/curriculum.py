@@ -21,11 +21,11 @@ import torch
 
 from raytower._trial import Shared, local_copy
 from raytower.data import Bundle
-from raytower.errors import ConfigError
 from raytower.names import TRIAL_STATE, train_run_name, val_key
 from raytower.train.config import TrainConfig
 from raytower.train.fit import SCALARS, best_epoch, fit
 from raytower.train.loop import Curriculum
+from raytower.train.run import read_checkpoint
 
 STATE_FILE = TRIAL_STATE  # (the name the benchmarks and tests know it by)
 # A Train worker that dies (a lost node) is restarted this often before its trial fails; Tune's own
@@ -38,11 +38,7 @@ def load_state(checkpoint) -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        path = Path(d) / STATE_FILE
-        try:
-            return torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as e:
-            raise ConfigError(f"unreadable checkpoint ({type(e).__name__})", path) from None
+        return read_checkpoint(Path(d) / STATE_FILE)  # the checks --resume and export apply
 
 
 def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], state: dict | None,
