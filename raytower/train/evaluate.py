@@ -56,6 +56,24 @@ def evaluate(model: TwoTower, data: TrainData, split: str,
     """(metrics, diagnostics) of ``split``; ``item_vecs`` when the caller already holds them."""
     ev = data.eval_sets[split]
     item_vecs = model.item_vectors() if item_vecs is None else item_vecs
+    ranks, top, gate = rank_split(model, data, split, item_vecs)
+    bundle = data.bundle
+    metrics = M.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, data.tail, bundle.n_items)
+    # vector_dim: what the effective rank is out of (a team's towers need not have cfg.dim)
+    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:]),
+                   "vector_dim": int(item_vecs.shape[1])}
+    if gate is not None:
+        diagnostics |= _gate_means(gate, torch.as_tensor(bundle.cold_mask[ev.users], device=gate.device),
+                                   model.user_tower.fusion.kind)
+    return metrics, diagnostics
+
+
+@torch.no_grad()
+def rank_split(model: TwoTower, data: TrainData, split: str, item_vecs: torch.Tensor) -> tuple:
+    """(ranks, top, gate): each evaluated user's target rank (0 = best, in ``eval_sets[split]``'s
+    order), their top-100 items, and the fusion gate (or None). A paired comparison of two models
+    reads the ranks (benchmarks/paired.py)."""
+    ev = data.eval_sets[split]
     u, gate = user_vectors(model, data, split)
     ranks, top = [], []
     for s in range(0, len(ev), RANK_BATCH):
@@ -64,16 +82,7 @@ def evaluate(model: TwoTower, data: TrainData, split: str,
                               ev.hist_items[o[0]:o[-1]])
         ranks.append(r)
         top.append(t)
-    bundle = data.bundle
-    metrics = M.summarize(np.concatenate(ranks), np.concatenate(top), ev.users, ev.targets,
-                          bundle.cold_mask, data.tail, bundle.n_items)
-    # vector_dim: what the effective rank is out of (a team's towers need not have cfg.dim)
-    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:]),
-                   "vector_dim": int(item_vecs.shape[1])}
-    if gate is not None:
-        diagnostics |= _gate_means(gate, torch.as_tensor(bundle.cold_mask[ev.users], device=gate.device),
-                                   model.user_tower.fusion.kind)
-    return metrics, diagnostics
+    return np.concatenate(ranks), np.concatenate(top), gate
 
 
 def _gate_means(gate: torch.Tensor, cold: torch.Tensor, kind: str) -> dict[str, float]:
