@@ -68,7 +68,7 @@ class SearchResult:
         from raytower.tune.record import SearchRecord
 
         record = SearchRecord.read(self.out)
-        url = record.settings.get("storage") or f"sqlite:///{(self.out / OPTUNA_DB).resolve()}"
+        url = record.study_url or f"sqlite:///{(self.out / OPTUNA_DB).resolve()}"
         return optuna.load_study(study_name=STUDY, storage=url)
 
     def _summary(self) -> list[tuple[str, Any]]:
@@ -140,6 +140,20 @@ def _check_keywords(func: str, given: dict[str, Any], accepted) -> None:
                          f"{', '.join(sorted(accepted))}")
 
 
+def _current_names(func: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A keyword renamed (storage -> study_url) still works for one release, with a DeprecationWarning."""
+    import warnings
+
+    from raytower.tune.settings import RENAMED
+
+    for old in sorted(set(given) & set(RENAMED)):
+        if RENAMED[old] in given:
+            raise UsageError(f"{func}(): {old} is the old name of {RENAMED[old]}; give only {RENAMED[old]}")
+        warnings.warn(f"{func}({old}=...) is deprecated and goes in the next release; use {RENAMED[old]}=...",
+                      DeprecationWarning, stacklevel=3)
+    return {RENAMED.get(k, k): v for k, v in given.items()}
+
+
 def _check_type(func: str, name: str, value: Any, kinds: tuple, what: str) -> None:
     """A UsageError unless ``value`` is one of ``kinds`` (a bool is no number)."""
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
@@ -195,6 +209,7 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
     from raytower.tune.search import run_search
     from raytower.tune.settings import SearchSettings
 
+    settings = _current_names("search", settings)
     _check_keywords("search", settings, [f.name for f in fields(SearchSettings) if f.name not in ("space", "out")])
     _check_common("search", data, out, log)
     _check_type("search", "space", space, (str, Path), "a search space file or a built-in space's name")

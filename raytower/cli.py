@@ -173,7 +173,7 @@ def cmd_tune(args) -> int:
         return _interrupted_status()
     print(f"wrote {Path(args.out) / 'best_config.json'} and {Path(args.out) / 'trials.parquet'}")
     print(f"retrain it: {retrain_command(args)}")
-    for line in next_steps(Path(args.out), settings.storage):
+    for line in next_steps(Path(args.out), settings.study_url):
         print(line)
     return 0
 

@@ -1,6 +1,8 @@
 """The Python API speaks its own names: unknown keywords and wrong types are UsageErrors (TypeErrors
 too), range errors name the keyword, not the flag, and a bad device leaves no run directory."""
 
+import inspect
+
 import pytest
 
 import raytower
@@ -43,6 +45,17 @@ def test_range_errors_name_the_keyword_not_the_flag(tmp_path):
         raytower.search(num_samples=0, out=tmp_path / "s")
     with pytest.raises(ConfigError, match=r"^metric must be one of"):
         raytower.fit(TINY, data=SMALL_SYNTHETIC, out=tmp_path / "r", metric="ndcg@7")
+
+
+def test_the_old_storage_keyword_is_the_study_url_with_a_deprecation_warning(tmp_path):
+    # checked as study_url: a wrong type names the new keyword
+    with pytest.warns(DeprecationWarning, match=r"search\(storage=\.\.\.\) is deprecated.*study_url"), \
+            pytest.raises(UsageError, match="study_url must be str, got int 5"):
+        raytower.search(storage=5, out=tmp_path / "s")
+    with pytest.raises(UsageError, match="storage is the old name of study_url; give only study_url"):
+        raytower.search(storage="sqlite:///a.db", study_url="sqlite:///b.db", out=tmp_path / "s")
+    assert "study_url" in inspect.signature(raytower.search).parameters
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("prepare,message", [({"seed": "x"}, "seed must be int, got 'x'"),

@@ -326,7 +326,7 @@ BAD_INPUT = [
     # read before anything is written: found after Ray started, they left an --out neither re-run nor resumed
     (lambda t: tune(t, "--warm-start", junk_study(t)), "--warm-start: cannot read the study"),
     (lambda t: tune(t, "--warm-start", junk_study(t, foreign=True)), "--warm-start: cannot read the study"),
-    (lambda t: tune(t, "--storage", "nosuchdb://x/y"), "--storage nosuchdb://x/y: cannot open it"),
+    (lambda t: tune(t, "--study-url", "nosuchdb://x/y"), "--study-url nosuchdb://x/y: cannot open it"),
     (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),

@@ -109,8 +109,9 @@ def test_at_a_glance_places_the_choice_against_the_curriculum_study(search):
     assert "a slow start: 1 steps an epoch" in line and "item-tower collapse" in line, line
 
 
-def test_importance_reads_the_study_where_the_search_kept_it(search, tmp_path):
-    """A study at --storage URL (not OUT/optuna.db) still gives the report its importance section."""
+@pytest.mark.parametrize("key", ["study_url", "storage"])  # storage: a record written before the rename
+def test_importance_reads_the_study_where_the_search_kept_it(search, tmp_path, key):
+    """A study at --study-url (not OUT/optuna.db) still gives the report its importance section."""
     import shutil
 
     from raytower.report import importance
@@ -120,7 +121,8 @@ def test_importance_reads_the_study_where_the_search_kept_it(search, tmp_path):
     shutil.copytree(search, copy)
     (copy / "optuna.db").rename(tmp_path / "elsewhere.db")
     record = SearchRecord.read(copy)
-    record.settings["storage"] = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    del record.settings["study_url"]
+    record.settings[key] = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     record.write(copy)
     assert importance(copy)[:3] == importance(search)[:3]
     assert importance(copy)[3] >= 2  # COMPLETE trials were read

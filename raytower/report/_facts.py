@@ -259,7 +259,7 @@ def importance(exp: Path) -> Importance:
 
     study = read_study(exp)
     if study is None:
-        return Importance({}, {}, "the study could not be read (no optuna.db, or its --storage out of reach)", 0)
+        return Importance({}, {}, "the study could not be read (no optuna.db, or its --study-url out of reach)", 0)
     # This search's trials only: those --warm-start copied in are not in trials.parquet either.
     complete = [t for t in own_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:

@@ -1,7 +1,7 @@
 """Every check a search makes before it starts Ray or reads its data: a bad flag, space, --out,
 study URL or cluster address is one line here, before anything is written.
 
-    space = preflight(settings, log)              # settings, space, --out, --warm-start, --storage, --address
+    space = preflight(settings, log)              # settings, space, --out, --warm-start, --study-url, --address
     check_output_dir(out, resume, min_free_gb)    # again, once the search holds --out
     check_where_it_runs(settings, uri)            # the storage path; what this machine has for one trial
     check_cluster_fits(settings, offers)          # what a cluster's nodes offer (raytower.tune._session)
@@ -33,8 +33,8 @@ def preflight(settings: SearchSettings, log=print) -> SearchSpace:
     check_output_dir(Path(settings.out).resolve(), settings.resume, settings.min_free_gb)
     if settings.warm_start:
         _check_warm_start(Path(settings.warm_start))
-    if settings.storage:
-        _check_storage(settings.storage)
+    if settings.study_url:
+        _check_study_url(settings.study_url)
     if settings.address:
         _check_reachable(settings.address)
     return space
@@ -98,15 +98,15 @@ def _check_warm_start(earlier: Path) -> None:
     warm_trials(earlier)
 
 
-def _check_storage(url: str) -> None:
-    """A --storage URL that Optuna cannot open fails before anything is written."""
+def _check_study_url(url: str) -> None:
+    """A --study-url that Optuna cannot open fails before anything is written."""
     import optuna
 
     try:
         optuna.storages.RDBStorage(url)
     except Exception as e:  # a bad URL, an unknown dialect, a refused connection
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"--storage {url}: cannot open it ({first})") from None
+        raise ConfigError(f"--study-url {url}: cannot open it ({first})") from None
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:

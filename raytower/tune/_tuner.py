@@ -50,7 +50,7 @@ def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path
 
     metric = val_key(settings.metric)
     stops = StopLog(str(out / STOPS))
-    storage = optuna.storages.RDBStorage(settings.storage or f"sqlite:///{out / OPTUNA_DB}")
+    storage = optuna.storages.RDBStorage(settings.study_url or f"sqlite:///{out / OPTUNA_DB}")
     sampler = make_sampler(settings)
     warm = warm_trials(Path(settings.warm_start)) if settings.warm_start else []
     searcher = TruthfulOptunaSearch(

@@ -21,6 +21,7 @@ from raytower._storage import ExperimentStore
 from raytower._trial import Shared
 from raytower.errors import ConfigError
 from raytower.names import DEFAULT_METRIC, SETUP
+from raytower.tune.settings import with_current_names
 
 
 @dataclass
@@ -39,6 +40,11 @@ class SearchRecord:
         return self.settings.get("metric") or DEFAULT_METRIC
 
     @property
+    def study_url(self) -> str | None:
+        """The --study-url the search ran with (None: OUT/optuna.db)."""
+        return self.settings.get("study_url")
+
+    @property
     def num_samples(self) -> int:
         return int(self.settings["num_samples"])
 
@@ -51,11 +57,12 @@ class SearchRecord:
         path = Path(out) / SETUP
         try:
             doc = json.loads(path.read_text())
-            known = {f.name for f in dataclasses.fields(cls)} - {"shared", "extra"}
+            known = {f.name for f in dataclasses.fields(cls)} - {"shared", "extra", "settings"}
             return cls(**{k: doc[k] for k in known if k in doc},
+                       settings=with_current_names(doc["settings"]),  # a record older than a rename
                        # "setup" is the key raytower 0.x used for the shared part
                        shared=Shared.from_dict(doc.get("shared") or doc["setup"]),
-                       extra={k: v for k, v in doc.items() if k not in known | {"shared", "setup"}})
+                       extra={k: v for k, v in doc.items() if k not in known | {"settings", "shared", "setup"}})
         except FileNotFoundError:
             raise ConfigError("not a raytower search directory (no setup.json)", Path(out)) from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:

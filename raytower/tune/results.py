@@ -165,12 +165,12 @@ def trial_rows(exp: Path, trials: list[dict[str, Any]] | None = None) -> pd.Data
 
 
 def read_study(exp: Path, record: SearchRecord | None = None):
-    """The search's Optuna study (OUT/optuna.db, or the --storage URL it ran with); None when it
+    """The search's Optuna study (OUT/optuna.db, or the --study-url it ran with); None when it
     cannot be read (an RDB server out of reach, a directory copied without it)."""
     import optuna
 
     record = record or SearchRecord.read(exp)
-    url = record.settings.get("storage") or (f"sqlite:///{exp / OPTUNA_DB}" if (exp / OPTUNA_DB).is_file() else None)
+    url = record.study_url or (f"sqlite:///{exp / OPTUNA_DB}" if (exp / OPTUNA_DB).is_file() else None)
     if url is None:
         return None
     try:

@@ -14,7 +14,7 @@
 Layout of the experiment directory (``out``):
 
     setup.json            the search's record (raytower.tune.record): settings, data, what every trial shares
-    optuna.db             the Optuna study (SQLite; any RDB URL with --storage)
+    optuna.db             the Optuna study (SQLite; any RDB URL with --study-url)
     stops.json            why each early-stopped trial ended (asha, plateau, chance, collapsed, diverged)
     driver_memory.json    the search driver's resident memory each time a trial ended
     tune/                 Ray Tune's experiment: one directory per trial (checkpoints, TensorBoard)
@@ -169,7 +169,7 @@ def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str,
         except ConfigError:
             pass  # no trial had reported yet
         raise SearchInterrupted(out, ended, settings.num_samples)
-    _close_study(settings.storage or f"sqlite:///{out / OPTUNA_DB}", log)
+    _close_study(settings.study_url or f"sqlite:///{out / OPTUNA_DB}", log)
     doc = export_results(out, log=log)
     if settings.storage_path:
         # The SQLite study lived on the driver's disk (never on object storage or a network

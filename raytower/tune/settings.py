@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 
 from raytower.errors import ConfigError
@@ -23,8 +24,15 @@ SCHEDULERS = ("asha", "none")
 SEARCHERS = ("tpe", "tpe-mv", "random")  # tpe-mv: multivariate TPE over groups of knobs
 
 
-def _flag(help: str, flag: str | None = None, **argparse_kw) -> dict:
-    return {"help": help, "flag": flag, **argparse_kw}
+def _flag(help: str, flag: str | None = None, alias: str | None = None, **argparse_kw) -> dict:
+    """A field's flag: its help, its spelling when not --field-name, and an older spelling still
+    accepted for one release (``alias``, deprecated: it says so on stderr)."""
+    return {"help": help, "flag": flag, "alias": alias, **argparse_kw}
+
+
+# Fields renamed, old name -> new: the old keyword (raytower.search), flag and record key are read
+# for one release after the rename.
+RENAMED = {"storage": "study_url"}  # 0.x: --storage, the Optuna study's URL, beside Ray's --storage-path
 
 
 @dataclass
@@ -68,7 +76,9 @@ class SearchSettings:
     truthful_pruning: bool = field(default=True, metadata=_flag(
         "tell Optuna what Ray's OptunaSearch does (early-stopped = COMPLETE) instead of PRUNED",
         flag="--no-truthful-pruning"))
-    storage: str | None = field(default=None, metadata=_flag("Optuna RDB URL (default sqlite in OUT)", metavar="URL"))
+    study_url: str | None = field(default=None, metadata=_flag(
+        "where the Optuna study lives: an RDB URL such as postgresql://... (default: sqlite in OUT, optuna.db)",
+        metavar="URL", alias="--storage"))
     storage_path: str | None = field(default=None, metadata=_flag(
         "where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., or a "
         "directory every node mounts (default: $RAYTOWER_STORAGE, else OUT). The search goes in URI/<name of "
@@ -155,6 +165,16 @@ class SearchSettings:
         return "train" if self.gpus_per_trial > 0 or self.workers_per_trial > 1 else "function"
 
 
+def with_current_names(given: dict) -> dict:
+    """``given`` (keywords, or a record's settings) with each RENAMED field under its current name;
+    where both names are there, the current one wins."""
+    out = dict(given)
+    for old, new in RENAMED.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))
+    return out
+
+
 def flag_of(name: str) -> str:
     f = next(f for f in fields(SearchSettings) if f.name == name)
     return f.metadata.get("flag") or "--" + name.replace("_", "-")
@@ -165,12 +185,32 @@ def _scalar_type(annotation: str):
     return {"int": int, "float": float, "str": str, "bool": bool}[annotation.split("|")[0].strip()]
 
 
-def add_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+class _DeprecatedAlias(argparse.Action):
+    """A flag's older spelling, kept for one release: it sets the same field and says so on stderr
+    (``quiet``: a second parse of the same command line says nothing more)."""
+
+    def __init__(self, option_strings, dest, new_flag: str, quiet: bool = False, **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.new_flag, self.quiet = new_flag, quiet
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not self.quiet:
+            print(f"raytower: warning: {option_string} is deprecated and goes in the next release; use {self.new_flag}",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_flags(parser: argparse.ArgumentParser, defaults: bool = True, quiet: bool = False) -> None:
     """One flag per field of SearchSettings, its default the field's (``out``: required by none).
-    ``defaults=False``: no defaults at all, so a parse holds only the flags given."""
+    ``defaults=False``: no defaults at all, so a parse holds only the flags given. ``quiet``: no
+    deprecation note for an old spelling."""
     for f in fields(SearchSettings):
         meta = dict(f.metadata)
         flag, help_, env = meta.pop("flag") or "--" + f.name.replace("_", "-"), meta.pop("help"), meta.pop("env", None)
+        alias = meta.pop("alias", None)
+        if alias:
+            parser.add_argument(alias, dest=f.name, type=_scalar_type(f.type), default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS, action=_DeprecatedAlias, new_flag=flag, quiet=quiet)
         default = f.default if f.default is not MISSING else None
         if env:
             default = os.environ.get(env) or default
@@ -191,7 +231,7 @@ def given_fields(argv: list[str]) -> frozenset[str]:
     compares each with the record, so ``--max-epochs 30`` is refused on a search started with 60
     although 30 is the default."""
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    add_flags(parser, defaults=False)
+    add_flags(parser, defaults=False, quiet=True)
     known, _ = parser.parse_known_args(argv)  # argv was parsed once already: it holds no bad flag
     return frozenset(vars(known))
 
