@@ -48,10 +48,10 @@ def _resolve(spec: str):
     """Return (name, source_key, reader): source_key identifies the content without parsing it."""
     base, params = split_spec(spec)
     if base == "synthetic":
-        from raytower.data._synthetic import GENERATOR_VERSION, generate, parse_synthetic_spec
+        from raytower.data._synthetic import GENERATOR_VERSION, generate, parse_synthetic_spec, source_key
 
         kwargs = parse_synthetic_spec(spec)
-        key = {"synthetic": kwargs, "generator_version": GENERATOR_VERSION}
+        key = {"synthetic": source_key(kwargs), "generator_version": GENERATOR_VERSION}
         return "synthetic", key, lambda: generate(**kwargs)
     path = Path(base).expanduser()
     if not path.exists() and re.fullmatch(r"ml-[\w-]+", base) and not params:

@@ -15,8 +15,9 @@ can be exercised, tuned and compared without downloading anything:
   "successor" of the previous item (a sequel, a related item): the signal a sequence model reads
   from the last few items, and which the user's whole history does not carry;
 * **exploration** - some picks ignore the user and follow global popularity (noise);
-* **sequence lengths** - log-normal (heavy-tailed) with a floor of ``min_len``, plus a group of
-  cold-start-like users with only ``cold_min_len``..``cold_max_len`` interactions;
+* **sequence lengths** - log-normal (heavy-tailed) with a floor of ``min_len``, plus a share
+  (``short_history_frac``) of cold-start-like users with only ``cold_min_len``..``cold_max_len``
+  interactions;
 * **time** - increasing per user: seconds to minutes inside a session (some exact ties, as when a
   user rates several items at once), hours to days between sessions.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -81,7 +83,8 @@ _N_SUCCESSORS = 3  # "sequels" per item
 def generate(
     *,
     # sizes (grouped as the docstring's sections are)
-    seed: int = 0, n_users: int = 2000, n_items: int = 1000, mean_len: float = 40.0, cold_frac: float = 0.1,
+    seed: int = 0, n_users: int = 2000, n_items: int = 1000, mean_len: float = 40.0,
+    short_history_frac: float = 0.1,
     min_len: int = 3, cold_min_len: int = 3, cold_max_len: int = 8, max_len: int = 0, len_sigma: float = 1.0,
     # items and users
     n_genres: int = 12, n_topics: int = 0, dim: int = 16, pop_alpha: float = 0.9, taste_temp: float = 0.35,
@@ -98,8 +101,9 @@ def generate(
             interactions; items nobody picked are still listed in the item table.
         mean_len: target mean sequence length of the regular (non-cold) users. It is a target:
             users whose draws repeat items a lot (tiny catalogues, very long sequences) end shorter.
-        cold_frac: fraction of users that are cold-start-like, with ``cold_min_len``..
-            ``cold_max_len`` interactions (uniform).
+        short_history_frac: fraction of users with short histories, cold-start-like, of
+            ``cold_min_len``..``cold_max_len`` interactions (uniform). Data preparation's
+            ``cold_frac`` is another thing: the users it keeps out of the graph.
         min_len: the floor of every sequence (3 = train + validation + test).
         max_len: cap on a sequence's length; 0 = automatic (50 x mean_len, at most half the
             catalogue).
@@ -132,7 +136,7 @@ def generate(
     world = _World(rng, p)
     users = _make_users(rng, p)
     u_vec = _user_vectors(rng, p, users, world)
-    cold = rng.random(n_users) < cold_frac
+    cold = rng.random(n_users) < short_history_frac
     target = _target_lengths(rng, p, cold, world.max_len)
     interactions = _interactions(p, world, u_vec, target)
     users.insert(0, "user", np.arange(1, n_users + 1))
@@ -177,6 +181,7 @@ def parse_synthetic_spec(spec: str) -> dict:
         key, value = key.strip(), value.strip()
         if not eq or not key:
             raise DataError(f"bad option {part!r}: expected key=value", spec)
+        key = _current_name(key)
         if key not in defaults:
             raise DataError(f"unknown option {key!r}; known: {', '.join(defaults)}", spec)
         out[key] = _parse_value(spec, key, value, defaults[key])
@@ -188,6 +193,24 @@ def parse_synthetic_spec(spec: str) -> dict:
 
 
 # --------------------------------------------------------------------------- parameters
+
+# Options renamed, old -> new: the old name is read for one release, with a note on stderr. The
+# source key keeps the old names, so a bundle's fingerprint (and its cache entry) stays the same.
+RENAMED = {"cold_frac": "short_history_frac"}  # 0.x; data preparation's cold_frac is another thing
+
+
+def _current_name(key: str) -> str:
+    if key in RENAMED:
+        print(f"raytower: warning: synthetic option {key} is deprecated and goes in the next release; use "
+              f"{RENAMED[key]}", file=sys.stderr)
+    return RENAMED.get(key, key)
+
+
+def source_key(kwargs: dict) -> dict:
+    """generate()'s arguments as a bundle's fingerprint names them: under their names before any rename."""
+    old_name = {new: old for old, new in RENAMED.items()}
+    return {old_name.get(k, k): v for k, v in kwargs.items()}
+
 
 
 def _defaults() -> dict:
@@ -222,7 +245,8 @@ def _validate(p: dict) -> None:
     need(p["n_items"] >= 10, f"n_items must be >= 10, got {p['n_items']}")
     need(p["min_len"] >= 1, f"min_len must be >= 1, got {p['min_len']}")
     need(p["mean_len"] >= p["min_len"], f"mean_len must be >= min_len, got {p['mean_len']}")
-    need(0.0 <= p["cold_frac"] <= 1.0, f"cold_frac must be in [0, 1], got {p['cold_frac']}")
+    need(0.0 <= p["short_history_frac"] <= 1.0,
+         f"short_history_frac must be in [0, 1], got {p['short_history_frac']}")
     need(p["min_len"] <= p["cold_min_len"] <= p["cold_max_len"],
          "need min_len <= cold_min_len <= cold_max_len")
     need(p["max_len"] == 0 or p["max_len"] >= max(p["min_len"], p["cold_max_len"]),

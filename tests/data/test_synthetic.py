@@ -51,7 +51,7 @@ def test_deterministic_for_a_seed():
 
 
 def test_sizes_respected():
-    r = generate(seed=1, n_users=700, n_items=450, mean_len=25, cold_frac=0.2, n_genres=8)
+    r = generate(seed=1, n_users=700, n_items=450, mean_len=25, short_history_frac=0.2, n_genres=8)
     df = r.interactions
     assert sorted(df["user"].unique()) == list(range(1, 701))  # every user, ids from 1
     assert df["item"].min() >= 1 and df["item"].max() <= 450
@@ -93,7 +93,7 @@ def test_lengths_heavy_tailed_with_floor_and_cold_group(raw):
     assert np.mean(lengths) > np.median(lengths)
     cold = (lengths >= 3) & (lengths <= 8)
     assert 0.07 < cold.mean() < 0.3  # the cold-start group (10%) plus a few short regular users
-    no_cold = generate(seed=0, n_users=500, cold_frac=0.0, mean_len=60)
+    no_cold = generate(seed=0, n_users=500, short_history_frac=0.0, mean_len=60)
     assert (_lengths(no_cold) <= 8).mean() < (lengths <= 8).mean()
 
 
@@ -173,12 +173,25 @@ def test_parse_spec():
     assert raw.interactions["user"].nunique() == 50
 
 
+def test_the_old_option_name_is_the_same_data_and_says_so_once(capsys):
+    from raytower.data._load import _resolve
+
+    old, new = "synthetic:n_users=300,cold_frac=0.3", "synthetic:n_users=300,short_history_frac=0.3"
+    assert parse_synthetic_spec(old) == parse_synthetic_spec(new)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cold_frac is deprecated" in err[0] and "short_history_frac" in err[0], err
+    # the fingerprint (the bundle's cache entry, a best_config.json's dataset) is made of the names it had
+    key = _resolve(new)[1]["synthetic"]
+    assert key["cold_frac"] == 0.3 and "short_history_frac" not in key
+
+
 @pytest.mark.parametrize("spec, match", [
     ("synthetic:n_userz=5", "unknown option 'n_userz'"),
     ("synthetic:n_users=abc", "bad value 'abc' for n_users"),
     ("synthetic:n_users=2.5", "bad value"),
     ("synthetic:n_users=0", "n_users must be >= 1"),
-    ("synthetic:cold_frac=2", "cold_frac"),
+    ("synthetic:short_history_frac=2", "short_history_frac must be in"),
+    ("synthetic:cold_frac=2", "short_history_frac must be in"),  # the old name, read as the new one
     ("synthetic:seed", "expected key=value"),
     ("synthetic:ratings=maybe", "bad value"),
 ])
