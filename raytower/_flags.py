@@ -94,6 +94,14 @@ def data_flags_given(args) -> list[str]:
     return words
 
 
+def add_val_users(p: argparse.ArgumentParser) -> None:
+    """``raytower train --val-users``: the tune flag (SearchSettings.val_users, its one definition),
+    with no default of its own: the config's holds."""
+    from raytower.tune.settings import add_flag
+
+    add_flag(p, "val_users", None, default_text="the config's")
+
+
 def add_tune_flags(p: argparse.ArgumentParser) -> None:
     from raytower.tune.settings import add_flags
 

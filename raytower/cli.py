@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, non_negative_int,
+from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, add_val_users, non_negative_int,
                              positive_int, prepare_options)
 from raytower._hints import next_steps, resume_command, retrain_command, this_command
 from raytower.errors import RaytowerError
@@ -19,15 +19,6 @@ from raytower.names import RUN_RECORD
 
 # The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
 _ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _add_val_users(p: argparse.ArgumentParser) -> None:
-    from raytower.train.config import VAL_USERS_AUTO
-
-    p.add_argument("--val-users", type=int, default=None, metavar="N",
-                   help=f"validate each epoch on a seeded sample of N users (its standard error is printed beside "
-                        f"Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} users, a sample of "
-                        f"{VAL_USERS_AUTO:,} above (default: the config's). Test always ranks every user")
 
 
 def load_data(args, progress: bool = True):
@@ -301,7 +292,7 @@ def _train_parser(sub) -> None:
     add_data_flags(p)
     p.add_argument("--config", metavar="FILE", help="config fields as JSON or YAML, or a best_config.json")
     p.add_argument("--epochs", type=positive_int, help="override the config's epochs")
-    _add_val_users(p)
+    add_val_users(p)
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="the validation metric that chooses the best epoch, the one tested (default: the one a "

@@ -17,7 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from raytower.errors import ConfigError
 from raytower.names import DEFAULT_METRIC, METRICS, check_metric
-from raytower.train.config import VAL_USERS_AUTO
+from raytower.train.config import VAL_USERS_AUTO, TrainConfig
 
 EXECUTORS = ("auto", "function", "train")
 SCHEDULERS = ("asha", "none")
@@ -101,9 +101,10 @@ class SearchSettings:
         "seed TPE with the finished trials of an earlier search's study", metavar="DIR"))
     min_free_gb: float = field(default=1.0, metadata=_flag(
         "refuse to start with less free disk than this under --out (default %(default)s)"))
-    val_users: int = field(default=-1, metadata=_flag(
-        "validate each epoch on a seeded sample of N users, the same for every trial (its standard error is "
-        f"printed beside Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} users, a sample of "
+    # raytower train's --val-users too (raytower._flags.add_val_users), its default the config's
+    val_users: int = field(default=TrainConfig.val_users, metadata=_flag(
+        "validate each epoch on a seeded sample of N users, the same in every epoch and trial (its standard "
+        f"error is printed beside Recall@100); 0: all; -1: all up to {VAL_USERS_AUTO:,} users, a sample of "
         f"{VAL_USERS_AUTO:,} above (default %(default)s). Test always ranks every user", metavar="N"))
     verbose: int = field(default=0, metadata=_flag(
         "also show Ray's own output (progress tables, trial logs); by default it goes to OUT/ray.log",
@@ -205,25 +206,34 @@ def add_flags(parser: argparse.ArgumentParser, defaults: bool = True, quiet: boo
     ``defaults=False``: no defaults at all, so a parse holds only the flags given. ``quiet``: no
     deprecation note for an old spelling."""
     for f in fields(SearchSettings):
-        meta = dict(f.metadata)
-        flag, help_, env = meta.pop("flag") or "--" + f.name.replace("_", "-"), meta.pop("help"), meta.pop("env", None)
-        alias = meta.pop("alias", None)
-        if alias:
-            parser.add_argument(alias, dest=f.name, type=_scalar_type(f.type), default=argparse.SUPPRESS,
-                                help=argparse.SUPPRESS, action=_DeprecatedAlias, new_flag=flag, quiet=quiet)
         default = f.default if f.default is not MISSING else None
-        if env:
-            default = os.environ.get(env) or default
-        if not defaults:
-            default = argparse.SUPPRESS
-        kind = _scalar_type(f.type)
-        if kind is bool:  # a switch that flips the default
-            action = "store_false" if default else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, default=default, help=help_)
-        elif meta.get("action") == "count":
-            parser.add_argument(flag, "--" + f.name, dest=f.name, default=default, help=help_, **meta)
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_, **meta)
+        if f.metadata.get("env"):
+            default = os.environ.get(f.metadata["env"]) or default
+        add_flag(parser, f.name, default if defaults else argparse.SUPPRESS, quiet=quiet)
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, default, quiet: bool = False,
+             default_text: str | None = None) -> None:
+    """The flag of one field: its spelling, type, help and older spelling, from the field's metadata.
+    ``default_text``: what the help calls the default, for a command whose default is not the
+    field's (``raytower train --val-users``: the config's)."""
+    f = next(f for f in fields(SearchSettings) if f.name == name)
+    meta = dict(f.metadata)
+    flag, help_, alias = meta.pop("flag") or "--" + name.replace("_", "-"), meta.pop("help"), meta.pop("alias", None)
+    meta.pop("env", None)
+    if default_text is not None:
+        help_ = help_.replace("default %(default)s", f"default: {default_text}")
+    if alias:
+        parser.add_argument(alias, dest=name, type=_scalar_type(f.type), default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS, action=_DeprecatedAlias, new_flag=flag, quiet=quiet)
+    kind = _scalar_type(f.type)
+    if kind is bool:  # a switch that flips the field's default
+        action = "store_false" if f.default else "store_true"
+        parser.add_argument(flag, dest=name, action=action, default=default, help=help_)
+    elif meta.get("action") == "count":
+        parser.add_argument(flag, "--" + name, dest=name, default=default, help=help_, **meta)
+    else:
+        parser.add_argument(flag, dest=name, type=kind, default=default, help=help_, **meta)
 
 
 def given_fields(argv: list[str]) -> frozenset[str]:

@@ -51,3 +51,18 @@ def test_a_record_written_before_the_rename_reads_its_study_url(tmp_path):
     old = SearchRecord.read(tmp_path)
     assert old.study_url == URL and "storage" not in old.settings and old.extra == {}
     assert SearchRecord.read(tmp_path).settings == record.settings
+
+
+def test_train_and_tune_read_val_users_from_one_definition():
+    import argparse
+
+    from raytower.cli import build_parser
+    from raytower.train.config import TrainConfig
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    train, tune = (next(a for a in commands[c]._actions if a.dest == "val_users") for c in ("train", "tune"))
+    assert train.option_strings == tune.option_strings == ["--val-users"]
+    assert (train.type, train.metavar) == (tune.type, tune.metavar) == (int, "N")
+    assert train.default is None  # train: the config's value holds unless the flag is given
+    assert tune.default == SearchSettings().val_users == TrainConfig().val_users == -1
+    assert train.help == tune.help.replace("default %(default)s", "default: the config's")
