@@ -50,6 +50,14 @@ GENERATOR_VERSION = 1
 # changing it would change the output of a seed.
 _CHUNK_USERS = 1 << 16
 
+# The largest sizes generated: far above the 10M-interaction scale raytower is built for (ML-20M
+# has 20M ratings of 138K users), and still within a workstation's memory. The whole log is made in
+# memory, so a size past them (n_users=1e12) would end in a MemoryError deep inside numpy.
+_MAX_SIZE = {"n_users": 20_000_000, "n_items": 10_000_000, "mean_len": 100_000, "max_len": 1_000_000,
+             "cold_max_len": 100_000, "n_topics": 4096, "dim": 1024}
+_MAX_INTERACTIONS = 200_000_000
+_MAX_USER_FLOATS = 320_000_000  # n_users x dim: the users' latent vectors (float64 while made)
+
 GENRE_NAMES = (
     "Drama", "Comedy", "Action", "Thriller", "Romance", "Adventure", "Crime", "Sci-Fi", "Horror",
     "Children's", "Animation", "Documentary", "Fantasy", "Mystery", "Musical", "War", "Western",
@@ -262,6 +270,20 @@ def _validate(p: dict) -> None:
         need(0.0 <= p[k] <= 1.0, f"{k} must be in [0, 1], got {p[k]}")
     need(p["p_follow"] + p["p_session"] + p["p_explore"] <= 1.0,
          "p_follow + p_session + p_explore must be <= 1")
+    _check_sizes(p, need)
+
+
+def _check_sizes(p: dict, need) -> None:
+    """Sizes the generator can hold in memory (``_MAX_SIZE``), and the interactions they add up to."""
+    for key, limit in _MAX_SIZE.items():
+        need(p[key] <= limit, f"{key} must be <= {limit:,}, got {p[key]:,}")
+    regular = min(p["mean_len"], p["max_len"] or p["mean_len"])
+    short = p["short_history_frac"]
+    expected = p["n_users"] * ((1 - short) * regular + short * (p["cold_min_len"] + p["cold_max_len"]) / 2)
+    need(expected <= _MAX_INTERACTIONS, f"n_users={p['n_users']:,} x mean_len={p['mean_len']:g} makes about "
+         f"{expected:,.0f} interactions; at most {_MAX_INTERACTIONS:,} are generated (all in memory)")
+    need(p["n_users"] * p["dim"] <= _MAX_USER_FLOATS,
+         f"n_users x dim must be <= {_MAX_USER_FLOATS:,} (the users' latent vectors), got {p['n_users'] * p['dim']:,}")
 
 
 # --------------------------------------------------------------------------- the world
