@@ -8,8 +8,10 @@ items.parquet, users.parquet). A known user is scored on the history the export 
 the item ids given (oldest first) and raw features, encoded as the manifest's ``meta_encoders`` say,
 with user index 0, which the towers read as "not in the graph" (the cold-start vector).
 
-This loads your own export as a serving process would. A file from elsewhere goes through
-``raytower recommend`` first, which checks the archive before torch reads it.
+``torch.export.load`` trusts its file: a crafted ``user_tower.pt2`` can run code as it loads. Where
+raytower is installed, the tower is loaded through its checked loader (raytower._safe_pt2), which
+refuses such a file in one line. Without raytower it is loaded unchecked, and says so on stderr:
+serve only a model you exported yourself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,25 @@ import pyarrow.parquet as pq
 import torch
 
 
+def load_tower(path: Path) -> torch.nn.Module:
+    """The user tower: checked by raytower where it is installed, else as torch loads it, unchecked."""
+    try:
+        from raytower._safe_pt2 import load_tower as checked_load
+        from raytower.errors import RaytowerError
+    except ImportError:
+        print(f"serve.py: raytower is not installed, so {path} is loaded unchecked (torch.export.load runs "
+              "code a crafted file holds): serve only a model you exported yourself", file=sys.stderr)
+        return torch.export.load(str(path)).module()
+    try:
+        return checked_load(path)
+    except RaytowerError as e:  # one line: "refused: the file asks to unpickle objects"
+        raise SystemExit(f"serve.py: {e}") from None
+
+
 class Model:
     def __init__(self, model_dir: Path):
         self.manifest = json.loads((model_dir / "manifest.json").read_text())
-        self.tower = torch.export.load(str(model_dir / "user_tower.pt2")).module()
+        self.tower = load_tower(model_dir / "user_tower.pt2")
         self.item_vectors = torch.from_numpy(np.load(model_dir / "item_vectors.npy", allow_pickle=False))
         items = pq.read_table(model_dir / "items.parquet").to_pydict()
         # item_idx: the item's row in item_vectors.npy; item_id: its id in the source data
