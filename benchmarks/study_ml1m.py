@@ -50,6 +50,10 @@ ARMS: dict[str, dict] = {
     "dropout_0.1": {"dropout": 0.1, "gnn_dropout": 0.1},
     # the curriculum's switch from the first epoch
     "no_stage1": {"stage1_max_epochs": 0},
+    # the leak: the GNN vector from the history's LightGCN item vectors, causally (no target seen)
+    "gnn_history": {"gnn_vector": "history"},
+    # what the study points at, the cosine scores and their temperature schedule kept
+    "history_whole_full": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0, "loss": "full"},
     # everything the single factors point at, together, the curriculum kept
     "combined": {"loss": "full", "score": "dot", **HELD_T1, "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                  "dropout": 0.1},

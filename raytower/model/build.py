@@ -83,7 +83,7 @@ def _builtin(cfg, bundle, artifacts: Artifacts, device) -> TwoTower:
     graph_users = torch.as_tensor(~bundle.cold_mask)
     graph_users[0] = False
     user_tower = HybridUserTower(cfg, bundle.n_items, artifacts.gnn_user, graph_users,
-                                 bundle.meta_cardinalities).to(device)
+                                 bundle.meta_cardinalities, artifacts.gnn_item).to(device)
     model = TwoTower(user_tower, item_tower, bundle.n_items)
     with torch.no_grad():
         start = model.item_vectors()

@@ -4,7 +4,8 @@
     SequenceEncoder    causal Transformer over the recent items (SASRec-style, all positions at once)
     MetaEncoder        age bucket, gender, occupation -> one vector
     Fusion             concat+MLP | sigmoid gate between GNN and sequence vectors | mixture of experts
-    HybridUserTower    GNN table lookup + SequenceEncoder + MetaEncoder -> Fusion
+    HybridUserTower    GNN vector (table lookup, or causal mean of the history's GNN item vectors)
+                       + SequenceEncoder + MetaEncoder -> Fusion
 
 Both towers return L2-normalised vectors (``normalize``; off for ``score: dot``); a score is their
 dot product (a cosine when normalised), divided by the temperature in the loss.
@@ -223,8 +224,12 @@ class HybridUserTower(nn.Module):
     all_positions = True  # one vector per position (``last_only=False``): targets "all" trains each
 
     def __init__(self, cfg, n_items: int, gnn_user: torch.Tensor, graph_users: torch.Tensor,
-                 meta_cardinalities: dict[str, int]):
+                 meta_cardinalities: dict[str, int], gnn_item: torch.Tensor | None = None):
         super().__init__()
+        # gnn_vector "history": the long-term vector comes from the LightGCN item table, causally.
+        self.gnn_window = cfg.gnn_window if cfg.gnn_vector == "history" else 0
+        if self.gnn_window:
+            self.register_buffer("gnn_item", F.normalize(gnn_item, dim=-1), persistent=False)
         # The frozen LightGCN table is data, not state: a non-persistent buffer, so a checkpoint's
         # size does not grow with the number of users (it comes from the pretraining artifacts).
         self.register_buffer("gnn_user", F.normalize(gnn_user, dim=-1), persistent=False)
@@ -240,7 +245,7 @@ class HybridUserTower(nn.Module):
         self.fusion = Fusion(cfg.fusion, cfg.dim, cfg.n_experts, cfg.dropout)
         self.normalize = cfg.score == "cosine"
 
-    def gnn_vector(self, users: torch.Tensor) -> torch.Tensor:
+    def table_vectors(self, users: torch.Tensor) -> torch.Tensor:
         in_graph = self.graph_users[users]
         if self.training and self.gnn_dropout > 0:
             # The GNN vector was built from every train item, targets of early positions included;
@@ -251,6 +256,15 @@ class HybridUserTower(nn.Module):
         if self.normalize_gnn:
             rows = F.normalize(rows, dim=-1)
         return torch.where(in_graph[:, None], rows, cold)
+
+    def history_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, L, d): at each position the unit mean of the LightGCN item vectors of the last
+        ``gnn_window`` items up to it. It sees no later item, so training never leaks a target into it
+        (the user table does); padding contributes nothing, a position with no item gets zeros."""
+        x = self.gnn_item[seq] * (seq > 0)[..., None]
+        total = x.cumsum(1)
+        before = F.pad(total, (0, 0, self.gnn_window, 0))[:, :-self.gnn_window]  # the sum up to t - window
+        return F.normalize(total - before, dim=-1)
 
     @property
     def gnn_trainable(self) -> bool:
@@ -285,7 +299,13 @@ class HybridUserTower(nn.Module):
         h = self.seq(seq)  # (B, L, d)
         if last_only:
             h = h[:, -1:]
-        v_gnn = self.gnn_vector(users)[:, None].expand(-1, h.shape[1], -1)
+        if self.gnn_window:
+            v_gnn = self.history_vectors(seq)[:, -h.shape[1]:]
+            if self.training and self.gnn_dropout > 0:  # hidden at random as the table is: cold start trains
+                hide = torch.rand(users.shape, device=users.device) < self.gnn_dropout
+                v_gnn = torch.where(hide[:, None, None], F.normalize(self.cold_vec, dim=-1), v_gnn)
+        else:
+            v_gnn = self.table_vectors(users)[:, None].expand(-1, h.shape[1], -1)
         v_meta = self.meta(meta)[:, None].expand(-1, h.shape[1], -1)
         u = self.fusion(v_gnn, h, v_meta)
         return F.normalize(u, dim=-1) if self.normalize else u

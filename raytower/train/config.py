@@ -27,6 +27,7 @@ LOGQ_TYPES = ("frequency", "inclusion")
 TARGET_TYPES = ("all", "last")
 LOSS_TYPES = ("inbatch", "full")
 SCORE_TYPES = ("cosine", "dot")
+GNN_VECTOR_TYPES = ("table", "history")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class TrainConfig:
     n_experts: int = 4  # moe only
     item_layers: int = 3  # residual blocks of the item tower, under its projection head
     gnn_dropout: float = 0.3  # train-time chance of hiding a user's GNN vector (the leak: docs/curriculum.md)
+    # The long-term vector: table = the user's LightGCN row (built from every train item, so it has
+    # seen the targets of a training sequence's early positions: the leak); history = the mean of the
+    # LightGCN item vectors of the gnn_window items up to each position (causal: no leak, one vector
+    # per position, and a user outside the graph gets one too)
+    gnn_vector: str = "table"
+    gnn_window: int = 50
     # cosine: both towers' vectors are unit length, a score is a cosine over the temperature;
     # dot: raw dot products (over the temperature: hold it at 1 for SASRec's plain dot product)
     score: str = "cosine"
@@ -108,7 +115,7 @@ class TrainConfig:
                 bad(f"{f.name} must be {want.__name__}, got {reprlib.repr(v)}")
             if want is float and not math.isfinite(v):
                 bad(f"{f.name} must be finite, got {v!r}")
-        positive = ["dim", "max_len", "n_blocks", "n_heads", "n_experts", "batch_size", "lr",
+        positive = ["dim", "gnn_window", "max_len", "n_blocks", "n_heads", "n_experts", "batch_size", "lr",
                     "temp_start", "temp_min", "lr_ratio", "gnn_lr_ratio", "epochs"]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -149,6 +156,10 @@ class TrainConfig:
             bad(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_TYPES)}")
         if self.score not in SCORE_TYPES:
             bad(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_TYPES)}")
+        if self.gnn_vector not in GNN_VECTOR_TYPES:
+            bad(f"unknown gnn_vector {self.gnn_vector!r}; choose one of {', '.join(GNN_VECTOR_TYPES)}")
+        if self.gnn_unfreeze and self.gnn_vector != "table":
+            bad("gnn_unfreeze trains the LightGCN user table, which gnn_vector: history does not use")
         if self.dim % self.n_heads:
             bad(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.unfreeze_depth > self.item_layers + 2:

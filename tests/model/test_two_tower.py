@@ -89,5 +89,38 @@ def test_a_trainable_gnn_table_is_state_and_a_frozen_one_is_not():
         param.mul_(3.0)  # off the unit sphere, as training may take it
     tower.eval()
     users = torch.tensor([1, 2])
-    assert torch.allclose(tower.gnn_vector(users).norm(dim=-1), torch.ones(2))  # normalised at lookup
+    assert torch.allclose(tower.table_vectors(users).norm(dim=-1), torch.ones(2))  # normalised at lookup
 
+
+
+def _history_tower(window: int) -> HybridUserTower:
+    cfg = TrainConfig(dim=8, max_len=12, n_heads=2, gnn_vector="history", gnn_window=window, gnn_dropout=0.0,
+                      dropout=0.0)
+    torch.manual_seed(0)
+    return HybridUserTower(cfg, 30, torch.randn(6, 8), torch.ones(6, dtype=torch.bool),
+                           {"age_bucket": 8, "gender_idx": 3, "occupation_idx": 22}, torch.randn(31, 8)).eval()
+
+
+def test_the_history_gnn_vector_is_the_windowed_mean_of_the_items_so_far():
+    tower = _history_tower(window=3)
+    seq = torch.tensor([[0, 0, 4, 9, 2, 7, 5]])  # left-padded
+    got = tower.history_vectors(seq)[0]
+    unit = tower.gnn_item
+    for t, want in [(2, unit[4]), (3, unit[4] + unit[9]), (4, unit[4] + unit[9] + unit[2]),
+                    (6, unit[2] + unit[7] + unit[5])]:
+        assert torch.allclose(got[t], torch.nn.functional.normalize(want, dim=0), atol=1e-6)
+    assert got[:2].abs().sum() == 0  # padding positions: no item, no vector
+
+
+def test_the_history_gnn_vector_never_sees_a_later_item():
+    # The point of gnn_vector: history: position t's user vector (the one trained to predict item t + 1)
+    # must not change when the items after t do, as the LightGCN table's row does (it saw them all).
+    tower = _history_tower(window=4)
+    meta = torch.zeros(1, 3, dtype=torch.long)
+    a = tower(torch.tensor([1]), torch.tensor([[3, 8, 1, 6, 2, 11]]), meta)
+    b = tower(torch.tensor([1]), torch.tensor([[3, 8, 1, 6, 20, 29]]), meta)
+    assert torch.allclose(a[0, :4], b[0, :4], atol=1e-6) and not torch.allclose(a[0, 4:], b[0, 4:])
+    users = torch.tensor([1, 2])  # the user id plays no part: a user outside the graph is served alike
+    seqs = torch.tensor([[3, 8, 1], [3, 8, 1]])
+    out = tower(users, seqs, torch.zeros(2, 3, dtype=torch.long))
+    assert torch.allclose(out[0], out[1])
