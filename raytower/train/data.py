@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytower import metrics as M
+from raytower import metrics
 from raytower.errors import DataError
 from raytower.names import META_COLUMNS
 from raytower.train.config import VAL_USERS_AUTO
@@ -96,7 +96,7 @@ class TrainData:
             train_lens=np.minimum(np.diff(off)[users], max_len + 1),
             meta=torch.as_tensor(np.stack([bundle.user_feature(c) for c in META_COLUMNS], 1), device=device),
             log_q=log_sampling_prob(torch.as_tensor(bundle.item_counts)).to(device),
-            tail=M.tail_items(bundle.item_counts),
+            tail=metrics.tail_items(bundle.item_counts),
             eval_sets={"val": val, "test": test},
             resident=_resident(bundle, {"val": val, "test": test}, torch.device(device)),
         )

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import torch
 
-from raytower import metrics as M
+from raytower import metrics
 from raytower._io import write_json
 from raytower.model.build import TwoTower
 from raytower.model.towers import user_forward
@@ -58,14 +58,14 @@ def evaluate(model: TwoTower, data: TrainData, split: str,
     item_vecs = model.item_vectors() if item_vecs is None else item_vecs
     ranks, top, gate = rank_split(model, data, split, item_vecs)
     bundle = data.bundle
-    metrics = M.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, data.tail, bundle.n_items)
+    figures = metrics.summarize(ranks, top, ev.users, ev.targets, bundle.cold_mask, data.tail, bundle.n_items)
     # vector_dim: what the effective rank is out of (a team's towers need not have cfg.dim)
-    diagnostics = {"effective_rank": M.effective_rank(item_vecs[1:]), "uniformity": M.uniformity(item_vecs[1:]),
-                   "vector_dim": int(item_vecs.shape[1])}
+    diagnostics = {"effective_rank": metrics.effective_rank(item_vecs[1:]),
+                   "uniformity": metrics.uniformity(item_vecs[1:]), "vector_dim": int(item_vecs.shape[1])}
     if gate is not None:
         diagnostics |= _gate_means(gate, torch.as_tensor(bundle.cold_mask[ev.users], device=gate.device),
                                    model.user_tower.fusion.kind)
-    return metrics, diagnostics
+    return figures, diagnostics
 
 
 @torch.no_grad()
@@ -78,8 +78,8 @@ def rank_split(model: TwoTower, data: TrainData, split: str, item_vecs: torch.Te
     ranks, top = [], []
     for s in range(0, len(ev), RANK_BATCH):
         o = ev.hist_offsets[s:s + RANK_BATCH + 1]
-        r, t = M.rank_targets(u[s:s + RANK_BATCH], item_vecs, ev.targets[s:s + RANK_BATCH], o - o[0],
-                              ev.hist_items[o[0]:o[-1]])
+        r, t = metrics.rank_targets(u[s:s + RANK_BATCH], item_vecs, ev.targets[s:s + RANK_BATCH], o - o[0],
+                                    ev.hist_items[o[0]:o[-1]])
         ranks.append(r)
         top.append(t)
     return np.concatenate(ranks), np.concatenate(top), gate
@@ -113,18 +113,18 @@ def popularity(bundle) -> dict[str, dict[str, float]]:
             return doc["metrics"]
     except (OSError, ValueError, AttributeError):
         pass  # not computed yet, or damaged: compute it again
-    metrics = {s: popularity_metrics(bundle, s) for s in ("val", "test")}
+    figures = {s: popularity_metrics(bundle, s) for s in ("val", "test")}
     try:
-        write_json(path, {"key": key, "metrics": metrics})
+        write_json(path, {"key": key, "metrics": figures})
     except OSError:
         pass  # a read-only bundle: the figures are still right, only not kept
-    return metrics
+    return figures
 
 
 def popularity_metrics(bundle, split: str) -> dict[str, float]:
     """The popularity baseline of ``split``: the most-counted train items first, history masked,
     in closed form (``metrics.popularity_ranks``), no item scored per user."""
     ev = bundle.eval_set(split)
-    ranks, coverage = M.popularity_ranks(bundle.item_counts, ev.targets, ev.hist_offsets, ev.hist_items)
-    return M.summarize(ranks, None, ev.users, ev.targets, bundle.cold_mask, M.tail_items(bundle.item_counts),
-                       bundle.n_items, coverage=coverage)
+    ranks, coverage = metrics.popularity_ranks(bundle.item_counts, ev.targets, ev.hist_offsets, ev.hist_items)
+    return metrics.summarize(ranks, None, ev.users, ev.targets, bundle.cold_mask,
+                             metrics.tail_items(bundle.item_counts), bundle.n_items, coverage=coverage)
