@@ -104,7 +104,8 @@ class Curriculum:
         c = self.cfg
         return temperature(self.epoch, c.temp_start, c.anneal_rate, c.temp_min)
 
-    def lam(self) -> float:
+    def logq_weight(self) -> float:
+        """This epoch's weight of the logQ correction (lambda, the row's "lambda")."""
         c = self.cfg
         if c.loss == "full":  # every item is a candidate: nothing was sampled, nothing to correct
             return 0.0
@@ -114,7 +115,7 @@ class Curriculum:
     def step(self) -> dict:
         """Train one epoch, evaluate validation, decide the stage switch; return the epoch's row."""
         t0, c0 = time.perf_counter(), time.process_time()
-        tau, lam = self.tau(), self.lam()
+        tau, lam = self.tau(), self.logq_weight()
         train = self._train_epoch(tau, lam)
         val, diag = self.evaluate("val")
         self.epoch += 1
@@ -143,7 +144,7 @@ class Curriculum:
     def train_epoch(self) -> dict:
         """Train one epoch at this epoch's temperature and logQ weight, and nothing else: no
         validation, no stage switch, ``epoch`` not advanced (``step`` does all three)."""
-        return self._train_epoch(self.tau(), self.lam())
+        return self._train_epoch(self.tau(), self.logq_weight())
 
     def _enter_stage2(self, reason: str) -> None:
         self.stage = 2
