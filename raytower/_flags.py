@@ -107,6 +107,11 @@ def add_tune_flags(p: argparse.ArgumentParser) -> None:
 
     add_data_flags(p)
     add_flags(p)
+    p.add_argument("--logger", action="append", metavar="NAME",
+                   help="also log every trial's results to mlflow or wandb (repeat it, or mlflow,wandb), through Ray's "
+                        "MLflowLoggerCallback / WandbLoggerCallback; where they write is theirs to say: "
+                        "MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME (default: the name of --out), WANDB_PROJECT "
+                        "(default raytower), WANDB_MODE. Extras: pip install 'raytower[mlflow]' / 'raytower[wandb]'")
 
 
 def parse_tune(argv: list[str]):

@@ -6,6 +6,7 @@
     result.trials                  # one row per trial (pandas DataFrame, as trials.parquet)
     result.best_config             # the chosen configuration's fields (a dict)
     result.study                   # the Optuna study (optuna.Study)
+    result.result_grid             # Ray Tune's ResultGrid of this call's fit
     run = raytower.fit(result.best_config, data="ml-100k", out="runs/nb-final")
     run.test["recall@100"]         # test figures of the best validation epoch
 
@@ -44,6 +45,9 @@ class SearchResult:
     out: Path
     best: dict[str, Any]  # best_config.json: selection, validation and test figures, the dataset, the search
     settings: Any = field(repr=False, default=None)
+    # Ray Tune's ResultGrid (ray.tune.ResultGrid) of the call that ran the search; None for a result
+    # made from a directory
+    result_grid: Any = field(repr=False, default=None)
 
     @property
     def best_config(self) -> dict[str, Any]:
@@ -201,9 +205,18 @@ def load_bundle(data: str = "synthetic", **prepare: Any):
 
 
 def search(data: str = "synthetic", space: str = "default", out: str | Path = "runs/search",
-           prepare: dict | None = None, log=print, **settings: Any) -> SearchResult:
+           prepare: dict | None = None, log=print, *, callbacks: list | None = None, sampler=None, pruner=None,
+           loggers: str | list[str] = (), **settings: Any) -> SearchResult:
     """Run a search (``raytower tune``). Every keyword of SearchSettings is accepted, by name (the
-    signature below lists them with their defaults)."""
+    signature below lists them with their defaults).
+
+    Every line (header, one per ended trial, progress, summary) goes to the ``raytower`` logger
+    (INFO) and to ``log``; ``log=None``: to the logger only. ``callbacks``: Ray Tune callbacks
+    (RunConfig's), after raytower's own. ``sampler``: an Optuna sampler instead of ``searcher``'s.
+    ``pruner``: refused (raytower stops trials with Ray Tune's ASHA and its own stopper, and Ray's
+    OptunaSearch never asks an Optuna pruner). ``loggers``: "mlflow" and/or "wandb", through Ray's
+    MLflowLoggerCallback and WandbLoggerCallback (extras raytower[mlflow], raytower[wandb];
+    raytower.tune._plugins says where they write)."""
     from dataclasses import fields
 
     from raytower.tune.search import run_search
@@ -211,8 +224,9 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
 
     settings = _current_names("search", settings)
     _check_keywords("search", settings, [f.name for f in fields(SearchSettings) if f.name not in ("space", "out")])
-    _check_common("search", data, out, log)
+    _check_common("search", data, out, print if log is None else log)  # None: the raytower logger alone
     _check_type("search", "space", space, (str, Path), "a search space file or a built-in space's name")
+    plugins = _plugins(callbacks, sampler, pruner, loggers, resume=settings.get("resume", False))
     options = _prepare_options("search", prepare)
     # What the CLI reads from the environment (RAYTOWER_STORAGE), unless given here
     from_env = {f.name: os.environ[f.metadata["env"]] for f in fields(SearchSettings)
@@ -220,14 +234,28 @@ def search(data: str = "synthetic", space: str = "default", out: str | Path = "r
     s = SearchSettings(space=str(space), out=str(out), **from_env, **settings)
     s.validate(api=True)
     run_search(s, data=str(data), prepare_options=options, log=log,
-               given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings))
+               given=frozenset(settings) | {"space"} if space != "default" else frozenset(settings), plugins=plugins)
     # best_config.json as written: plain JSON values (the in-memory document holds NumPy scalars,
     # which json.dumps refuses in a notebook)
     import json
 
     from raytower.names import BEST_CONFIG
 
-    return SearchResult(Path(out), json.loads((Path(out) / BEST_CONFIG).read_text()), s)
+    return SearchResult(Path(out), json.loads((Path(out) / BEST_CONFIG).read_text()), s, plugins.result_grid)
+
+
+def _plugins(callbacks, sampler, pruner, loggers, resume: bool):
+    """What search() plugs in beside its settings, checked in the API's names."""
+    from raytower.tune._plugins import Plugins, parse_loggers
+
+    if isinstance(loggers, str):
+        loggers = [loggers]
+    if not isinstance(loggers, (list, tuple)) or not all(isinstance(x, str) for x in loggers):
+        raise UsageError(f"search(): loggers must be 'mlflow', 'wandb' or a list of them, got {loggers!r}"[:200])
+    plugins = Plugins(callbacks=[] if callbacks is None else callbacks, sampler=sampler, pruner=pruner,
+                      loggers=parse_loggers(list(loggers)))
+    plugins.check(resume=bool(resume), api=True)
+    return plugins
 
 
 def _search_signature() -> inspect.Signature:

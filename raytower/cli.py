@@ -149,15 +149,21 @@ def _train_metric(args) -> str:
 
 
 def cmd_tune(args) -> int:
+    from raytower.tune._plugins import Plugins, parse_loggers
+    from raytower.tune._settings_file import apply_settings_file
     from raytower.tune.settings import from_args, given_fields
 
+    from_file = apply_settings_file(args)  # --config tune.yaml: its values, the command line's over them
     settings = from_args(args)  # a bad flag value is one line before torch or Ray is imported
+    plugins = Plugins(loggers=parse_loggers(args.logger))
+    plugins.check(settings.resume, api=False)
+    from raytower._log import console
     from raytower.tune.search import SearchInterrupted, run_search
 
     _stop_on_sigterm()
     try:
-        run_search(settings, data=args.data, prepare_options=prepare_options(args),
-                   given=given_fields(args.argv[1:]))
+        run_search(settings, data=args.data, prepare_options=prepare_options(args), log=console,
+                   given=given_fields(args.argv[1:]) | from_file, plugins=plugins)
     except SearchInterrupted as e:
         print(f"raytower: {e}", file=sys.stderr)
         print(f"resume it with: {resume_command(args.argv)}", file=sys.stderr)
@@ -324,7 +330,9 @@ def _tune_parser(sub) -> None:
                     "it restores Ray Tune's experiment state, which Tune stores as pickles: resume only "
                     "directories raytower itself wrote.")
     add_tune_flags(p)
-    p.set_defaults(func=cmd_tune)
+    p.add_argument("--config", metavar="FILE", help="tune flags from a YAML file (keys: the flags' names, e.g. "
+                   "num_samples: 16); flags given here override it")
+    p.set_defaults(func=cmd_tune, parser=p)
 
 
 def _best_parser(sub) -> None:

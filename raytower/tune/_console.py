@@ -1,8 +1,9 @@
 """What a search prints: a header, one line per ended trial, a progress line, the summary.
 
 Ray's own lines (progress tables, "Checkpoint successfully created", warnings) go to ``OUT/ray.log``
-instead; ``-v`` shows them as Ray prints them. On a terminal the progress line is redrawn in place;
-in a log it is printed at most every 30 s.
+instead; ``-v`` shows them as Ray prints them. raytower's own lines go through ``raytower._log``
+(the ``raytower`` logger and the caller's ``log``): on the command line's terminal the progress line
+is redrawn in place, elsewhere it is said at most every 30 s.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Iterator
 
 from ray import tune
 
+from raytower._log import drawer, say
 from raytower._progress import LOG_EVERY_S, TERMINAL_EVERY_S, clock
 from raytower.names import BROKEN, DEFAULT_METRIC, StopReason, best_key, label
 SHORT = {"temp_start": "T0", "anneal_rate": "anneal", "temp_min": "Tmin", "logq_warmup_epochs": "logq_wu",
@@ -93,13 +94,13 @@ def search_eta(spent: float, total: int, ended: int, running_epochs: list[int], 
 
 
 class ConsoleReporter(tune.Callback):
-    # Tune pickles its callbacks into the experiment state (for --resume): no stream is kept here.
+    # Tune pickles its callbacks into the experiment state (for --resume): no stream or log is kept
+    # here; lines are said through raytower._log, to whatever the running search's caller asked.
     def __init__(self, total: int, knobs: list[str], stops, max_epochs: int, metric: str = DEFAULT_METRIC):
         self.total, self.knobs, self.stops, self.max_epochs, self.metric = total, knobs, stops, max_epochs, metric
         self.ended: dict[str, float] = {}
         self.t0 = self.last = time.monotonic()
         self.ended_at_start = 0
-        self.drawn = False
 
     def setup(self, **info):
         # Called as each session's fit starts. A resumed search unpickles this reporter with the
@@ -107,20 +108,8 @@ class ConsoleReporter(tune.Callback):
         self.t0 = self.last = time.monotonic()
         self.ended_at_start = len(self.ended)
 
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @property
-    def tty(self) -> bool:
-        return bool(getattr(sys.stdout, "isatty", lambda: False)())
-
     def _print(self, line: str) -> None:
-        if self.drawn:
-            self.stream.write("\r\033[K")
-            self.drawn = False
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        say(line)  # the command line's console clears a progress line it drew first
 
     def _ended(self, trial, error: bool = False) -> None:
         if trial.trial_id in self.ended:
@@ -142,7 +131,8 @@ class ConsoleReporter(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
-        if now - self.last < (TERMINAL_EVERY_S if self.tty else LOG_EVERY_S):
+        console = drawer()  # the command line on a terminal: the line is redrawn in place
+        if now - self.last < (TERMINAL_EVERY_S if console else LOG_EVERY_S):
             return
         self.last = now
         done = len(self.ended)
@@ -155,15 +145,12 @@ class ConsoleReporter(tune.Callback):
         left = search_eta(spent, self.total, done, epochs, self.max_epochs, self.ended_at_start)
         eta = f"ETA {clock(left)}" if left is not None else "ETA -"
         line = f"  ended {done} of {self.total}, running {running}, best so far {best}, {clock(spent)} in, {eta}"
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-            self.stream.flush()
-            self.drawn = True
+        if console:
+            console.draw(line)
         else:
             self._print(line)
 
     def on_experiment_end(self, trials, **info):
-        if self.drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.drawn = False
+        console = drawer()
+        if console:
+            console.clear()

@@ -39,8 +39,9 @@ def make_trainable(settings: SearchSettings, shared: Shared):
     return tune.with_resources(tune.with_parameters(train_driver, setup=setup), {"cpu": 0, "raytower_driver": 1})
 
 
-def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path, uri: str):
-    """A fresh search's Tuner: TPE (or random) through Optuna's study, ASHA, the curriculum's stopper."""
+def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path, uri: str, plugins=None):
+    """A fresh search's Tuner: TPE (or random) through Optuna's study, ASHA, the curriculum's stopper;
+    ``plugins`` (raytower.tune._plugins): a caller's sampler instead, its loggers and callbacks after ours."""
     import optuna
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -51,7 +52,7 @@ def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path
     metric = val_key(settings.metric)
     stops = StopLog(str(out / STOPS))
     storage = optuna.storages.RDBStorage(settings.study_url or f"sqlite:///{out / OPTUNA_DB}")
-    sampler = make_sampler(settings)
+    sampler = plugins.sampler if plugins and plugins.sampler is not None else make_sampler(settings)
     warm = warm_trials(Path(settings.warm_start)) if settings.warm_start else []
     searcher = TruthfulOptunaSearch(
         space=space.define_by_run, metric=metric, mode="max", sampler=sampler, storage=storage,
@@ -73,7 +74,8 @@ def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path
         sync_config=tune.SyncConfig(sync_artifacts=bool(settings.storage_path)),
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), DriverMemory(str(out / DRIVER_MEMORY))]
         + ([] if settings.verbose else [ConsoleReporter(settings.num_samples, space.names, stops, settings.max_epochs,
-                                                       settings.metric)]),
+                                                       settings.metric)])
+        + (plugins.tune_callbacks(out) if plugins else []),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=2),

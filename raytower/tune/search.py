@@ -37,6 +37,8 @@ from raytower._storage import ExperimentStore, experiment_uri, join_uri
 from raytower._trial import Shared
 from raytower.errors import ConfigError
 from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STUDY
+from raytower._log import lines_to
+from raytower.tune._plugins import Plugins
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
 from raytower.tune._session import init_ray, join_cluster
 from raytower.tune._tuner import fit_then_sign, make_trainable, new_tuner, restore_tuner
@@ -68,13 +70,21 @@ def default_grace_period(space: SearchSpace, max_epochs: int) -> int:
 
 
 def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print,
-               given: frozenset[str] | None = None) -> dict:
+               given: frozenset[str] | None = None, plugins: Plugins | None = None) -> dict:
     """Preflight, reconcile with an earlier session (``--resume``), prepare what the trials share
     and write the record, fit, finish. ``settings`` is never changed. ``given``: the settings the
     caller named (``settings.given_fields``); on --resume each must equal the recorded value.
+    ``plugins``: callbacks, a sampler, loggers (raytower.tune._plugins), checked by the caller;
+    Tune's ResultGrid is left in ``plugins.result_grid``. Every line goes to the ``raytower``
+    logger and to ``log`` (None: the logger only), trial and progress lines included.
 
     One search writes an --out at a time: another is refused, naming its PID. --resume of a killed
     search first stops the Ray processes that search left running."""
+    with lines_to(log) as say:
+        return _claimed(settings, data, prepare_options, say, given, plugins or Plugins())
+
+
+def _claimed(settings: SearchSettings, data: str, prepare_options, log, given, plugins: Plugins) -> dict:
     out = Path(settings.out).resolve()
     refuse_if_held(out)  # a search already writing there: said first
     space = preflight(settings, log)
@@ -84,11 +94,11 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
             from raytower.tune._leftovers import stop_leftover_ray
 
             stop_leftover_ray(out, log)
-        return _search(settings, space, out, data, prepare_options, log, given)
+        return _search(settings, space, out, data, prepare_options, log, given, plugins)
 
 
 def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, prepare_options, log,
-            given: frozenset[str] | None) -> dict:
+            given: frozenset[str] | None, plugins: Plugins) -> dict:
     previous = _previous_record(settings, out)
     if previous:  # the search goes on as it was started: Tune restores its own state from it too
         settings = _as_recorded(settings, previous, given)
@@ -119,7 +129,7 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
     if not settings.resume:  # --out is created only now: a start that failed before left it untouched
         claim_output_dir(out, "search", force=output_kind(out) == "search")
     record.write(out)
-    _log_header(settings, space, record, out, log)
+    _log_header(settings, space, record, out, log, plugins)
 
     from raytower.tune._console import ray_logs_to
 
@@ -131,13 +141,13 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
             record_ray_processes(out)  # what --resume stops if this driver is killed
         start = time.monotonic()
         try:
-            _fit(settings, space, record.shared, out, uri)
+            plugins.result_grid = _fit(settings, space, record.shared, out, uri, plugins)
         finally:
             ray.shutdown()
     return _finish(settings, record, out, uri, record.elapsed_s + time.monotonic() - start, log)
 
 
-def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path, uri: str):
+def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path, uri: str, plugins: Plugins):
     """Tune's run of the trials: the Tuner an interrupted session saved (--resume), else a new one."""
     from ray import tune
 
@@ -146,7 +156,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
     if settings.resume and tune.Tuner.can_restore(experiment):
         tuner = restore_tuner(experiment, trainable, uri)
     else:  # a fresh search, or a resumed one whose start failed before Tune saved anything: it starts now
-        tuner = new_tuner(settings, space, trainable, out, uri)
+        tuner = new_tuner(settings, space, trainable, out, uri, plugins)
     return fit_then_sign(tuner, uri)
 
 
@@ -179,14 +189,18 @@ def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str,
     return doc
 
 
-def _log_header(settings: SearchSettings, space: SearchSpace, record: SearchRecord, out: Path, log=print) -> None:
+def _log_header(settings: SearchSettings, space: SearchSpace, record: SearchRecord, out: Path, log=print,
+                plugins: Plugins | None = None) -> None:
     info = record.dataset
     stopping = (f"ASHA grace period {settings.grace_period} epochs, reduction factor {settings.reduction_factor}"
                 if settings.scheduler == "asha" else "no early stopping")
+    plugins = plugins or Plugins()
+    searcher = type(plugins.sampler).__name__ if plugins.sampler is not None else settings.searcher.upper()
     log(f"search: {settings.num_samples} trials of up to {settings.max_epochs} epochs on {info['name']} "
         f"({info['n_users']:,} users, {info['n_items']:,} items, {info['n_interactions']:,} interactions); "
-        f"space {settings.space} ({len(space.knobs)} knobs); {settings.searcher.upper()} on validation "
+        f"space {settings.space} ({len(space.knobs)} knobs); {searcher} on validation "
         f"{settings.metric}, {stopping}; results in {out}"
+        + (f"; logging to {', '.join(plugins.loggers)}" if plugins.loggers else "")
         + ("" if settings.verbose else f" (Ray's own log: {out / RAY_LOG})"))
 
 

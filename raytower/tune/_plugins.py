@@ -1,0 +1,115 @@
+"""What a caller plugs into a search beside its settings: objects, not values a record can hold.
+
+    plugins = Plugins(callbacks=[MyCallback()], sampler=optuna.samplers.RandomSampler(seed=1),
+                      loggers=("mlflow",))
+    run_search(settings, plugins=plugins); plugins.result_grid      # Tune's ResultGrid, once fit ends
+
+* ``callbacks``: Ray Tune callbacks, run after raytower's own (RunConfig(callbacks=...)).
+* ``sampler``: an Optuna sampler, in place of the one ``searcher`` builds.
+* ``pruner``: refused. raytower stops trials with Ray Tune's scheduler (ASHA, or none) and the
+  curriculum's stopper; Ray's OptunaSearch builds its study with Optuna's NopPruner and never asks
+  a pruner, so one handed in would be silently ignored.
+* ``loggers``: "mlflow" and/or "wandb", through Ray's own MLflowLoggerCallback and
+  WandbLoggerCallback: every result a trial reports (tau, lambda, stage, loss, the validation
+  metrics...) becomes a metric of that trial's run. Where they write is the libraries' own
+  settings: MLFLOW_TRACKING_URI (default: mlflow's, sqlite:///mlflow.db in the working directory)
+  and MLFLOW_EXPERIMENT_NAME (default: the name of --out); WANDB_PROJECT (default "raytower"),
+  WANDB_MODE=offline for runs kept on disk (under OUT/wandb). Each is an extra:
+  pip install 'raytower[mlflow]' / 'raytower[wandb]'.
+
+A resumed search keeps what it was started with: Tune restores its callbacks and its searcher
+(with the sampler) from its saved state, so any of these given with --resume is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytower.errors import ConfigError, UsageError
+
+LOGGERS = {"mlflow": "mlflow", "wandb": "wandb"}  # --logger name -> the package (and raytower's extra) it needs
+
+
+@dataclass
+class Plugins:
+    callbacks: list = field(default_factory=list)
+    sampler: Any = None
+    pruner: Any = None
+    loggers: tuple[str, ...] = ()
+    result_grid: Any = field(default=None, repr=False)  # set by the search once Tune's fit has returned
+
+    def check(self, resume: bool, api: bool) -> None:
+        """One-line errors worded in the API's keywords (``api``) or the command line's flags."""
+        def name(keyword: str, flag: str) -> str:
+            return keyword if api else flag
+
+        error = UsageError if api else ConfigError
+        if self.pruner is not None:
+            raise error(f"{name('pruner', '--pruner')}: raytower stops trials with Ray Tune's scheduler "
+                        "(scheduler='asha' or 'none') and the curriculum's stopper; Ray's OptunaSearch never asks an "
+                        "Optuna pruner, so one given here would be ignored: leave it None")
+        self._check_types(error)
+        given = [n for n, v in (("callbacks", self.callbacks), ("sampler", self.sampler is not None),
+                                (name("loggers", "--logger"), self.loggers)) if v]
+        if resume and given:
+            raise error(f"{given[0]} cannot be given with {name('resume=True', '--resume')}: the resumed search "
+                        "keeps the callbacks and sampler it was started with (Tune restores them from its state)")
+        for logger in self.loggers:
+            check_logger(logger, name("loggers", "--logger"), error)
+
+    def _check_types(self, error) -> None:
+        if not isinstance(self.callbacks, (list, tuple)):
+            raise error(f"callbacks must be a list of ray.tune.Callback objects, got {type(self.callbacks).__name__}")
+        if self.callbacks:
+            from ray import tune
+
+            wrong = [c for c in self.callbacks if not isinstance(c, tune.Callback)]
+            if wrong:
+                raise error(f"callbacks must be ray.tune.Callback objects, got {type(wrong[0]).__name__}")
+        if self.sampler is not None:
+            import optuna
+
+            if not isinstance(self.sampler, optuna.samplers.BaseSampler):
+                raise error(f"sampler must be an optuna.samplers.BaseSampler, got {type(self.sampler).__name__}")
+
+    def tune_callbacks(self, out: Path) -> list:
+        """The loggers' Ray callbacks, then the caller's own."""
+        return [_logger_callback(name, out) for name in self.loggers] + list(self.callbacks)
+
+
+def check_logger(logger: str, what: str, error=ConfigError) -> None:
+    if logger not in LOGGERS:
+        raise error(f"{what} {logger!r}: raytower logs to {' or '.join(LOGGERS)}")
+    package = LOGGERS[logger]
+    if importlib.util.find_spec(package) is None:
+        raise error(f"{what} {logger}: {package} is not installed; pip install 'raytower[{logger}]'")
+
+
+def parse_loggers(values: list[str] | None) -> tuple[str, ...]:
+    """--logger mlflow --logger wandb, or --logger mlflow,wandb: the names, each once, in order."""
+    names: list[str] = []
+    for value in values or []:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _logger_callback(name: str, out: Path):
+    if name == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        # tracking URI: mlflow's own (MLFLOW_TRACKING_URI, else its default)
+        return MLflowLoggerCallback(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name,
+                                    tags={"raytower.out": str(out)})
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    project = os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_PROJECT_NAME") or "raytower"
+    (out / "wandb").mkdir(exist_ok=True)
+    # group: the search; dir: W&B's files (offline runs) inside the search, not in each trial's folder
+    return WandbLoggerCallback(project=project, group=out.name, dir=str(out / "wandb"))
