@@ -23,7 +23,7 @@ from raytower._trial import Shared, local_copy
 from raytower.data import Bundle
 from raytower.names import TRIAL_STATE, train_run_name, val_key
 from raytower.train.config import TrainConfig
-from raytower.train.fit import SCALARS, best_epoch, fit
+from raytower.train.epochs import SCALARS, best_epoch, run_epochs
 from raytower.train.loop import Curriculum
 from raytower.train.run import read_checkpoint
 
@@ -62,9 +62,9 @@ def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], s
         if report_again_when_done:
             report(_tune_row(run.history[-1], best_epoch(run.history, metric), metric), run.state_dict())
         return
-    # Nothing past a diverged epoch: fit stops there, and the stopper records the reason.
-    fit(run, lambda row, best: report(_tune_row(row, best, metric), run.state_dict()),
-        tb_dir=tb_dir if rank == 0 else None, metric=metric, hparams=config)
+    # Nothing past a diverged epoch: run_epochs stops there, and the stopper records the reason.
+    run_epochs(run, lambda row, best: report(_tune_row(row, best, metric), run.state_dict()),
+               tb_dir=tb_dir if rank == 0 else None, metric=metric, hparams=config)
 
 
 def _tune_row(step: dict, best: dict | None, metric: str = val_key()) -> dict:

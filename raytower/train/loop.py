@@ -1,7 +1,7 @@
 """The one training loop: the two-stage curriculum, epoch by epoch.
 
 ``raytower train``, the Tune function trainable and the Ray Train worker all drive this class,
-through the one outer loop ``raytower.train.fit.fit``:
+through the one outer loop ``raytower.train.epochs.run_epochs``:
 
     run = Curriculum.create(cfg, bundle, artifacts)   # seeds, builds the model and the data
     while not run.done:

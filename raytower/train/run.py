@@ -35,7 +35,7 @@ from raytower.model.towers import needs_pretraining
 from raytower.train.row import CONSOLE
 from raytower.train.config import TrainConfig
 from raytower.train.evaluate import evaluate
-from raytower.train.fit import best_epoch, fit
+from raytower.train.epochs import best_epoch, run_epochs
 from raytower.train.loop import Curriculum, load_model
 
 COLUMNS = [(c.short, c.key, c.fmt) for c in CONSOLE]  # the per-epoch table: (header, row key, format)
@@ -261,7 +261,7 @@ def _curriculum(out: Path, cfg: TrainConfig, pcfg: PretrainConfig, bundle, metri
         save_checkpoint(state, out / LAST_CHECKPOINT)  # after best.pt: a resume never lacks its best
         record_files(out)  # what --force may replace later, listed after every epoch (a few files)
 
-    best = fit(run, on_epoch, tb_dir=str(out / "tensorboard"), metric=val_key(metric), hparams=cfg.to_dict())
+    best = run_epochs(run, on_epoch, tb_dir=str(out / "tensorboard"), metric=val_key(metric), hparams=cfg.to_dict())
     if best is None:
         raise RaytowerError(f"training diverged in its first epoch (loss {run.history[-1]['loss']}): no epoch has a "
                             "validation metric to choose; lower lr or raise temp_start", out)

@@ -147,13 +147,13 @@ def test_resume_refuses_flags_that_would_change_the_run_and_folders_that_are_no_
 
 
 def test_patience_stops_a_flat_run_and_counts_only_from_stage_2(small_bundle, small_artifacts, small_config):
-    from raytower.train.fit import fit
+    from raytower.train.epochs import run_epochs
     from raytower.train.loop import Curriculum
 
     cfg = small_config.replace(epochs=30, patience=2, lr=1e-9, stage1_max_epochs=3, stage2_min_recall=0,
                                stage2_max_loss=0, logq_warmup_epochs=0)
     run = Curriculum.create(cfg, small_bundle, small_artifacts)
-    best = fit(run, lambda row, best: None)
+    best = run_epochs(run, lambda row, best: None)
     # lr 1e-9 leaves validation flat: no epoch beats the first, so the run stops 2 epochs after the
     # Stage 2 switch at epoch 3, not 2 epochs after its best (epoch 1), and long before 30.
     values = [r["val/recall@100"] for r in run.history]

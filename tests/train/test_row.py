@@ -16,7 +16,7 @@ def test_every_column_of_the_schema_is_in_a_real_row_and_tags_are_tensorboard_sa
 
 
 def test_consumers_read_the_schema():
-    from raytower.train.fit import SCALARS
+    from raytower.train.epochs import SCALARS
     from raytower.train.run import COLUMNS, format_header
     from raytower.tune.results import REPORT_KEYS
 

@@ -1,6 +1,6 @@
 """The one outer loop's choice of the best epoch."""
 
-from raytower.train.fit import best_epoch
+from raytower.train.epochs import best_epoch
 
 
 def test_of_equal_values_the_latest_epoch_is_best():

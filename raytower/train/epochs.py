@@ -1,6 +1,6 @@
 """The one outer loop: epochs until the last one or a diverged one, the best epoch tracked.
 
-    best = fit(run, on_epoch, tb_dir)
+    best = run_epochs(run, on_epoch, tb_dir)
 
 ``raytower train`` (``on_epoch`` prints the row and keeps the best checkpoint) and every search
 trial (``on_epoch`` reports the row and a checkpoint to Ray) share it, so the best epoch, the
@@ -16,7 +16,7 @@ from raytower.names import val_key
 from raytower.train.row import SCALARS
 from raytower.train.loop import Curriculum
 
-__all__ = ["SCALARS", "best_epoch", "fit", "plateaued", "tensorboard_scalars"]  # SCALARS: the schema's tags
+__all__ = ["SCALARS", "best_epoch", "plateaued", "run_epochs", "tensorboard_scalars"]  # SCALARS: the schema's tags
 
 
 def tensorboard_scalars(row: dict) -> dict[str, float]:
@@ -66,8 +66,8 @@ def plateaued(run: Curriculum, metric: str) -> bool:
     return run.epoch - start >= patience
 
 
-def fit(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: str | None = None,
-        metric: str = val_key(), hparams: dict | None = None) -> dict | None:
+def run_epochs(run: Curriculum, on_epoch: Callable[[dict, dict | None], None], tb_dir: str | None = None,
+               metric: str = val_key(), hparams: dict | None = None) -> dict | None:
     """Step ``run`` to its last epoch, to the first diverged one (nothing past a NaN counts), or to a
     plateau of ``cfg.patience`` epochs.
 
