@@ -1,8 +1,8 @@
 """What every trial of a search is handed, and how a trial on any node reads it.
 
-    shared = Shared.from_dict(setup)    # the trainable's ``setup``, written by the search
-    bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
-    artifacts = shared.load_artifacts(cfg)    # None for towers that need no pretraining
+    context = TrialContext.from_dict(doc)    # the trainable's ``context``, made by the search
+    bundle = Bundle(local_copy(context.bundle, context.artifact_store, "bundles", context.bundle_key))
+    artifacts = context.load_artifacts(cfg)    # None for towers that need no pretraining
 
 The search (``raytower.tune``) makes it and publishes the entries (``raytower.tune.artifacts``); the
 trainable (``raytower.trainables``) reads it. It lies below both, so neither imports the other back:
@@ -26,9 +26,10 @@ PUBLISHED = ".published"  # written last: a half-published entry is never fetche
 
 
 @dataclass
-class Shared:
-    """What every trial of the search needs, by path (bound to the trainable with
-    ``tune.with_parameters``, so it stays out of the trial's config)."""
+class TrialContext:
+    """What every trial of the search is handed besides its config: the data, the pretraining
+    artifacts and the resources, by path (bound to the trainable with ``tune.with_parameters``, so it
+    stays out of the trial's config). A search's record keeps it under "shared"."""
 
     bundle: str
     artifacts: dict[str, str]  # "dim-item_layers" -> pretraining artifacts directory
@@ -41,7 +42,7 @@ class Shared:
     metric: str = DEFAULT_METRIC  # what a trial's best epoch and kept checkpoints are chosen by
     # With --storage-path: the store the bundle and artifacts are published to (raytower.tune.artifacts),
     # so a node whose cache lacks them fetches them by name.
-    published: str | None = None
+    artifact_store: str | None = None
     bundle_key: str | None = None  # the bundle's name there: <dataset>-<fingerprint>
 
     def artifact_path(self, cfg) -> str:
@@ -55,31 +56,36 @@ class Shared:
 
         if not needs_pretraining(cfg.model):
             return None
-        return Artifacts.load(local_copy(self.artifact_path(cfg), self.published, "pretrain"))
+        return Artifacts.load(local_copy(self.artifact_path(cfg), self.artifact_store, "pretrain"))
 
     @classmethod
-    def from_dict(cls, doc: dict) -> "Shared":
+    def from_dict(cls, doc: dict) -> "TrialContext":
+        """From ``asdict`` or a search's record; a record written before a field's rename has its old name."""
         known = {f.name for f in dataclasses.fields(cls)}
+        doc = {_RENAMED.get(k, k): v for k, v in doc.items()}
         return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+_RENAMED = {"published": "artifact_store"}  # raytower 0.x's names in a record's "shared"
 
 
 class _KeepExisting(Exception):
     pass
 
 
-def local_copy(path: str, published: str | None, kind: str, key: str | None = None) -> Path:
+def local_copy(path: str, store_uri: str | None, kind: str, key: str | None = None) -> Path:
     """Where this node reads an entry: ``path`` itself in a search that published nothing (a local
     one); else this node's own cache entry (on the driver's node, usually ``path`` itself), fetched
-    from the search's storage path (``published``) the first time. A node never reads another
+    from the search's storage path (``store_uri``) the first time. A node never reads another
     node's cache, even on a disk they happen to share. Several trials on one node may ask at once:
     the first fetches, the others wait for it and use its copy."""
     here = Path(path)
-    if not published:
+    if not store_uri:
         return here
     cached = cache_root() / kind / (key or here.name)
     if (cached / COMPLETE).is_file():
         return cached
-    store = ExperimentStore(published)
+    store = ExperimentStore(store_uri)
     rel = f"{ARTIFACTS}/{kind}/{key or here.name}"
     if not store.is_file(f"{rel}/{PUBLISHED}"):
         return here

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from raytower.cli import main
-from raytower.tune import SearchRecord, SearchSettings, Shared
+from raytower.tune import SearchRecord, SearchSettings, TrialContext
 from tests.conftest import REPO, SMALL_SYNTHETIC
 
 QUICK = str(REPO / "search_spaces" / "quick.yaml")
@@ -145,12 +145,13 @@ def other_data_search(tmp):
     out = tmp / "out"
     (out / "tune").mkdir(parents=True)
     SearchRecord(settings={"storage_path": None, "metric": "recall@100", "num_samples": 12}, data="ml-100k",
-                 shared=Shared(bundle="", artifacts={}), dataset={"fingerprint": "0123456789abcdef"}).write(out)
+                 shared=TrialContext(bundle="", artifacts={}), dataset={"fingerprint": "0123456789abcdef"}).write(out)
     return tmp
 
 
 def _record(out, **settings):
-    SearchRecord(settings=settings, data="synthetic", shared=Shared(bundle="", artifacts={}), dataset={}).write(out)
+    SearchRecord(settings=settings, data="synthetic", shared=TrialContext(bundle="", artifacts={}),
+                 dataset={}).write(out)
 
 
 def diverged_search(tmp):

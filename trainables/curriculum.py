@@ -6,8 +6,9 @@
       -> train_loop_per_worker(config)   TorchTrainer whose workers run the same loop (DDP, GPUs)
 
 Both report the same metrics and checkpoints (a directory holding ``state.pt``: the trainable
-state only). ``setup`` (bound with ``tune.with_parameters``, so it stays out of the trial's config)
-names what every trial shares: the bundle and the pretraining artifacts, by path.
+state only). ``context`` (raytower._trial.TrialContext as a dict, bound with ``tune.with_parameters``
+so it stays out of the trial's config) names what every trial shares: the bundle and the pretraining
+artifacts, by path, and the resources.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from raytower._trial import Shared, local_copy
+from raytower._trial import TrialContext, local_copy
 from raytower.data import Bundle
 from raytower.names import TRIAL_STATE, train_run_name, val_key
 from raytower.train.config import TrainConfig
@@ -41,15 +42,15 @@ def load_state(checkpoint) -> dict | None:
         return read_checkpoint(Path(d) / STATE_FILE)  # the checks --resume and export apply
 
 
-def run_trial(config: dict, setup: dict, report: Callable[[dict, dict], None], state: dict | None,
+def run_trial(config: dict, context: dict, report: Callable[[dict, dict], None], state: dict | None,
               rank: int = 0, world_size: int = 1, device: str = "cpu", tb_dir: str | None = None,
               report_again_when_done: bool = True) -> None:
     """Run the curriculum from ``state`` (or the start) to the last epoch, reporting every epoch."""
-    shared = Shared.from_dict(setup)
+    shared = TrialContext.from_dict(context)
     torch.set_num_threads(shared.threads)
     cfg = TrainConfig.from_dict(config)
     # By path on the driver's node; elsewhere, this node's copy, fetched once from the storage path.
-    bundle = Bundle(str(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key)))
+    bundle = Bundle(str(local_copy(shared.bundle, shared.artifact_store, "bundles", shared.bundle_key)))
     artifacts = shared.load_artifacts(cfg)
     run = Curriculum.create(cfg, bundle, artifacts, device=device, rank=rank, world_size=world_size)
     metric = val_key(shared.metric)
@@ -94,11 +95,11 @@ def _reporter(report_fn, checkpoint_cls, rank: int = 0):
 # --- executor "function": the loop runs in the Tune trial --------------------------------------
 
 
-def function_trainable(config: dict, setup: dict) -> None:
+def function_trainable(config: dict, context: dict) -> None:
     from ray import tune
 
     state = load_state(tune.get_checkpoint())
-    run_trial(config, setup, _reporter(tune.report, tune.Checkpoint), state,
+    run_trial(config, context, _reporter(tune.report, tune.Checkpoint), state,
               tb_dir=tune.get_context().get_trial_dir())
 
 
@@ -109,17 +110,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    config, setup = loop_config["config"], loop_config["setup"]
+    config, context = loop_config["config"], loop_config["context"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = str(ray.train.torch.get_device()) if setup["use_gpu"] else "cpu"
+    device = str(ray.train.torch.get_device()) if context["use_gpu"] else "cpu"
     state = load_state(ray.train.get_checkpoint())
-    run_trial(config, setup, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
+    run_trial(config, context, _reporter(ray.train.report, ray.train.Checkpoint, rank), state,
               rank=rank, world_size=world, device=device, tb_dir=loop_config["trial_dir"],
               report_again_when_done=False)
 
 
-def train_driver(config: dict, setup: dict) -> None:
+def train_driver(config: dict, context: dict) -> None:
     """A Tune trial that drives a TorchTrainer and forwards its reports to Tune."""
     import ray.train
     from ray import tune
@@ -127,10 +128,10 @@ def train_driver(config: dict, setup: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
-    shared = Shared.from_dict(setup)
+    shared = TrialContext.from_dict(context)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "setup": setup, "trial_dir": ctx.get_trial_dir()},
+        train_loop_config={"config": config, "context": context, "trial_dir": ctx.get_trial_dir()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=shared.workers, use_gpu=shared.use_gpu, resources_per_worker=shared.resources_per_worker,
         ),

@@ -5,14 +5,18 @@ packages use, come in on first use (``raytower.tune.settings`` is standard libra
 command line builds its flags from it before it parses).
 """
 
-__all__ = ["ExperimentStore", "SearchRecord", "SearchSettings", "Shared", "experiment_uri"]
+__all__ = ["ExperimentStore", "SearchRecord", "SearchSettings", "TrialContext", "experiment_uri"]
 # Where each name lives: the store and what trials share lie on floors below the search (raytower._storage,
 # raytower._trial), so that the trainables read them without importing raytower.tune.
 _HOME = {"ExperimentStore": "raytower._storage", "experiment_uri": "raytower._storage",
-         "SearchRecord": "raytower.tune.record", "Shared": "raytower._trial", "SearchSettings": "raytower.tune.settings"}
+         "SearchRecord": "raytower.tune.record", "TrialContext": "raytower._trial", "SearchSettings": "raytower.tune.settings"}
+
+
+_OLD_NAMES = {"Shared": "TrialContext"}  # raytower 0.x's names, kept for one release
 
 
 def __getattr__(name: str):
+    name = _OLD_NAMES.get(name, name)
     if name in _HOME:
         import importlib
 

@@ -5,7 +5,7 @@ whenever Ray may have written it (raytower.tune._tuner_state).
 
     trainable = make_trainable(settings, shared)
     tuner = new_tuner(settings, space, trainable, out, uri)     # or restore_tuner(experiment, trainable, uri)
-    fit_then_sign(tuner, uri)
+    run_then_sign(tuner, uri)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from raytower._trial import Shared
+from raytower._trial import TrialContext
 from raytower.errors import ConfigError
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, STOPS, STUDY, WARM_START_FROM, WARM_START_NUMBER,
                             trial_dirname, val_key)
@@ -23,20 +23,20 @@ from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace
 
 
-def make_trainable(settings: SearchSettings, shared: Shared):
+def make_trainable(settings: SearchSettings, shared: TrialContext):
     """The curriculum as a Tune trainable (raytower.trainables.curriculum), with the resources of
     one trial; ``shared`` is bound to it as plain data, out of the trial's config."""
     from ray import tune
 
     from raytower.trainables.curriculum import function_trainable, train_driver
 
-    setup = asdict(shared)  # plain data to the trials: they need not import this module
+    context = asdict(shared)  # plain data to the trials: they need not import this module
     if settings.resolved_executor == "function":
-        return tune.with_resources(tune.with_parameters(function_trainable, setup=setup),
+        return tune.with_resources(tune.with_parameters(function_trainable, context=context),
                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     # The trial is only the Train run's driver: it holds a raytower_driver slot, no CPU. Its
     # workers get their own placement group; reserving their CPUs in the trial too deadlocks.
-    return tune.with_resources(tune.with_parameters(train_driver, setup=setup), {"cpu": 0, "raytower_driver": 1})
+    return tune.with_resources(tune.with_parameters(train_driver, context=context), {"cpu": 0, "raytower_driver": 1})
 
 
 def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path, uri: str, plugins=None):
@@ -111,7 +111,7 @@ def restore_tuner(experiment: str, trainable, uri: str):
     return tuner
 
 
-def fit_then_sign(tuner, uri: str):
+def run_then_sign(tuner, uri: str):
     """``tuner.fit()``, then the signature of tune/tuner.pkl as Ray left it, however fit ended."""
     try:
         return tuner.fit()

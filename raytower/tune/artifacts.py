@@ -2,7 +2,7 @@
 
     shared = prepare_shared(space, bundle, settings, uri)          # the driver: popularity, pretraining
     published = publish(store, Path(bundle.path), "bundles")      # the driver, once per search
-    path = local_copy(shared.bundle, shared.published, "bundles")   # a trial, on whatever node (raytower._trial)
+    path = local_copy(shared.bundle, shared.artifact_store, "bundles")   # a trial, on whatever node (raytower._trial)
 
 The data bundle and the pretraining artifacts are published to the search's storage path and
 fetched by name (which holds the fingerprint) on any node whose cache lacks them. A local search
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raytower._storage import ExperimentStore, join_uri
-from raytower._trial import ARTIFACTS, PUBLISHED, Shared, local_copy
+from raytower._trial import ARTIFACTS, PUBLISHED, TrialContext, local_copy
 from raytower.errors import ConfigError, RaytowerError
 from raytower.model.towers import needs_pretraining
 from raytower.names import TRAIN_RUNS
@@ -64,7 +64,7 @@ def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, sh
     return paths
 
 
-def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: str, log=print) -> Shared:
+def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: str, log=print) -> TrialContext:
     """Popularity once, into the bundle; then the pretraining of each (dim, item_layers) the space
     can ask for: on a cluster as a Ray task with a trial's resources (a GPU worker when trials get
     GPUs), so the head needs no accelerator; on one machine in the driver, on the GPU when trials
@@ -95,14 +95,14 @@ def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: st
         resources = {"CPU": settings.cpus_per_trial}
         if settings.gpus_per_trial:
             resources["GPU"] = settings.gpus_per_trial / settings.workers_per_trial
-    return Shared(
+    return TrialContext(
         bundle=str(bundle.path), artifacts=artifacts,
         # Only a storage path is recorded: a local search's Tune state is wherever its --out is now,
         # so a moved or rsync'ed directory still reads.
         experiment_uri=uri if settings.storage_path else None,
         train_storage=join_uri(uri, TRAIN_RUNS),
         threads=threads, workers=settings.workers_per_trial, use_gpu=settings.gpus_per_trial > 0,
-        resources_per_worker=resources, metric=settings.metric, published=published, bundle_key=key,
+        resources_per_worker=resources, metric=settings.metric, artifact_store=published, bundle_key=key,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from raytower._io import write_json
 from raytower._storage import ExperimentStore
-from raytower._trial import Shared
+from raytower._trial import TrialContext
 from raytower.errors import ConfigError
 from raytower.names import DEFAULT_METRIC, SETUP
 from raytower.tune.settings import with_current_names
@@ -28,7 +28,7 @@ from raytower.tune.settings import with_current_names
 class SearchRecord:
     settings: dict[str, Any]  # SearchSettings as given (asdict), the storage path reconciled on resume
     data: str  # the --data source
-    shared: Shared
+    shared: TrialContext  # what every trial is handed; the key "shared" in the file
     dataset: dict[str, Any]  # name, fingerprint, n_users, n_items, n_interactions
     elapsed_s: float = 0.0  # wall time summed over sessions (a resumed search adds to it)
     time_budget_spent: bool = False
@@ -61,7 +61,7 @@ class SearchRecord:
             return cls(**{k: doc[k] for k in known if k in doc},
                        settings=with_current_names(doc["settings"]),  # a record older than a rename
                        # "setup" is the key raytower 0.x used for the shared part
-                       shared=Shared.from_dict(doc.get("shared") or doc["setup"]),
+                       shared=TrialContext.from_dict(doc.get("shared") or doc["setup"]),
                        extra={k: v for k, v in doc.items() if k not in known | {"settings", "shared", "setup"}})
         except FileNotFoundError:
             raise ConfigError("not a raytower search directory (no setup.json)", Path(out)) from None

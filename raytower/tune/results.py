@@ -16,7 +16,7 @@ import pandas as pd
 
 from raytower._io import atomic_path, read_json, write_json
 from raytower._storage import ExperimentStore
-from raytower._trial import Shared, local_copy
+from raytower._trial import TrialContext, local_copy
 from raytower.errors import ConfigError
 from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SETUP, STOPS, STUDY,
                             TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
@@ -284,7 +284,7 @@ def search_finished(df: pd.DataFrame, record: SearchRecord) -> bool:
     return len(df) >= record.num_samples or (df["stop_reason"] == StopReason.TIME_BUDGET).any() or record.time_budget_spent
 
 
-def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: bool = True) -> dict:
+def _test_once(exp: Path, trial: dict, epoch: int, shared: TrialContext, remember: bool = True) -> dict:
     """Test is touched once, for the chosen trial's best-epoch checkpoint; cached in test_eval.json
     (unless ``remember`` is False: then the same checkpoint gives the same figures again)."""
     cache = exp / "test_eval.json"
@@ -305,7 +305,7 @@ def _test_once(exp: Path, trial: dict, epoch: int, shared: Shared, remember: boo
     return test
 
 
-def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = None):
+def trial_model(exp: Path, trial_id: str, epoch: int, shared: TrialContext | None = None):
     """(model, config, bundle) of a trial at ``epoch``, rebuilt from its kept checkpoint and the
     search's shared artifacts."""
     state = checkpoint_state(store_of(exp), trial_id, epoch)
@@ -314,14 +314,14 @@ def trial_model(exp: Path, trial_id: str, epoch: int, shared: Shared | None = No
     return model_from_state(state, shared or SearchRecord.read(exp).shared)
 
 
-def model_from_state(state: dict, shared: Shared):
+def model_from_state(state: dict, shared: TrialContext):
     """(model, config, bundle) a checkpoint's state describes, on the search's bundle and artifacts.
     On a cluster they were made on another node: this one reads its own copy, fetched by name."""
     from raytower.data import Bundle
     from raytower.train.loop import load_model
 
     cfg = TrainConfig.from_dict(state["config"])
-    bundle = Bundle(local_copy(shared.bundle, shared.published, "bundles", shared.bundle_key))
+    bundle = Bundle(local_copy(shared.bundle, shared.artifact_store, "bundles", shared.bundle_key))
     model = load_model(state, bundle, shared.load_artifacts(cfg))
     return model, cfg, bundle
 

@@ -34,14 +34,14 @@ from pathlib import Path
 from raytower._io import claim_output_dir, output_kind, writing_in_place
 from raytower._lock import refuse_if_held
 from raytower._storage import ExperimentStore, experiment_uri, join_uri
-from raytower._trial import Shared
+from raytower._trial import TrialContext
 from raytower.errors import ConfigError
 from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STUDY
 from raytower._log import lines_to
 from raytower.tune._plugins import Plugins
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
 from raytower.tune._session import init_ray, join_cluster
-from raytower.tune._tuner import fit_then_sign, make_trainable, new_tuner, restore_tuner
+from raytower.tune._tuner import make_trainable, new_tuner, restore_tuner, run_then_sign
 
 # Tune pickled the trial directories' namer by this name into the tune/tuner.pkl of searches started
 # before it moved to raytower.tune._tuner: --resume of such a search unpickles it from here.
@@ -72,7 +72,7 @@ def default_grace_period(space: SearchSpace, max_epochs: int) -> int:
 def run_search(settings: SearchSettings, data: str = "synthetic", prepare_options=None, log=print,
                given: frozenset[str] | None = None, plugins: Plugins | None = None) -> dict:
     """Preflight, reconcile with an earlier session (``--resume``), prepare what the trials share
-    and write the record, fit, finish. ``settings`` is never changed. ``given``: the settings the
+    and write the record, run the Tuner, finish. ``settings`` is never changed. ``given``: the settings the
     caller named (``settings.given_fields``); on --resume each must equal the recorded value.
     ``plugins``: callbacks, a sampler, loggers (raytower.tune._plugins), checked by the caller;
     Tune's ResultGrid is left in ``plugins.result_grid``. Every line goes to the ``raytower``
@@ -141,13 +141,14 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
             record_ray_processes(out)  # what --resume stops if this driver is killed
         start = time.monotonic()
         try:
-            plugins.result_grid = _fit(settings, space, record.shared, out, uri, plugins)
+            plugins.result_grid = _run_tuner(settings, space, record.shared, out, uri, plugins)
         finally:
             ray.shutdown()
     return _finish(settings, record, out, uri, record.elapsed_s + time.monotonic() - start, log)
 
 
-def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path, uri: str, plugins: Plugins):
+def _run_tuner(settings: SearchSettings, space: SearchSpace, shared: TrialContext, out: Path, uri: str,
+               plugins: Plugins):
     """Tune's run of the trials: the Tuner an interrupted session saved (--resume), else a new one."""
     from ray import tune
 
@@ -157,7 +158,7 @@ def _fit(settings: SearchSettings, space: SearchSpace, shared: Shared, out: Path
         tuner = restore_tuner(experiment, trainable, uri)
     else:  # a fresh search, or a resumed one whose start failed before Tune saved anything: it starts now
         tuner = new_tuner(settings, space, trainable, out, uri, plugins)
-    return fit_then_sign(tuner, uri)
+    return run_then_sign(tuner, uri)
 
 
 def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str, elapsed: float, log=print) -> dict:

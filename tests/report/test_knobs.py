@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytower._trial import Shared
+from raytower._trial import TrialContext
 from raytower.report import at_a_glance, leaderboard, plot_knobs, searched_knobs
 from raytower.tune.record import SearchRecord
 
@@ -40,7 +40,7 @@ def trials() -> pd.DataFrame:
 
 
 def _record(space: str) -> SearchRecord:
-    return SearchRecord(settings={"space": space}, data="synthetic", shared=Shared(bundle="", artifacts={}), dataset={})
+    return SearchRecord(settings={"space": space}, data="synthetic", shared=TrialContext(bundle="", artifacts={}), dataset={})
 
 
 def _png_size(path):

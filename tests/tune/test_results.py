@@ -44,12 +44,12 @@ def test_a_trial_tune_restarted_after_a_failure_and_finished_is_not_an_error(tmp
     """error.txt stays in a trial's directory after a failure Tune recovered from."""
     import json
 
-    from raytower.tune import SearchRecord, Shared
+    from raytower.tune import SearchRecord, TrialContext
     from raytower.tune.results import trial_rows
 
     out = tmp_path / "s"
     SearchRecord(settings={"max_epochs": 2, "num_samples": 2}, data="synthetic", dataset={},
-                 shared=Shared(bundle="", artifacts={})).write(out)
+                 shared=TrialContext(bundle="", artifacts={})).write(out)
     for tid, status in (("a", "TERMINATED"), ("b", "ERROR")):
         d = out / "tune" / f"trial_{tid}"
         d.mkdir(parents=True)

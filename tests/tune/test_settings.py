@@ -4,7 +4,7 @@ spelling --storage, kept for one release, on the command line and in a search's 
 import json
 
 from raytower._flags import parse_tune
-from raytower._trial import Shared
+from raytower._trial import TrialContext
 from raytower.tune.record import SearchRecord
 from raytower.tune.settings import SearchSettings, given_fields
 
@@ -42,7 +42,7 @@ def test_help_lists_the_new_flag_only(capsys):
 
 def test_a_record_written_before_the_rename_reads_its_study_url(tmp_path):
     record = SearchRecord(settings={**vars(SearchSettings(study_url=URL))}, data="synthetic",
-                          shared=Shared(bundle="b", artifacts={}), dataset={"name": "synthetic"})
+                          shared=TrialContext(bundle="b", artifacts={}), dataset={"name": "synthetic"})
     record.write(tmp_path)
     doc = json.loads((tmp_path / "setup.json").read_text())
     assert doc["settings"]["study_url"] == URL  # written under the current name
@@ -66,3 +66,10 @@ def test_train_and_tune_read_val_users_from_one_definition():
     assert train.default is None  # train: the config's value holds unless the flag is given
     assert tune.default == SearchSettings().val_users == TrainConfig().val_users == -1
     assert train.help == tune.help.replace("default %(default)s", "default: the config's")
+
+
+def test_a_record_from_before_the_trial_context_was_named_reads_its_artifact_store():
+    import raytower.tune
+
+    assert TrialContext.from_dict({"bundle": "b", "artifacts": {}, "published": "s3://x/y"}).artifact_store == "s3://x/y"
+    assert raytower.tune.Shared is TrialContext  # the 0.x name, for one release
