@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raytower.errors import ConfigError
-from raytower.names import BEST_CONFIG, DRIVER_MEMORY, OPTUNA_DB, SETUP, STOPS, TRIALS
+from raytower.names import BEST_CONFIG, DRIVER_MEMORY, OPTUNA_DB, SEARCH_RECORD, STOPS, TRIALS
 
-PUBLISHED = (BEST_CONFIG, TRIALS, OPTUNA_DB, STOPS, SETUP, DRIVER_MEMORY)
+PUBLISHED = (BEST_CONFIG, TRIALS, OPTUNA_DB, STOPS, SEARCH_RECORD, DRIVER_MEMORY)
 
 
 def join_uri(uri: str, part: str) -> str:

@@ -15,7 +15,7 @@ from raytower._flags import (Parser, add_data_flags, add_force, add_tune_flags, 
                              positive_int, prepare_options)
 from raytower._hints import next_steps, resume_command, retrain_command, this_command
 from raytower.errors import RaytowerError
-from raytower.names import RUN_RECORD
+from raytower.names import RUN_RECORD, SEARCH_RECORD
 
 # The machine's problems, not raytower's: a full disk, a quota or file-size limit, a read-only or forbidden place.
 _ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("raytower: interrupted", file=sys.stderr)
-        if args.func is cmd_tune and (Path(args.out) / "setup.json").is_file():
+        if args.func is cmd_tune and (Path(args.out) / SEARCH_RECORD).is_file():
             print(f"resume it with: {resume_command(args.argv)}", file=sys.stderr)
         elif args.func is cmd_train and getattr(args, "out", None) and (Path(args.out) / RUN_RECORD).is_file():
             import shlex

@@ -18,7 +18,7 @@ DEFAULT_METRIC = "recall@100"
 META_COLUMNS = ("age_bucket", "gender_idx", "occupation_idx")
 
 # A search's directory (``--out``): files raytower writes beside Tune's experiment.
-SETUP = "setup.json"  # the search's record (raytower.tune.record.SearchRecord)
+SEARCH_RECORD = "setup.json"  # the search's record (raytower.tune.record.SearchRecord); the name is 0.x's
 BEST_CONFIG = "best_config.json"
 TRIALS = "trials.parquet"
 STOPS = "stops.json"
@@ -38,7 +38,7 @@ RUN_METRICS = "metrics.json"  # the result, written once at the end
 
 # What `raytower submit --out` fetches (raytower.submit writes it; export reads it)
 FETCHED_CHECKPOINT = "checkpoint.pt"  # the chosen trial's best epoch
-FETCHED_FILES = (BEST_CONFIG, TRIALS, SETUP)
+FETCHED_FILES = (BEST_CONFIG, TRIALS, SEARCH_RECORD)
 # Optuna user attributes that link a study's trials to the search's records
 TUNE_TRIAL_ID = "tune_trial_id"  # the Tune trial (trials.parquet's trial_id, tune/trial_<id>/)
 STOP_REASON = "stop_reason"  # completed, plateau, asha, chance, collapsed, diverged, error

@@ -15,7 +15,7 @@ from pathlib import Path
 from raytower._io import check_destination, output_kind
 from raytower._storage import ExperimentStore
 from raytower.errors import ConfigError
-from raytower.names import EXPERIMENT, OPTUNA_DB, SETUP
+from raytower.names import EXPERIMENT, OPTUNA_DB, SEARCH_RECORD
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace, load_space
 
@@ -45,7 +45,7 @@ def check_output_dir(out: Path, resume: bool, min_free_gb: float = 0.0) -> None:
     if out == Path("/dev/shm") or Path("/dev/shm") in out.parents:
         raise ConfigError("--out is in /dev/shm, which holds Ray's object store: checkpoints there would "
                           "starve it; choose a directory on disk", out)
-    exists = (out / EXPERIMENT).exists() or (out / SETUP).exists()
+    exists = (out / EXPERIMENT).exists() or (out / SEARCH_RECORD).exists()
     if resume and not exists:
         raise ConfigError("--resume: no search to resume here (no tune/ directory written by raytower)", out)
     if exists and not resume:

@@ -20,7 +20,7 @@ from raytower._io import write_json
 from raytower._storage import ExperimentStore
 from raytower._trial import TrialContext
 from raytower.errors import ConfigError
-from raytower.names import DEFAULT_METRIC, SETUP
+from raytower.names import DEFAULT_METRIC, SEARCH_RECORD
 from raytower.tune.settings import with_current_names
 
 
@@ -54,7 +54,7 @@ class SearchRecord:
 
     @classmethod
     def read(cls, out: str | Path) -> "SearchRecord":
-        path = Path(out) / SETUP
+        path = Path(out) / SEARCH_RECORD
         try:
             doc = json.loads(path.read_text())
             known = {f.name for f in dataclasses.fields(cls)} - {"shared", "extra", "settings"}
@@ -73,7 +73,7 @@ class SearchRecord:
         return {**doc.pop("extra"), **doc}
 
     def write(self, out: str | Path) -> None:
-        write_json(Path(out) / SETUP, self.to_dict())
+        write_json(Path(out) / SEARCH_RECORD, self.to_dict())
 
     def finish(self, out: str | Path, elapsed_s: float, budget_spent: bool) -> None:
         """The one update after the search: its total wall time, and whether the budget ended it."""

@@ -18,7 +18,7 @@ from raytower._io import atomic_path, read_json, write_json
 from raytower._storage import ExperimentStore
 from raytower._trial import TrialContext, local_copy
 from raytower.errors import ConfigError
-from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SETUP, STOPS, STUDY,
+from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SEARCH_RECORD, STOPS, STUDY,
                             TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
                             train_run_name, trial_dirname, val_key)
 from raytower.train.row import REPORT_KEYS
@@ -30,7 +30,7 @@ from raytower.tune.record import SearchRecord, store_of
 def check_search_dir(exp: Path) -> None:
     """One line saying why ``exp`` is not a search raytower can read: no setup.json, a damaged
     one (named as such, not as missing), or no Tune experiment beside it."""
-    if not (exp / SETUP).is_file():
+    if not (exp / SEARCH_RECORD).is_file():
         raise ConfigError("not a raytower search directory (no setup.json)", exp)
     if not store_of(exp).is_dir(EXPERIMENT):  # reads setup.json: damage is its own error
         raise ConfigError("not a raytower search directory (no tune/ beside its setup.json)", exp)

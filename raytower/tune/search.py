@@ -36,7 +36,7 @@ from raytower._lock import refuse_if_held
 from raytower._storage import ExperimentStore, experiment_uri, join_uri
 from raytower._trial import TrialContext
 from raytower.errors import ConfigError
-from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SETUP, STUDY
+from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SEARCH_RECORD, STUDY
 from raytower._log import lines_to
 from raytower.tune._plugins import Plugins
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
@@ -122,7 +122,7 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
     if previous and previous.dataset.get("fingerprint") != bundle.fingerprint:
         raise ConfigError(f"--resume: this search ran on data with fingerprint {previous.dataset.get('fingerprint')} "
                           f"({previous.data}), but --data {data} prepares to {bundle.fingerprint}: give the same "
-                          "--data and preparation flags", out / SETUP)
+                          "--data and preparation flags", out / SEARCH_RECORD)
     record = SearchRecord(settings=asdict(settings), data=data, dataset=_dataset_info(bundle),
                           shared=prepare_shared(space, bundle, settings, uri, log),
                           elapsed_s=previous.elapsed_s if previous else 0.0)
@@ -231,7 +231,7 @@ def _dataset_info(bundle) -> dict:
 
 def _previous_record(settings: SearchSettings, out: Path) -> SearchRecord | None:
     """The record of the session a --resume continues; its storage path must be the one given."""
-    if not (settings.resume and (out / SETUP).is_file()):
+    if not (settings.resume and (out / SEARCH_RECORD).is_file()):
         return None
     previous = SearchRecord.read(out)
     recorded = previous.settings.get("storage_path")
@@ -239,7 +239,7 @@ def _previous_record(settings: SearchSettings, out: Path) -> SearchRecord | None
         how = (f"in {recorded}; resume it with that storage path" if recorded else
                "in its --out directory; resume it without --storage-path (and with RAYTOWER_STORAGE unset)")
         raise ConfigError(f"--storage-path {settings.storage_path}: this search keeps its Tune state {how}",
-                          out / SETUP)
+                          out / SEARCH_RECORD)
     return previous
 
 
@@ -264,6 +264,6 @@ def _as_recorded(settings: SearchSettings, previous: SearchRecord,
         named_here = f.name in named if named is not None else given != getattr(defaults, f.name)
         if named_here and given != recorded:
             raise ConfigError(f"{flag_of(f.name)} {given}: this search ran with {recorded}; --resume continues it "
-                              "as it was started (leave the flag off)", Path(settings.out).resolve() / SETUP)
+                              "as it was started (leave the flag off)", Path(settings.out).resolve() / SEARCH_RECORD)
         kept[f.name] = recorded
     return dataclasses.replace(settings, **kept)
