@@ -1,10 +1,11 @@
-"""HMAC-SHA256 signatures for the few files raytower must unpickle later (Ray Tune's ``tuner.pkl``).
+"""HMAC-SHA256 signatures for the files raytower must let Ray unpickle later (Ray Tune's state).
 
 The key is the user's own, kept outside every output directory: ``$XDG_CONFIG_HOME/raytower/key``
 (``~/.config/raytower/key``), 32 random bytes made on first use, mode 0600 in a 0700 folder. Whoever
 can rewrite a signed file but cannot read that key cannot make a signature that matches: a hash
 stored in the output directory would protect nothing, since whoever edits one file there can edit
-the other. A signature is one line beside its file (``tuner.pkl.hmac``).
+the other. A signature record lies beside its file (``tuner.pkl.hmac``): one line, or two while
+the file is being replaced (``replace_signed``), and the file must match one of them.
 
 No Ray here: raytower.tune signs and checks Tune's files through this module.
 """
@@ -91,14 +92,20 @@ def signature(data: bytes, label: str, key: bytes | None = None) -> str:
     return f"{SCHEME}:{mac.hexdigest()}"
 
 
+def recorded_lines(recorded: str | None) -> list[str]:
+    """The signatures a record allows (one, or the old and the new while its file is replaced)."""
+    return [line.strip() for line in (recorded or "").splitlines() if line.strip()]
+
+
 def check_signature(data: bytes, recorded: str | None, label: str, path: str | os.PathLike, hint: str = "") -> None:
-    """ConfigError unless ``recorded`` (the signature file's text, None when missing) signs ``data``.
-    ``hint`` ends the message: what the user can do instead."""
+    """ConfigError unless ``recorded`` (the signature file's text, None when missing) signs ``data``
+    in one of its lines. ``hint`` ends the message: what the user can do instead."""
     hint = f"; {hint}" if hint else ""
     if recorded is None:
         raise ConfigError(f"refused: no signature beside it ({label}{SUFFIX}), so nothing shows raytower wrote "
                           f"it for you, and loading this pickle would run any code in it{hint}", path)
-    if not hmac.compare_digest(recorded.strip().encode(), signature(data, label, user_key(create=False)).encode()):
+    wanted = signature(data, label, user_key(create=False)).encode()
+    if not any([hmac.compare_digest(line.encode(), wanted) for line in recorded_lines(recorded)]):
         raise ConfigError(f"refused: it does not match its signature ({label}{SUFFIX}): it changed after raytower "
                           f"wrote it, or another key signed it, and loading this pickle would run any code in "
                           f"it{hint}", path)
@@ -111,16 +118,44 @@ def signature_path(path: Path) -> Path:
 def sign_file(path: str | os.PathLike) -> None:
     """Write ``path``'s signature beside it, by rename: a reader sees the old one or the new."""
     path = Path(path)
-    line = signature(path.read_bytes(), path.name) + "\n"
-    dest = signature_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=path.parent)
+    write_whole(signature_path(path), (signature(path.read_bytes(), path.name) + "\n").encode())
+
+
+def write_whole(dest: Path, data: bytes) -> None:
+    """``dest`` replaced by ``data`` by rename (mode 0600): a reader, or a kill, sees the old file or the new."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(line)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_signed(name: str, data: bytes, read_text, write_whole_file) -> None:
+    """Replace the file ``name`` by ``data`` and its record by ``data``'s signature, so that a kill at
+    any moment leaves a file its record allows: the record first allows the old content and the
+    new, then the file is replaced, then the record keeps the new alone. ``read_text(name)`` is a
+    file's text (None when missing); ``write_whole_file(name, bytes)`` makes a file appear whole."""
+    new = signature(data, Path(name).name)
+    both = dict.fromkeys([*recorded_lines(read_text(name + SUFFIX)), new])
+    write_whole_file(name + SUFFIX, "".join(f"{line}\n" for line in both).encode())
+    write_whole_file(name, data)
+    write_whole_file(name + SUFFIX, f"{new}\n".encode())
+
+
+def write_signed(path: str | os.PathLike, data: bytes) -> None:
+    """``replace_signed`` on the local disk."""
+    path = Path(path)
+
+    def read_text(name: str) -> str | None:
+        try:
+            return (path.parent / name).read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    replace_signed(path.name, data, read_text, lambda name, blob: write_whole(path.parent / name, blob))
 
 
 def verify_file(path: str | os.PathLike, hint: str = "") -> None:

@@ -87,6 +87,31 @@ def tampered_tuner_state(tmp, how):
     return tmp
 
 
+def tampered_tune_state(tmp, name, how):
+    """A local search whose Tune state raytower signed (tuner.pkl, experiment_state, searcher-state),
+    then ``name`` in tune/ changed by ``how``: ``exploit`` (a pickle that would create a file, its
+    signature left), ``embedded`` (the experiment state with one embedded, as Ray's encoder does),
+    ``planted`` (a newer state file Ray would read, with no signature)."""
+    import pickle
+
+    from raytower._signing import write_signed
+    from tests._crafted_pt2 import Exploit
+
+    local_search(tmp)
+    tune_dir = tmp / "out" / "tune"
+    trial = pickle.dumps({"trial_id": "a"}).hex()
+    write_signed(tune_dir / "tuner.pkl", pickle.dumps({"as": "Ray wrote it"}))
+    write_signed(tune_dir / "experiment_state-2026-01-01_00-00-00.json", json.dumps({"trial_data": [[trial, "{}"]]}).encode())
+    write_signed(tune_dir / "searcher-state-2026-01-01_00-00-00.pkl", pickle.dumps({"searcher": 1}))
+    exploit = pickle.dumps(Exploit(tmp / "pwned"))
+    if how == "embedded":  # as Ray's encoder embeds what JSON cannot hold, and its decoder unpickles
+        embedded = {"_type": "CLOUDPICKLE_FALLBACK", "value": exploit.hex()}
+        (tune_dir / name).write_text(json.dumps({"trial_data": [[trial, "{}"]], "stats": {"note": embedded}}))
+    else:
+        (tune_dir / name).write_bytes(exploit)
+    return tmp
+
+
 def users_dir(tmp, name="mine"):
     """A directory of the user's own: a refused command must leave every byte of it."""
     d = tmp / name
@@ -342,6 +367,18 @@ BAD_INPUT = [
     (lambda t: tune(tampered_tuner_state(t, "append"), "--resume"), "does not match its signature (tuner.pkl.hmac)"),
     (lambda t: tune(tampered_tuner_state(t, "unsigned"), "--resume"), "no signature beside it (tuner.pkl.hmac)"),
     (lambda t: tune(other_data_search(t), "--resume"), "ran on data with fingerprint 0123456789abcdef"),
+    # every file of Tune's state that restore may unpickle is signed, not tuner.pkl alone
+    (lambda t: tune(tampered_tune_state(t, "searcher-state-2026-01-01_00-00-00.pkl", "exploit"), "--resume"),
+     "searcher-state-2026-01-01_00-00-00.pkl: refused: it does not match its signature"),
+    (lambda t: tune(tampered_tune_state(t, "experiment_state-2026-01-01_00-00-00.json", "embedded"), "--resume"),
+     "experiment_state-2026-01-01_00-00-00.json: refused: it does not match its signature"),
+    (lambda t: tune(tampered_tune_state(t, "callback-states-2099-01-01_00-00-00.pkl", "planted"), "--resume"),
+     "no signature beside it (callback-states-2099-01-01_00-00-00.pkl.hmac)"),
+    # sizes the synthetic generator cannot hold in memory: a MemoryError traceback
+    (lambda t: ["data", "prepare", "--data", "synthetic:n_users=1e12"], "n_users must be <= 20,000,000"),
+    (lambda t: ["tune", "--data", "synthetic:n_users=1e7", "--space", QUICK, "--out", str(t / "out")],
+     "interactions; at most 200,000,000"),
+    (lambda t: ["data", "prepare", "--data", "synthetic:dim=1e6"], "dim must be <= 1,024"),
     (lambda t: tune(other_data_search(t), "--resume", "--metric", "ndcg@10"), "--metric ndcg@10: this search ran with recall@100"),
     (lambda t: tune(other_data_search(t), "--resume", "--num-samples", "40"), "--num-samples 40: this search ran with 12"),
     # a flag given with its default value is still given: it was ignored and the recorded value used

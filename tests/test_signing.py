@@ -122,3 +122,51 @@ def test_verifying_never_makes_a_key(config_home, pickle_file):
     with pytest.raises(ConfigError, match="no signing key"):
         _signing.verify_file(pickle_file)
     assert not (config_home / "raytower" / "key").exists()
+
+
+class Killed(Exception):
+    """A kill -9 between two writes: nothing after it happens."""
+
+
+def _replace_killed_after(path, data, writes):
+    """``replace_signed`` of ``path`` by ``data``, the process killed after its first ``writes`` writes."""
+    done = []
+
+    def write(name, blob):
+        if len(done) == writes:
+            raise Killed
+        _signing.write_whole(path.parent / name, blob)
+        done.append(name)
+
+    def read_text(name):
+        p = path.parent / name
+        return p.read_text() if p.exists() else None
+
+    try:
+        _signing.replace_signed(path.name, data, read_text, write)
+    except Killed:
+        pass
+    return done
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2, 3])
+def test_a_replace_killed_at_any_moment_leaves_a_file_its_record_allows(config_home, tmp_path, writes):
+    state = tmp_path / "tune" / "searcher-state-2026-01-01_00-00-00.pkl"
+    state.parent.mkdir()
+    _signing.write_signed(state, b"\x80\x04 the old state")
+    done = _replace_killed_after(state, b"\x80\x04 the new state", writes)
+    assert len(done) == min(writes, 3)
+    _signing.verify_file(state)  # old or new, it resumes
+    assert state.read_bytes() == (b"\x80\x04 the new state" if writes >= 2 else b"\x80\x04 the old state")
+    lines = _signing.recorded_lines(_signing.signature_path(state).read_text())
+    assert len(lines) == (2 if writes in (1, 2) else 1)  # both allowed only across the replace
+    assert sorted(p.name for p in state.parent.iterdir()) == [state.name, state.name + ".hmac"]  # no temp file left
+
+
+def test_a_record_of_two_signs_only_those_two(config_home, pickle_file):
+    old, new = b"\x80\x04 old", b"\x80\x04 new"
+    record = "".join(_signing.signature(d, pickle_file.name) + "\n" for d in (old, new))
+    for data in (old, new):
+        _signing.check_signature(data, record, pickle_file.name, pickle_file)
+    with pytest.raises(ConfigError, match="does not match its signature"):
+        _signing.check_signature(b"\x80\x04 a third", record, pickle_file.name, pickle_file)

@@ -2,11 +2,13 @@
 reach is tested with. A version outside the range fails in one line before a search starts.
 
 ``_callbacks.TruthfulOptunaSearch`` subclasses Ray's OptunaSearch and ``RecordingASHA`` Ray's ASHA;
-what they read of their parents' state, they read through the functions here.
+what they read of their parents' state, they read through the functions here. ``_tuner_state``
+takes over the writes of Tune's experiment state through ``after_experiment_saves``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
 
 from raytower.errors import RaytowerError
@@ -97,3 +99,33 @@ def optuna_trial(study_, trial_id: int):
 def asha_max_t(scheduler) -> int:
     """Ray's ASHA's last rung (max_t)."""
     return scheduler._max_t
+
+
+# --- Ray Tune's experiment state: where TuneController saves it ---
+
+
+@contextlib.contextmanager
+def after_experiment_saves(handle):
+    """While in the block, ``handle(staging_dir, filesystem, experiment_fs_path)`` runs right after
+    each save of Tune's experiment state, in the driver's thread that saved it.
+
+    Ray 2.60 (ray/tune/execution/tune_controller.py, experiment_state.py): ``TuneController.save_to_dir``
+    writes ``experiment_state-*.json`` and, through the searcher and the callbacks, ``searcher-state-*.pkl``,
+    ``search_gen_state-*.json`` and ``callback-states-*.pkl`` into the driver's staging folder
+    (``StorageContext.experiment_driver_staging_path``, under /tmp/ray); a background thread then
+    copies that folder to the experiment folder (``experiment_fs_path`` on ``storage_filesystem``).
+    Whatever ``handle`` takes out of the staging folder, that copy leaves alone."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.save_to_dir
+
+    def save_to_dir(self):
+        original(self)
+        storage = self._storage
+        handle(storage.experiment_driver_staging_path, storage.storage_filesystem, storage.experiment_fs_path)
+
+    TuneController.save_to_dir = save_to_dir
+    try:
+        yield
+    finally:
+        TuneController.save_to_dir = original

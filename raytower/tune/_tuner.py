@@ -1,7 +1,7 @@
 """The Tuner of a search and its trainable: Optuna's sampler and the searcher around it (with the
 space's start points and a warm start), ASHA, the stopper, the callbacks; or the Tuner restored
-from an interrupted search. Tune keeps its state as pickles, so ``tune/tuner.pkl`` is signed
-whenever Ray may have written it (raytower.tune._tuner_state).
+from an interrupted search. Tune keeps its state as pickles, so each of its files in ``tune/`` is
+signed whenever Ray writes it (raytower.tune._tuner_state).
 
     trainable = make_trainable(settings, shared)
     tuner = new_tuner(settings, space, trainable, out, uri)     # or restore_tuner(experiment, trainable, uri)
@@ -18,7 +18,7 @@ from raytower._trial import TrialContext
 from raytower.errors import ConfigError
 from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, STOPS, STUDY, WARM_START_FROM, WARM_START_NUMBER,
                             trial_dirname, val_key)
-from raytower.tune._tuner_state import sign_tuner_state, verify_tuner_state
+from raytower.tune._tuner_state import sign_tuner_state, signed_state_writes, verify_tune_state
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace
 
@@ -101,20 +101,22 @@ def restore_tuner(experiment: str, trainable, uri: str):
     """The Tuner of an interrupted search, as Tune saved it: the searcher (TPE state, the study's
     trial map), the stopper and every unfinished trial from its newest checkpoint. Building a new
     searcher instead would enqueue the start points into the study a second time. Tune keeps this
-    state as pickles: resume only directories raytower wrote, and tuner.pkl only as this user's key
-    signed it."""
+    state as pickles: resume only directories raytower wrote, and its files only as this user's key
+    signed them."""
     from ray import tune
 
-    verify_tuner_state(uri)  # again, just before Ray unpickles it
+    verify_tune_state(uri)  # again, just before Ray unpickles it
     tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     sign_tuner_state(uri)
     return tuner
 
 
 def run_then_sign(tuner, uri: str):
-    """``tuner.fit()``, then the signature of tune/tuner.pkl as Ray left it, however fit ended."""
+    """``tuner.fit()``, each save of Tune's experiment state written signed, then the signature of
+    tune/tuner.pkl as Ray left it, however fit ended."""
     try:
-        return tuner.fit()
+        with signed_state_writes():
+            return tuner.fit()
     finally:  # however fit ended (done, interrupted, failed), the file is as Ray left it: sign that
         sign_tuner_state(uri)
 

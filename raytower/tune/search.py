@@ -108,10 +108,10 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
                                    or default_grace_period(space, settings.max_epochs))
     uri = experiment_uri(out, settings.storage_path)
     check_where_it_runs(settings, uri)
-    if settings.resume:  # before anything is written: Tuner.restore would unpickle tune/tuner.pkl
-        from raytower.tune._tuner_state import verify_tuner_state
+    if settings.resume:  # before anything is written: Tune's restore unpickles its state in tune/
+        from raytower.tune._tuner_state import verify_tune_state
 
-        verify_tuner_state(uri)
+        verify_tune_state(uri)
     import ray
 
     if settings.address:
