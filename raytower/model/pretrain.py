@@ -380,34 +380,43 @@ def _tower_step(tower: ItemTower, opts: tuple, u_vec: torch.Tensor, pos_items: t
 
 def estimate_seconds(bundle, pcfg: PretrainConfig, device: str = "cpu", probe_steps: int = 3) -> tuple[float, Budget]:
     """The wall seconds pretraining would take here and now: each phase's steps times a step's time
-    in a short timed probe (a warm-up and ``probe_steps`` steps of each phase on throwaway tables,
-    its own random draws: the seeded run is untouched). Propagation and evaluation are left out."""
+    in a short timed probe (a warm-up and ``probe_steps`` steps of each phase on throwaway tables).
+    Its random draws come from a fork of torch's generators: the seeded run is untouched.
+    Propagation and evaluation are left out."""
     users, items = bundle.train_pairs(graph_only=True)
     plan = budget(len(users), pcfg)
-    gen = torch.Generator().manual_seed(pcfg.seed)
-    take = torch.randperm(len(users), generator=gen)[:plan.gnn_batch]
-    users, items = torch.as_tensor(users[take], dtype=torch.long), torch.as_tensor(items[take], dtype=torch.long)
-    with torch.random.fork_rng(devices=[]):  # the tower's initialisation draws from torch's own generator
-        user_emb = torch.nn.Embedding(bundle.n_users + 1, pcfg.dim, sparse=True).to(device)
-        item_emb = torch.nn.Embedding(bundle.n_items + 1, pcfg.dim, sparse=True).to(device)
-        tower = build_item_tower(bundle, pcfg.dim, pcfg.item_layers).to(device)
-    sparse_opt = torch.optim.SparseAdam([user_emb.weight, item_emb.weight], lr=pcfg.gnn_lr)
-    opts = _tower_optimizers(tower, pcfg)
-    neg = torch.randint(1, bundle.n_items + 1, (len(users), pcfg.gnn_negatives), generator=gen).to(device)
-    users, items = users.to(device), items.to(device)
-    tower_items = items[:plan.tower_batch]  # (the tower's batch is never the larger)
-    u_vec = F.normalize(torch.randn(len(tower_items), pcfg.dim, generator=gen), dim=-1).to(device)
-    phases = (lambda: _bpr_step(user_emb, item_emb, sparse_opt, users, items, neg, pcfg),
-              lambda: _tower_step(tower, opts, u_vec, tower_items, pcfg))
-    per_step = []
-    for step in phases:
-        float(step())  # the warm-up: first-call allocations; float() waits for a device
-        t0 = time.perf_counter()
-        for _ in range(probe_steps):
-            loss = step()
-        float(loss)
-        per_step.append((time.perf_counter() - t0) / probe_steps)
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # initialisations and id dropout draw from torch's own
+        torch.manual_seed(pcfg.seed)
+        per_step = [_time_steps(step, probe_steps) for step in _probe_steps(bundle, pcfg, plan, users, items, device)]
     return plan.gnn_steps * per_step[0] + plan.tower_steps * per_step[1], plan
+
+
+def _probe_steps(bundle, pcfg: PretrainConfig, plan: Budget, users, items, device: str) -> tuple:
+    """A LightGCN step and an item-tower step of the plan's batch sizes, on throwaway tables."""
+    take = torch.randperm(len(users))[:plan.gnn_batch]
+    users = torch.as_tensor(users[take], dtype=torch.long).to(device)
+    items = torch.as_tensor(items[take], dtype=torch.long).to(device)
+    user_emb = torch.nn.Embedding(bundle.n_users + 1, pcfg.dim, sparse=True).to(device)
+    item_emb = torch.nn.Embedding(bundle.n_items + 1, pcfg.dim, sparse=True).to(device)
+    sparse_opt = torch.optim.SparseAdam([user_emb.weight, item_emb.weight], lr=pcfg.gnn_lr)
+    neg = torch.randint(1, bundle.n_items + 1, (len(users), pcfg.gnn_negatives)).to(device)
+    tower = build_item_tower(bundle, pcfg.dim, pcfg.item_layers).to(device)
+    opts = _tower_optimizers(tower, pcfg)
+    tower_items = items[:plan.tower_batch]  # (the tower's batch is never the larger)
+    u_vec = F.normalize(torch.randn(len(tower_items), pcfg.dim), dim=-1).to(device)
+    return (lambda: _bpr_step(user_emb, item_emb, sparse_opt, users, items, neg, pcfg),
+            lambda: _tower_step(tower, opts, u_vec, tower_items, pcfg))
+
+
+def _time_steps(step, n: int) -> float:
+    """Seconds a step takes, after a warm-up step (first-call allocations); float() waits for a device."""
+    float(step())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        loss = step()
+    float(loss)
+    return (time.perf_counter() - t0) / n
 
 
 def describe_estimate(bundle, pcfg: PretrainConfig, device: str = "cpu") -> str:

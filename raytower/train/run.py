@@ -30,7 +30,7 @@ from raytower._version import version as raytower_version
 from raytower.errors import ConfigError, RaytowerError
 from raytower.names import (BEST_CHECKPOINT, DEFAULT_METRIC, LAST_CHECKPOINT, METRICS, RUN_METRICS, RUN_RECORD,
                             check_metric, label, val_key)
-from raytower.model.pretrain import PretrainConfig, pretrain
+from raytower.model.pretrain import UNSET_BEFORE, PretrainConfig, describe_estimate, pretrain
 from raytower.model.towers import needs_pretraining
 from raytower.train.row import CONSOLE
 from raytower.train.config import TrainConfig
@@ -207,6 +207,8 @@ def _recorded(out: Path, record: dict) -> tuple[TrainConfig, PretrainConfig, obj
 def _pretrain_config(doc, where: Path) -> PretrainConfig:
     """run.json's pretraining: PretrainConfig's fields, each a finite, non-negative number of its type."""
     fields = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+    if isinstance(doc, dict):  # a run recorded before a field existed: the value that behaves as it did then
+        doc = {**{k: v for k, v in UNSET_BEFORE.items() if k not in doc}, **doc}
     if not isinstance(doc, dict) or doc.keys() != fields.keys():
         raise ConfigError("its pretraining config does not fit this raytower (expected the fields "
                           f"{', '.join(fields)})", where)
@@ -310,7 +312,7 @@ def _pretrained(cfg: TrainConfig, bundle, pcfg: PretrainConfig, log, device: str
     if not needs_pretraining(cfg.model):
         log(f"no pretraining: model {cfg.model} does not ask for it")
         return None
-    log(f"pretraining (cached by data fingerprint {bundle.fingerprint})")
+    log(f"pretraining (cached by data fingerprint {bundle.fingerprint}), {describe_estimate(bundle, pcfg, device)}")
     return pretrain(bundle, pcfg, progress=log, device=device)  # --device cuda: pretraining too
 
 

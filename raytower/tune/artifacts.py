@@ -45,23 +45,30 @@ def pretrain_shapes(bundle_path: str, published: str | None, bundle_key: str, sh
     import torch
 
     from raytower.data import Bundle
-    from raytower.model.pretrain import PretrainConfig, artifacts_dir, pretrain
+    from raytower.model.pretrain import PretrainConfig, artifacts_dir, describe_estimate, pretrain
 
-    if threads:
-        torch.set_num_threads(threads)
-    bundle = Bundle(local_copy(bundle_path, published, "bundles", bundle_key))
-    paths = {}
-    for dim, layers in shapes:
-        progress(f"pretraining LightGCN + item tower for dim={dim}, item_layers={layers} on {device} "
-                 "(cached per data set)")
-        pcfg = PretrainConfig(dim=dim, item_layers=layers)
-        if published:  # made before (a resumed search, a retried task): fetched into this node's cache
-            local_copy(str(artifacts_dir(bundle, pcfg)), published, "pretrain")
-        art = pretrain(bundle, pcfg, progress=progress, device=device)
-        if published:
-            publish(ExperimentStore(published), art.path, "pretrain")
-        paths[f"{dim}-{layers}"] = str(art.path)
-    return paths
+    # A trial's threads, not every core's: on a busy machine intra-op threads past the free cores
+    # wait on each other. On the demo's data beside two other processes (2 cores), LightGCN took
+    # 12.8 CPU-s with torch's 2 threads against 2.1 with 1, the item tower 5.1 against 0.6; the
+    # demo paid 180 CPU-s before its header (issue 28 part 2). Put back after: an API caller keeps its own.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        bundle = Bundle(local_copy(bundle_path, published, "bundles", bundle_key))
+        paths = {}
+        for dim, layers in shapes:
+            pcfg = PretrainConfig(dim=dim, item_layers=layers)
+            if published:  # made before (a resumed search, a retried task): fetched into this node's cache
+                local_copy(str(artifacts_dir(bundle, pcfg)), published, "pretrain")
+            progress(f"pretraining LightGCN + item tower on {device} (cached per data set), "
+                     f"{describe_estimate(bundle, pcfg, device)}")
+            art = pretrain(bundle, pcfg, progress=progress, device=device)
+            if published:
+                publish(ExperimentStore(published), art.path, "pretrain")
+            paths[f"{dim}-{layers}"] = str(art.path)
+        return paths
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: str, log=print) -> TrialContext:
@@ -84,7 +91,7 @@ def prepare_shared(space: SearchSpace, bundle, settings: SearchSettings, uri: st
     if settings.address:
         artifacts = _pretrain_as_task(settings, str(bundle.path), published, key, shapes, device, threads, log)
     else:
-        artifacts = pretrain_shapes(str(bundle.path), None, key, shapes, device, progress=log)
+        artifacts = pretrain_shapes(str(bundle.path), None, key, shapes, device, threads, progress=log)
         if published:
             for path in artifacts.values():
                 publish(ExperimentStore(uri), Path(path), "pretrain")

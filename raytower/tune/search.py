@@ -123,13 +123,14 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
         raise ConfigError(f"--resume: this search ran on data with fingerprint {previous.dataset.get('fingerprint')} "
                           f"({previous.data}), but --data {data} prepares to {bundle.fingerprint}: give the same "
                           "--data and preparation flags", out / SEARCH_RECORD)
-    record = SearchRecord(settings=asdict(settings), data=data, dataset=_dataset_info(bundle),
+    info = _dataset_info(bundle)
+    _log_header(settings, space, info, out, log, plugins)  # before the pretraining, which says what it will take
+    record = SearchRecord(settings=asdict(settings), data=data, dataset=info,
                           shared=prepare_shared(space, bundle, settings, uri, log),
                           elapsed_s=previous.elapsed_s if previous else 0.0)
     if not settings.resume:  # --out is created only now: a start that failed before left it untouched
         claim_output_dir(out, "search", force=output_kind(out) == "search")
     record.write(out)
-    _log_header(settings, space, record, out, log, plugins)
 
     from raytower.tune._console import ray_logs_to
 
@@ -190,9 +191,8 @@ def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str,
     return doc
 
 
-def _log_header(settings: SearchSettings, space: SearchSpace, record: SearchRecord, out: Path, log=print,
+def _log_header(settings: SearchSettings, space: SearchSpace, info: dict, out: Path, log=print,
                 plugins: Plugins | None = None) -> None:
-    info = record.dataset
     stopping = (f"ASHA grace period {settings.grace_period} epochs, reduction factor {settings.reduction_factor}"
                 if settings.scheduler == "asha" else "no early stopping")
     plugins = plugins or Plugins()

@@ -1,6 +1,7 @@
 """Pretraining: LightGCN trained in time linear in the interactions, and a cache that never misreads."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -114,3 +115,82 @@ def test_pretraining_past_a_file_size_limit_is_one_line(small_bundle, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.endswith("lightgcn.pt: File too large (nothing half-written is left behind)"), last
     assert not list((tmp_path / "cache").rglob("*.pt"))  # no partial cache entry
+
+
+# --- budgets that scale with the data (issue 28 part 2) -------------------------------------------
+
+
+def test_the_budget_is_passes_over_small_data_and_capped_on_large():
+    from raytower.model.pretrain import budget
+
+    pcfg = PretrainConfig(gnn_epochs=40, gnn_max_samples=20_000_000, tower_epochs=15, tower_max_steps=1500)
+    small = budget(6_000, pcfg)  # a 300-user CSV: every pass of at least 20 steps (the batch shrinks)
+    assert small.gnn_batch == 300 and small.gnn_steps == 40 * 20 and small.tower_steps == 15 * 20
+    ml1m = budget(987_531, pcfg)  # capped: 20M positives, about 20 passes, not 40
+    assert ml1m.gnn_steps == math.ceil(20_000_000 / 4096) and ml1m.tower_steps == 1500
+    huge = budget(50_000_000, pcfg)  # never under one pass
+    assert huge.gnn_steps == math.ceil(50_000_000 / 4096)
+    uncapped = budget(987_531, PretrainConfig(gnn_max_samples=0))
+    assert uncapped.gnn_steps == 40 * math.ceil(987_531 / 4096)
+
+
+def test_the_loops_run_the_budget_a_cap_ending_inside_a_pass(small_bundle):
+    from raytower.model.pretrain import budget, train_item_tower, train_lightgcn
+
+    n = len(small_bundle.train_pairs(graph_only=True)[0])
+    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=3, gnn_max_samples=int(1.5 * n), tower_epochs=2,
+                          tower_max_steps=7)
+    plan = budget(n, pcfg)
+    per_pass = math.ceil(n / plan.gnn_batch)
+    assert per_pass < plan.gnn_steps < 2 * per_pass  # the cap binds, half-way through the second pass
+    user, item, gnn_stats = train_lightgcn(small_bundle, pcfg, None)
+    _, tower_stats = train_item_tower(small_bundle, pcfg, user, item, None)
+    assert gnn_stats["lightgcn_steps"] == plan.gnn_steps and tower_stats["item_tower_steps"] == plan.tower_steps == 7
+
+
+def test_an_entry_made_before_the_cap_keeps_its_key_and_reads_as_uncapped(small_bundle, tmp_path):
+    # The default config's key before gnn_max_samples existed (tower_max_steps was 3000): runs
+    # recorded then (run.json without the field) must find their artifacts, not pretrain anew.
+    legacy = PretrainConfig(gnn_max_samples=0, tower_max_steps=3000)
+    assert legacy.key() == "9d96cd413666"
+    assert PretrainConfig().key() != legacy.key()  # today's budgets: another entry
+    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1, gnn_max_samples=0)
+    dest = tmp_path / "old"
+    pretrain(small_bundle, pcfg, dest=dest, progress=None)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    del manifest["config"]["gnn_max_samples"]  # as a manifest written before the field
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    said = []
+    assert pretrain(small_bundle, pcfg, dest=dest, progress=said.append).config == pcfg
+    assert not any("remaking" in s for s in said)
+
+
+def test_a_changed_budget_never_reuses_another_budgets_artifacts(small_bundle, tmp_path):
+    from raytower.model.pretrain import artifacts_dir
+
+    one = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, tower_max_steps=3)
+    other = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, tower_max_steps=5)
+    assert artifacts_dir(small_bundle, one) != artifacts_dir(small_bundle, other)
+    made = pretrain(small_bundle, one, progress=None)
+    assert pretrain(small_bundle, other, progress=None).stats["item_tower_steps"] == 5
+    # even at the same path (a dest given by hand), an entry of another config is made again
+    said = []
+    again = pretrain(small_bundle, other, dest=made.path, progress=said.append)
+    assert again.config == other and again.stats["item_tower_steps"] == 5
+    assert any("another pretraining config" in s for s in said)
+
+
+def test_the_estimate_times_both_phases_and_leaves_the_seeded_run_alone(small_bundle):
+    from raytower.model.pretrain import budget, describe_estimate, estimate_seconds
+
+    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, seed=5)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    seconds, plan = estimate_seconds(small_bundle, pcfg)
+    assert torch.equal(torch.get_rng_state(), state)  # the tower's initialisation drew from a fork
+    assert plan == budget(len(small_bundle.train_pairs(graph_only=True)[0]), pcfg)
+    assert 0 < seconds < 60 and math.isfinite(seconds)
+    text = describe_estimate(small_bundle, pcfg)
+    assert "about" in text and f"{plan.gnn_steps:,} LightGCN + {plan.tower_steps:,} item tower steps" in text
+    pretrain(small_bundle, pcfg, progress=None)
+    assert describe_estimate(small_bundle, pcfg).endswith("cached")

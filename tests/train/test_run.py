@@ -236,3 +236,31 @@ def test_data_prepare_out_reuses_its_bundle_and_replaces_another_only_with_force
     assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 0
     assert main([*argv, "--data-seed", "1", "--force"]) == 0
     assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 1
+
+
+def test_train_says_what_the_pretraining_will_take_before_it_starts(small_cfg_file, tmp_path, capsys, monkeypatch):
+    # issue 28 part 2: an estimate from a timed probe first, then progress; a second run finds it cached
+    from tests.conftest import SMALL_SYNTHETIC
+
+    monkeypatch.setenv("RAYTOWER_CACHE", str(tmp_path / "cache"))  # nothing made yet
+    argv = ["train", "--data", SMALL_SYNTHETIC, "--config", str(small_cfg_file), "--epochs", "1", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    said = next(i for i, line in enumerate(lines) if line.startswith("pretraining (cached by data fingerprint"))
+    assert "about" in lines[said] and "LightGCN" in lines[said] and "item tower steps" in lines[said]
+    done = next(i for i, line in enumerate(lines) if line.startswith("  lightgcn") and "bpr loss" in line)
+    assert said < done
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert any(line.startswith("pretraining (") and line.endswith("cached") for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_run_recorded_before_the_pretraining_cap_reads_as_uncapped(tmp_path):
+    # run.json of a run started before gnn_max_samples existed: --resume finds its artifacts' config
+    import dataclasses
+
+    from raytower.model.pretrain import PretrainConfig
+    from raytower.train.run import _pretrain_config
+
+    before = dataclasses.asdict(PretrainConfig(gnn_max_samples=0, tower_max_steps=3000))
+    del before["gnn_max_samples"]
+    assert _pretrain_config(before, tmp_path) == PretrainConfig(gnn_max_samples=0, tower_max_steps=3000)
