@@ -63,7 +63,7 @@ def test_the_cache_key_names_the_method_and_format(monkeypatch):
 
 @pytest.mark.parametrize("damage", ["old format", "truncated table"])
 def test_a_stale_or_damaged_cache_entry_is_made_again_not_misread(small_bundle, tmp_path, damage):
-    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1)
+    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1, tower_max_steps=5)  # fast tier: seconds
     dest = tmp_path / "artifacts"
     first = pretrain(small_bundle, pcfg, dest=dest, progress=None)
     if damage == "old format":
@@ -84,7 +84,7 @@ def test_pretraining_on_a_device_returns_cpu_tables_and_the_cpu_figures(small_bu
     CPU device path the tables are the ones the default path makes, returned on the CPU."""
     from raytower.model.pretrain import train_item_tower, train_lightgcn
 
-    pcfg = PretrainConfig(dim=16, item_layers=1, gnn_epochs=2, tower_epochs=1, tower_max_steps=5)
+    pcfg = PretrainConfig(dim=16, item_layers=1, gnn_epochs=1, tower_epochs=1, tower_max_steps=5)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     u, i, _ = train_lightgcn(small_bundle, pcfg, None)
     du, di, _ = train_lightgcn(small_bundle, pcfg, None, device=device)
