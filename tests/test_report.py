@@ -26,7 +26,7 @@ def test_report_writes_real_pictures_and_markdown(search, trials, capsys):
         assert 300 <= w <= 2000 and 200 <= h <= 1500, (name, w, h)
     md = (out / "report.md").read_text()
     assert "## Leaderboard" in md and "![](learning_curves.png)" in md and "Popularity" in md
-    assert "COMPLETE" in md  # the importance caveat is stated beside the picture
+    assert "ASHA-stopped ones included" in md  # what the importance is computed from, beside the picture
 
 
 def test_leaderboard_numbers_match_trials_parquet(search, trials):

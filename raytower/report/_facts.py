@@ -244,15 +244,23 @@ def _failure_region(params: dict, n_users: int) -> str:
 
 
 class Importance(NamedTuple):
-    main: dict  # knob -> importance over all COMPLETE trials (lr_ratio left out)
+    main: dict  # knob -> importance over every trial's value at the rung (lr_ratio left out)
     sub: dict  # the same over the trials that unfroze the item tower, lr_ratio included
-    note: str  # what they were computed from, or why not
-    n_complete: int
+    note: str  # what they were computed from, or why there is none
+    n_trials: int  # the trials that reached the rung
+    rung: int | None = None  # the epoch the trials are compared at
+
+
+# Fewer trials than this at a common epoch and importance is noise: nothing is drawn (issue 28 part 7).
+MIN_TRIALS_AT_RUNG = 5
 
 
 def importance(exp: Path) -> Importance:
-    """Optuna's own evaluator on the stored study. It uses COMPLETE trials only and parameters present
-    in all of them, so the conditional lr_ratio is evaluated apart, on trials with unfreeze_depth > 0."""
+    """Optuna's own evaluator on every trial of this search at a common rung: each trial's best
+    validation value up to the highest epoch that at least MIN_TRIALS_AT_RUNG trials reached,
+    whether ASHA stopped it there or later or it completed (COMPLETE trials alone left an ASHA
+    search's stopped trials out: 2 of 8 trials once made the picture). Failed and diverged trials
+    are left out; the conditional lr_ratio is evaluated apart, on trials with unfreeze_depth > 0."""
     import optuna
 
     from raytower.tune.results import own_trials, read_study
@@ -261,18 +269,40 @@ def importance(exp: Path) -> Importance:
     if study is None:
         return Importance({}, {}, "the study could not be read (no optuna.db, or its --study-url out of reach)", 0)
     # This search's trials only: those --warm-start copied in are not in trials.parquet either.
-    complete = [t for t in own_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 2:
-        return Importance({}, {}, f"{len(complete)} COMPLETE trial(s): importance needs at least 2", len(complete))
-    common = set.intersection(*(set(t.params) for t in complete)) - {"lr_ratio"}
-    unfrozen = [t for t in complete if "lr_ratio" in t.params]
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = [t for t in own_trials(study) if t.state in ended and t.intermediate_values]
+    rung = common_rung([set(t.intermediate_values) for t in trials], MIN_TRIALS_AT_RUNG)
+    if rung is None:
+        return Importance({}, {}, f"no epoch was reached by {MIN_TRIALS_AT_RUNG} or more trials "
+                          f"({len(trials)} trial(s) reported): too few to rank the knobs", len(trials))
+    at_rung = [at_epoch(t, rung) for t in trials if rung in t.intermediate_values]
+    common = set.intersection(*(set(t.params) for t in at_rung)) - {"lr_ratio"}
+    unfrozen = [t for t in at_rung if "lr_ratio" in t.params]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        main = _importance(complete, sorted(common)) if common else {}
+        main = _importance(at_rung, sorted(common)) if common else {}
         sub = _importance(unfrozen, sorted(set.intersection(*(set(t.params) for t in unfrozen)))) \
-            if len(unfrozen) >= 2 else {}
-    return Importance(main, sub, f"{len(complete)} COMPLETE trials", len(complete))
+            if len(unfrozen) >= MIN_TRIALS_AT_RUNG else {}
+    return Importance(main, sub, f"{len(at_rung)} trials at epoch {rung}", len(at_rung), rung)
+
+
+def common_rung(epochs_per_trial: list[set[int]], at_least: int) -> int | None:
+    """The highest epoch that at least ``at_least`` trials reported, or None."""
+    reached = sorted((e for epochs in epochs_per_trial for e in epochs), reverse=True)
+    for epoch in dict.fromkeys(reached):
+        if sum(epoch in epochs for epochs in epochs_per_trial) >= at_least:
+            return epoch
+    return None
+
+
+def at_epoch(trial, rung: int):
+    """``trial`` as a COMPLETE trial whose value is its best validation value up to epoch ``rung``."""
+    import optuna
+
+    value = max(v for e, v in trial.intermediate_values.items() if e <= rung)
+    return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=value, params=trial.params,
+                                     distributions=trial.distributions)
 
 
 def _importance(trials: list, params: list[str]) -> dict:

@@ -28,7 +28,10 @@ def draw_figures(out: Path, df: pd.DataFrame, histories: dict[str, pd.DataFrame]
     plot_learning_curves(df, histories, out / "learning_curves.png", chosen, popularity, metric)
     plot_loss_vs_random(df, histories, out / "loss_vs_random.png")
     plot_knobs(df, out / "knobs.png", popularity, metric, knobs)
-    plot_importance(imp.main, imp.sub, imp.note, out / "importance.png")
+    if imp.main:
+        plot_importance(imp.main, imp.sub, imp.note, out / "importance.png")
+    else:  # nothing to rank: no picture (report.md says why), and none left from an earlier report
+        (out / "importance.png").unlink(missing_ok=True)
     return plot_gates(df, histories, out / "gates.png")
 
 
@@ -155,9 +158,9 @@ def _categorical_panel(ax, values: pd.Series, stop_reason: pd.Series, y: pd.Seri
 
 def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
     plt = _plt()
-    panels = [(main, "all COMPLETE trials (lr_ratio left out)")]
+    panels = [(main, "every trial at the rung (lr_ratio left out)")]
     if sub:
-        panels.append((sub, "COMPLETE trials with unfreeze_depth > 0"))
+        panels.append((sub, "trials at the rung with unfreeze_depth > 0"))
     fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 6 * len(panels)), 5), squeeze=False)
     for ax, (imp, caption) in zip(axes[0], panels):
         if imp:
@@ -167,7 +170,7 @@ def plot_importance(main: dict, sub: dict, note: str, path: Path) -> None:
             ax.text(0.5, 0.5, "not enough trials", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=caption, xlabel="importance (Optuna's default evaluator)")
     fig.suptitle(f"Parameter importance from {note}\n(only parameters present in every one of them count"
-                 + (")" if sub else "; lr_ratio: fewer than 2 of them unfroze the item tower)"), fontsize=10)
+                 + (")" if sub else "; lr_ratio: too few of them unfroze the item tower)"), fontsize=10)
     _save(fig, path)
 
 

@@ -128,13 +128,18 @@ def _tables_and_pictures(board: pd.DataFrame, name: str, imp: Importance) -> lis
         "## Loss against the random-guess loss", "", "A trial whose solid line stays on or above its dashed "
         "line is doing no better than chance.", "", "![](loss_vs_random.png)", "",
         "## Effect of each knob", "", "![](knobs.png)", "",
-        "## Parameter importance", "", f"Optuna's own evaluator on the stored study ({imp.note}). It uses only "
-        "COMPLETE trials and only parameters present in all of them, so the conditional `lr_ratio` is "
-        "evaluated apart, on the trials that unfroze the item tower." + (
-            " With fewer than 10 COMPLETE trials the ranking is a hint, not a finding: an ASHA search "
-            "completes few trials, and the pruned ones do not count here." if imp.n_complete < 10 else ""),
-        "", "![](importance.png)", "",
+        "## Parameter importance", "", *_importance_section(imp),
     ]
+
+
+def _importance_section(imp: Importance) -> list[str]:
+    if not imp.main:
+        return [f"Not drawn: {imp.note}.", ""]
+    return [f"Optuna's own evaluator on the stored study, every trial (ASHA-stopped ones included) at a common "
+            f"rung: {imp.note}, each with its best validation value up to epoch {imp.rung}. Only parameters present "
+            "in all of them count, so the conditional `lr_ratio` is evaluated apart, on the trials that unfroze the "
+            "item tower." + (" With fewer than 10 trials the ranking is a hint, not a finding."
+                             if imp.n_trials < 10 else ""), "", "![](importance.png)", ""]
 
 
 def _gates() -> list[str]:
