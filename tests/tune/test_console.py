@@ -17,6 +17,7 @@ RAYTOWER = str(Path(sys.executable).with_name("raytower"))
 def test_a_search_in_a_log_prints_a_header_a_line_per_trial_and_the_summary(tmp_path):
     trials = 3
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAYTOWER_CACHE"] = str(tmp_path / "cache")  # the pretraining is made, not found
     run = subprocess.run([RAYTOWER, "tune", "--data", SMALL_SYNTHETIC, "--space", "quick", "--num-samples", str(trials),
                           "--max-epochs", "2", "--grace-period", "1", "--executor", "function", "--out",
                           str(tmp_path / "out")], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
@@ -29,6 +30,10 @@ def test_a_search_in_a_log_prints_a_header_a_line_per_trial_and_the_summary(tmp_
     assert text.count("  trial ") == trials  # one line per ended trial, with its stop reason in raytower's words
     assert all(any(r in line for r in ("completed", "asha", "plateau")) for line in lines if line.startswith("  trial "))
     assert "search: 3 trials of up to 2 epochs" in text and "best trial" in text
+    # the header comes first, then what the pretraining will take (issue 28 part 2), then its progress
+    header = next(i for i, line in enumerate(lines) if line.startswith("search: "))
+    assert lines[header + 1].startswith("pretraining LightGCN + item tower on cpu") and "about" in lines[header + 1]
+    assert any(line.startswith("  lightgcn") for line in lines[header + 2:])
     assert (tmp_path / "out" / "ray.log").is_file()
 
 
