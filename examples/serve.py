@@ -9,7 +9,7 @@ the item ids given (oldest first) and raw features, encoded as the manifest's ``
 with user index 0, which the towers read as "not in the graph" (the cold-start vector).
 
 ``torch.export.load`` trusts its file: a crafted ``user_tower.pt2`` can run code as it loads. Where
-raytower is installed, the tower is loaded through its checked loader (raytower._safe_pt2), which
+raytower is installed, the tower is loaded through its checked loader (raytower.export.load_checked_tower), which
 refuses such a file in one line. Without raytower it is loaded unchecked, and says so on stderr:
 serve only a model you exported yourself.
 """
@@ -30,14 +30,14 @@ import torch
 def load_tower(path: Path) -> torch.nn.Module:
     """The user tower: checked by raytower where it is installed, else as torch loads it, unchecked."""
     try:
-        from raytower._safe_pt2 import load_tower as checked_load
         from raytower.errors import RaytowerError
+        from raytower.export import load_checked_tower
     except ImportError:
         print(f"serve.py: raytower is not installed, so {path} is loaded unchecked (torch.export.load runs "
               "code a crafted file holds): serve only a model you exported yourself", file=sys.stderr)
         return torch.export.load(str(path)).module()
     try:
-        return checked_load(path)
+        return load_checked_tower(path)
     except RaytowerError as e:  # one line: "refused: the file asks to unpickle objects"
         raise SystemExit(f"serve.py: {e}") from None
 

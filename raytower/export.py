@@ -61,11 +61,18 @@ def export_user_tower(tower: nn.Module, max_len: int):
         return torch.export.export(tower, example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
 
 
-def load_user_tower(model_dir: Path, fmt: int):
-    if fmt >= 2:  # never torch.export.load on the file itself: it may unpickle objects or run code
-        from raytower._safe_pt2 import load_tower
+def load_checked_tower(path: str | Path) -> torch.nn.Module:
+    """An exported ``user_tower.pt2`` as a module, loaded from a copy checked against an allow-list:
+    never ``torch.export.load`` on the file itself, which may unpickle objects or run code. A crafted
+    file is one line (ConfigError: "refused: ..."). For a server that has raytower installed."""
+    from raytower._safe_pt2 import load_tower
 
-        return load_tower(model_dir / USER_TOWER)
+    return load_tower(path)
+
+
+def load_user_tower(model_dir: Path, fmt: int):
+    if fmt >= 2:
+        return load_checked_tower(model_dir / USER_TOWER)
     import warnings
 
     with warnings.catch_warnings():
