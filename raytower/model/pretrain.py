@@ -154,6 +154,7 @@ def _cached(dest: Path, pcfg: PretrainConfig, progress) -> Artifacts | None:
 
 
 def _make(bundle, pcfg: PretrainConfig, dest: Path, progress, device: str) -> Artifacts:
+    cpu_start = time.process_time()  # this process's CPU seconds: what the pretraining costs a run
     torch.manual_seed(pcfg.seed)
     np.random.seed(pcfg.seed)
     gnn_user, gnn_item, gnn_stats = train_lightgcn(bundle, pcfg, progress, device)
@@ -166,7 +167,7 @@ def _make(bundle, pcfg: PretrainConfig, dest: Path, progress, device: str) -> Ar
         write_serialised(tmp / "item_tower.pt", lambda buffer: torch.save(tower.state_dict(), buffer))
         write_json(tmp / "manifest.json", {
             "format": ARTIFACT_FORMAT, "method": METHOD, "bundle": bundle.fingerprint, "config": asdict(pcfg),
-            "stats": gnn_stats | tower_stats,
+            "stats": gnn_stats | tower_stats | {"cpu_s": round(time.process_time() - cpu_start, 1)},
         })
     return Artifacts.load(dest)
 

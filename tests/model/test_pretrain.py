@@ -18,6 +18,7 @@ def test_lightgcn_vectors_rank_held_out_items(small_bundle, small_artifacts):
     got = graph_recall(small_bundle, small_artifacts.gnn_user, small_artifacts.gnn_item, "val")
     assert got == pytest.approx(small_artifacts.stats["lightgcn_val_recall@100"])
     assert got >= 0.70
+    assert small_artifacts.stats["cpu_s"] > 0  # what the pretraining cost: a run's time to quality counts it
 
 
 def test_propagate_is_lightgcns_mean_of_normalised_adjacency_powers():
