@@ -3,6 +3,7 @@
     python benchmarks/study_ml1m.py run --epochs 20 --threads 1                 # every arm, in order
     python benchmarks/study_ml1m.py run --arms default full_softmax --epochs 20  # some of them
     python benchmarks/study_ml1m.py summarize                                   # the table
+    python benchmarks/study_ml1m.py curves --runs ~/raytower-runs/study-ml1m      # at equal epochs, so far
 
 Each arm is one ``raytower train`` run on the literature's protocol (``--cold-frac 0``: every user
 evaluated; ``--metric ndcg@10`` chooses the epoch tested) in ``runs/study-ml1m/ARM``. Runs checkpoint
@@ -112,6 +113,31 @@ def run_arm(arm: str, args) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def curves(args) -> None:
+    """Every arm's validation figures so far, epoch by epoch, beside SASRec+'s: the comparison at equal
+    epochs, for arms still running too. Read from each run's last checkpoint (tensors and plain data,
+    weights_only) and SASRec+'s JSONL; written whole to ``args.curves`` (a snapshot, replaced)."""
+    import torch
+
+    rows = []
+    for arm in ARMS:
+        last = args.runs / arm / "checkpoints" / "last.pt"
+        if last.is_file():
+            history = torch.load(last, map_location="cpu", weights_only=True)["history"]
+            rows += [{"arm": arm, **{k: r.get(k) for k in KEEP}} for r in history]
+    rows += [{"arm": "sasrec_plus", **{k: r.get(k) for k in KEEP}} for r in _rows(args.sasrec)]
+    tmp = args.curves.with_name(args.curves.name + ".tmp")
+    tmp.write_text("".join(json.dumps({**r, "snapshot": stamp()["date"]}) + "\n" for r in rows))
+    tmp.replace(args.curves)
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    by = {(r["arm"], r["epoch"]): r for r in rows}
+    print("val HR@10 / NDCG@10 by epoch\nepoch " + " ".join(f"{a[:17]:>17}" for a in arms))
+    for e in range(1, max(r["epoch"] for r in rows) + 1):
+        cells = [by.get((a, e)) for a in arms]
+        print(f"{e:>5} " + " ".join(f"{c['val/recall@10']:>8.4f} {c['val/ndcg@10']:.4f}" if c else " " * 17
+                                    for c in cells))
+
+
 def summarize(results: Path) -> None:
     print(f"{'arm':<15} {'epochs':>6} {'best':>4} {'val NDCG@10':>11} {'test HR@10':>10} {'test NDCG@10':>12}")
     for r in _rows(results):
@@ -130,10 +156,16 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--runs", type=Path, default=RUNS, help="where the arms' run directories go")
+    c = sub.add_parser("curves", help="every arm's validation curve so far beside SASRec+'s, at equal epochs")
+    c.add_argument("--runs", type=Path, default=RUNS)
+    c.add_argument("--sasrec", type=Path, default=ROOT / "benchmarks" / "results" / "sasrec_plus_ml-1m.jsonl")
+    c.add_argument("--curves", type=Path, default=ROOT / "benchmarks" / "results" / "ml1m_study_curves.jsonl")
     s = sub.add_parser("summarize")
     for q in (r, s):
         q.add_argument("--results", type=Path, default=RESULTS, help="the JSONL, one line per finished arm")
     args = p.parse_args()
+    if args.phase == "curves":
+        return curves(args)
     if args.phase == "run":
         for arm in args.arms:
             run_arm(arm, args)
