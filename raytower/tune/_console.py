@@ -37,7 +37,9 @@ def ray_logs_to(path: Path) -> Iterator[None]:
 
     optuna.logging.get_verbosity()  # Optuna adds its console handler on first use: make that happen now
     saved = {}
-    for name in ("ray", "py.warnings", "optuna"):
+    # mlflow and wandb (--logger) log through their own loggers: imported before the block, so their
+    # handlers are in place to be swapped (raytower.tune._plugins.Plugins.import_loggers)
+    for name in ("ray", "py.warnings", "optuna", "mlflow", "wandb"):
         lg = logging.getLogger(name)
         saved[name] = (list(lg.handlers), lg.propagate)
         for h in saved[name][0]:

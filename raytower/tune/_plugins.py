@@ -11,7 +11,8 @@
   a pruner, so one handed in would be silently ignored.
 * ``loggers``: "mlflow" and/or "wandb", through Ray's own MLflowLoggerCallback and
   WandbLoggerCallback: every result a trial reports (tau, lambda, stage, loss, the validation
-  metrics...) becomes a metric of that trial's run. Where they write is the libraries' own
+  metrics...) becomes a metric of that trial's run (for MLflow, which refuses '@' in a name,
+  val/recall@100 is val/recall_at_100). Where they write is the libraries' own
   settings: MLFLOW_TRACKING_URI (default: mlflow's, sqlite:///mlflow.db in the working directory)
   and MLFLOW_EXPERIMENT_NAME (default: the name of --out); WANDB_PROJECT (default "raytower"),
   WANDB_MODE=offline for runs kept on disk (under OUT/wandb). Each is an extra:
@@ -76,16 +77,24 @@ class Plugins:
             if not isinstance(self.sampler, optuna.samplers.BaseSampler):
                 raise error(f"sampler must be an optuna.samplers.BaseSampler, got {type(self.sampler).__name__}")
 
+    def import_loggers(self) -> None:
+        """Import the loggers' packages now: each sets up its own Python logger on import, which a
+        search then sends to OUT/ray.log with Ray's (raytower.tune._console.ray_logs_to)."""
+        import importlib
+
+        for name in self.loggers:
+            importlib.import_module(LOGGERS[name])
+
     def tune_callbacks(self, out: Path) -> list:
         """The loggers' Ray callbacks, then the caller's own."""
         return [_logger_callback(name, out) for name in self.loggers] + list(self.callbacks)
 
 
-def check_logger(logger: str, what: str, error=ConfigError) -> None:
+def check_logger(logger: str, what: str, error=ConfigError, find_spec=None) -> None:
     if logger not in LOGGERS:
         raise error(f"{what} {logger!r}: raytower logs to {' or '.join(LOGGERS)}")
     package = LOGGERS[logger]
-    if importlib.util.find_spec(package) is None:
+    if (find_spec or importlib.util.find_spec)(package) is None:
         raise error(f"{what} {logger}: {package} is not installed; pip install 'raytower[{logger}]'")
 
 
@@ -102,10 +111,10 @@ def parse_loggers(values: list[str] | None) -> tuple[str, ...]:
 
 def _logger_callback(name: str, out: Path):
     if name == "mlflow":
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
+        from raytower.tune._mlflow import RaytowerMLflowCallback
 
         # tracking URI: mlflow's own (MLFLOW_TRACKING_URI, else its default)
-        return MLflowLoggerCallback(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name,
+        return RaytowerMLflowCallback(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name,
                                     tags={"raytower.out": str(out)})
     from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -137,6 +137,7 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
     with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / RAY_LOG):
         if not settings.address:
             init_ray(settings)
+    plugins.import_loggers()  # their own log lines go to ray.log with Ray's
             from raytower.tune._leftovers import record_ray_processes
 
             record_ray_processes(out)  # what --resume stops if this driver is killed
