@@ -28,6 +28,8 @@ TARGET_TYPES = ("all", "last")
 LOSS_TYPES = ("inbatch", "full")
 SCORE_TYPES = ("cosine", "dot")
 GNN_VECTOR_TYPES = ("table", "history")
+CHOICES = {"fusion": FUSION_TYPES, "pooling": POOLING_TYPES, "logq": LOGQ_TYPES, "targets": TARGET_TYPES,
+           "loss": LOSS_TYPES, "score": SCORE_TYPES, "gnn_vector": GNN_VECTOR_TYPES}
 
 
 @dataclass
@@ -140,24 +142,14 @@ class TrainConfig:
             bad(f"anneal_rate must be in (0, 1], got {self.anneal_rate}")
         if self.temp_min > self.temp_start:
             bad(f"temp_min ({self.temp_min}) must not exceed temp_start ({self.temp_start})")
-        if self.fusion not in FUSION_TYPES:
-            bad(f"unknown fusion type {self.fusion!r}; choose one of {', '.join(FUSION_TYPES)}")
-        if self.pooling not in POOLING_TYPES:
-            bad(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLING_TYPES)}")
-        if self.logq not in LOGQ_TYPES:
-            bad(f"unknown logq {self.logq!r}; choose one of {', '.join(LOGQ_TYPES)}")
-        if self.targets not in TARGET_TYPES:
-            bad(f"unknown targets {self.targets!r}; choose one of {', '.join(TARGET_TYPES)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                what = "fusion type" if name == "fusion" else name
+                bad(f"unknown {what} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         if self.model != "raytower" and (":" not in self.model or not all(self.model.partition(":")[::2])):
             bad(f"model must be 'raytower' or 'package.module:function', got {self.model!r}")
         if any(not isinstance(k, str) for k in self.model_args):
             bad("model_args must be a mapping with string keys")
-        if self.loss not in LOSS_TYPES:
-            bad(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_TYPES)}")
-        if self.score not in SCORE_TYPES:
-            bad(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_TYPES)}")
-        if self.gnn_vector not in GNN_VECTOR_TYPES:
-            bad(f"unknown gnn_vector {self.gnn_vector!r}; choose one of {', '.join(GNN_VECTOR_TYPES)}")
         if self.gnn_unfreeze and self.gnn_vector != "table":
             bad("gnn_unfreeze trains the LightGCN user table, which gnn_vector: history does not use")
         if self.dim % self.n_heads:

@@ -20,7 +20,10 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
              ({"logq_positive": 0}, "logq_positive must be bool"),  # an int is not a yes/no
              ({"gnn_unfreeze": 1}, "gnn_unfreeze must be bool"),
              ({"gnn_lr_ratio": 0.0}, "gnn_lr_ratio must be > 0"),
-             ({"stage1_max_epochs": -1}, "stage1_max_epochs must be >= 0")]
+             ({"stage1_max_epochs": -1}, "stage1_max_epochs must be >= 0"),
+             ({"gnn_vector": "mean"}, "unknown gnn_vector 'mean'; choose one of table, history"),
+             ({"gnn_window": 0}, "gnn_window must be > 0"),
+             ({"gnn_vector": "history", "gnn_unfreeze": True}, "gnn_unfreeze trains the LightGCN user table")]
     for bad, message in cases:
         with pytest.raises(ConfigError) as e:
             TrainConfig.from_dict(bad, source="cfg.yaml")
