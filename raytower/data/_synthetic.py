@@ -91,8 +91,7 @@ _N_SUCCESSORS = 3  # "sequels" per item
 def generate(
     *,
     # sizes (grouped as the docstring's sections are)
-    seed: int = 0, n_users: int = 2000, n_items: int = 1000, mean_len: float = 40.0,
-    short_history_frac: float = 0.1,
+    seed: int = 0, n_users: int = 2000, n_items: int = 1000, mean_len: float = 40.0, short_history_frac: float = 0.1,
     min_len: int = 3, cold_min_len: int = 3, cold_max_len: int = 8, max_len: int = 0, len_sigma: float = 1.0,
     # items and users
     n_genres: int = 12, n_topics: int = 0, dim: int = 16, pop_alpha: float = 0.9, taste_temp: float = 0.35,
