@@ -68,12 +68,12 @@ class SearchResult:
         """The search's Optuna study (every trial, its value and its stop reason as user attributes)."""
         import optuna
 
-        from raytower.names import OPTUNA_DB, STUDY
+        from raytower.names import OPTUNA_DB
         from raytower.tune.record import SearchRecord
 
         record = SearchRecord.read(self.out)
         url = record.study_url or f"sqlite:///{(self.out / OPTUNA_DB).resolve()}"
-        return optuna.load_study(study_name=STUDY, storage=url)
+        return optuna.load_study(study_name=record.study_name, storage=url)
 
     def _summary(self) -> list[tuple[str, Any]]:
         sel = self.best.get("selection", {})

@@ -27,7 +27,7 @@ DRIVER_MEMORY = "driver_memory.json"
 RAY_LOG = "ray.log"
 EXPERIMENT = "tune"  # Tune's experiment directory under the storage path
 TRAIN_RUNS = "train"  # Ray Train runs (executor "train")
-STUDY = "raytower"  # the Optuna study's name
+STUDY = "raytower"  # the Optuna study's name in searches recorded before each had its own (--study-name)
 TRIAL_STATE = "state.pt"  # in each Tune checkpoint: a trial's trainable state (trainables/curriculum.py)
 
 # A `raytower train` run's directory (raytower.train.run writes it; export, resume and evaluate read it)
@@ -45,6 +45,9 @@ STOP_REASON = "stop_reason"  # completed, plateau, asha, chance, collapsed, dive
 EPOCHS = "epochs"  # epochs the trial ran
 WARM_START_FROM = "warm_start_from"  # a trial copied from an earlier search's study (--warm-start)
 WARM_START_NUMBER = "warm_start_number"  # its number in that study
+# Optuna user attributes of the study itself: the search that owns it (raytower.tune._study)
+STUDY_SEARCH_ID = "raytower_search_id"  # setup.json's search_id
+STUDY_OUT = "raytower_out"  # that search's --out, for the line that refuses another search
 
 
 class StopReason(str, Enum):

@@ -1,7 +1,7 @@
 """Every check a search makes before it starts Ray or reads its data: a bad flag, space, --out,
 study URL or cluster address is one line here, before anything is written.
 
-    space = preflight(settings, log)              # settings, space, --out, --warm-start, --study-url, --address
+    space = preflight(settings, log, study)       # settings, space, --out, --warm-start, --study-url, --address
     check_output_dir(out, resume, min_free_gb)    # again, once the search holds --out
     check_where_it_runs(settings, uri)            # the storage path; what this machine has for one trial
     check_cluster_fits(settings, offers)          # what a cluster's nodes offer (raytower.tune._session)
@@ -16,12 +16,14 @@ from raytower._io import check_destination, output_kind
 from raytower._storage import ExperimentStore
 from raytower.errors import ConfigError
 from raytower.names import EXPERIMENT, OPTUNA_DB, SEARCH_RECORD
+from raytower.tune._study import StudyRef, check_study_owner
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace, load_space
 
 
-def preflight(settings: SearchSettings, log=print) -> SearchSpace:
-    """Every check that needs neither Ray nor the data: a bad flag, space or --out fails here."""
+def preflight(settings: SearchSettings, log=print, study: StudyRef | None = None) -> SearchSpace:
+    """Every check that needs neither Ray nor the data: a bad flag, space or --out fails here, and a
+    study (raytower.tune._study) that another search recorded."""
     settings.validate()
     from raytower.tune._adapter import check_dashboard, check_versions
 
@@ -35,6 +37,8 @@ def preflight(settings: SearchSettings, log=print) -> SearchSpace:
         _check_warm_start(Path(settings.warm_start))
     if settings.study_url:
         _check_study_url(settings.study_url)
+    if study is not None:
+        check_study_owner(study)
     if settings.address:
         _check_reachable(settings.address)
     return space
@@ -92,8 +96,10 @@ def _check_warm_start(earlier: Path) -> None:
     """The earlier study is opened and read now, before Ray starts or setup.json is written: a junk or
     foreign optuna.db found later left an --out that could be neither re-run nor resumed."""
     from raytower.tune._tuner import warm_trials
+    from raytower.tune.record import SearchRecord
 
-    if not (earlier / OPTUNA_DB).is_file():
+    recorded_url = (earlier / SEARCH_RECORD).is_file() and SearchRecord.read(earlier).study_url
+    if not (earlier / OPTUNA_DB).is_file() and not recorded_url:
         raise ConfigError("--warm-start: no optuna.db there (expected an earlier search's --out)", earlier)
     warm_trials(earlier)
 

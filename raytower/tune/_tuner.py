@@ -16,8 +16,8 @@ from pathlib import Path
 
 from raytower._trial import TrialContext
 from raytower.errors import ConfigError
-from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, STOPS, STUDY, WARM_START_FROM, WARM_START_NUMBER,
-                            trial_dirname, val_key)
+from raytower.names import (DRIVER_MEMORY, EXPERIMENT, OPTUNA_DB, SEARCH_RECORD, STOPS, STUDY, WARM_START_FROM,
+                            WARM_START_NUMBER, trial_dirname, val_key)
 from raytower.tune._tuner_state import sign_tuner_state, signed_state_writes, verify_tune_state
 from raytower.tune.settings import SearchSettings
 from raytower.tune.space import SearchSpace
@@ -56,7 +56,7 @@ def new_tuner(settings: SearchSettings, space: SearchSpace, trainable, out: Path
     warm = warm_trials(Path(settings.warm_start)) if settings.warm_start else []
     searcher = TruthfulOptunaSearch(
         space=space.define_by_run, metric=metric, mode="max", sampler=sampler, storage=storage,
-        study_name=STUDY, points_to_evaluate=_not_run_yet(list(space.start_from), warm) or None,
+        study_name=settings.study_name, points_to_evaluate=_not_run_yet(list(space.start_from), warm) or None,
         log=stops, truthful=settings.truthful_pruning,
     )
     scheduler = (RecordingASHA(stops, max_t=settings.max_epochs, grace_period=settings.grace_period,
@@ -158,11 +158,16 @@ def warm_trials(earlier: Path) -> list:
     came from, so the new study tells them apart from its own trials."""
     import optuna
 
-    db = earlier / OPTUNA_DB
+    from raytower.tune.record import SearchRecord
+
+    # its own study (--study-url, else optuna.db) by its name; "raytower" where its record is older than names
+    record = SearchRecord.read(earlier) if (earlier / SEARCH_RECORD).is_file() else None
+    where = (record and record.study_url) or earlier / OPTUNA_DB
     try:
-        old = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
+        old = optuna.load_study(study_name=record.study_name if record else STUDY,
+                                storage=where if isinstance(where, str) else f"sqlite:///{where}")
     except Exception as e:  # not a raytower study
-        raise ConfigError(f"--warm-start: cannot read the study ({type(e).__name__})", db) from None
+        raise ConfigError(f"--warm-start: cannot read the study ({type(e).__name__})", where) from None
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return [optuna.trial.create_trial(
         state=t.state, value=t.value if t.state == optuna.trial.TrialState.COMPLETE else None,

@@ -20,7 +20,7 @@ from raytower._io import write_json
 from raytower._storage import ExperimentStore
 from raytower._trial import TrialContext
 from raytower.errors import ConfigError
-from raytower.names import DEFAULT_METRIC, SEARCH_RECORD
+from raytower.names import DEFAULT_METRIC, SEARCH_RECORD, STUDY
 from raytower.tune.settings import with_current_names
 
 
@@ -32,6 +32,9 @@ class SearchRecord:
     dataset: dict[str, Any]  # name, fingerprint, n_users, n_items, n_interactions
     elapsed_s: float = 0.0  # wall time summed over sessions (a resumed search adds to it)
     time_budget_spent: bool = False
+    # A random id, also the study's user attribute STUDY_SEARCH_ID (raytower.tune._study): which
+    # search owns a study. "": a record from before it existed.
+    search_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer raytower wrote: kept, not read
 
     @property
@@ -43,6 +46,11 @@ class SearchRecord:
     def study_url(self) -> str | None:
         """The --study-url the search ran with (None: OUT/optuna.db)."""
         return self.settings.get("study_url")
+
+    @property
+    def study_name(self) -> str:
+        """The Optuna study's name: --study-name, or its default; "raytower" in a record older than both."""
+        return self.settings.get("study_name") or STUDY
 
     @property
     def num_samples(self) -> int:

@@ -18,7 +18,7 @@ from raytower._io import atomic_path, read_json, write_json
 from raytower._storage import ExperimentStore
 from raytower._trial import TrialContext, local_copy
 from raytower.errors import ConfigError
-from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SEARCH_RECORD, STOPS, STUDY,
+from raytower.names import (BEST_CONFIG, BROKEN, DEFAULT_METRIC, EXPERIMENT, OPTUNA_DB, SEARCH_RECORD, STOPS,
                             TRAIN_RUNS, TRIALS, TUNE_TRIAL_ID, WARM_START_FROM, StopReason, best_key, label,
                             train_run_name, trial_dirname, val_key)
 from raytower.train.row import REPORT_KEYS
@@ -174,7 +174,7 @@ def read_study(exp: Path, record: SearchRecord | None = None):
     if url is None:
         return None
     try:
-        return optuna.load_study(study_name=STUDY, storage=url)
+        return optuna.load_study(study_name=record.study_name, storage=url)
     except Exception:
         return None
 

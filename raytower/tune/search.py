@@ -36,11 +36,12 @@ from raytower._lock import refuse_if_held
 from raytower._storage import ExperimentStore, experiment_uri, join_uri
 from raytower._trial import TrialContext
 from raytower.errors import ConfigError
-from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SEARCH_RECORD, STUDY
+from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SEARCH_RECORD
 from raytower._log import lines_to
 from raytower.tune._plugins import Plugins
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
 from raytower.tune._session import init_ray, join_cluster
+from raytower.tune._study import StudyRef, claim_study, study_of
 from raytower.tune._tuner import make_trainable, new_tuner, restore_tuner, run_then_sign
 
 # Tune pickled the trial directories' namer by this name into the tune/tuner.pkl of searches started
@@ -87,25 +88,26 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 def _claimed(settings: SearchSettings, data: str, prepare_options, log, given, plugins: Plugins) -> dict:
     out = Path(settings.out).resolve()
     refuse_if_held(out)  # a search already writing there: said first
-    space = preflight(settings, log)
+    study = study_of(settings, out)  # its own study, named after it; on --resume the recorded one
+    space = preflight(settings, log, study)
     with writing_in_place(out, "search", "--out"):
         check_output_dir(out, settings.resume, settings.min_free_gb)  # again, now that no other search can start
         if settings.resume:
             from raytower.tune._leftovers import stop_leftover_ray
 
             stop_leftover_ray(out, log)
-        return _search(settings, space, out, data, prepare_options, log, given, plugins)
+        return _search(settings, space, out, data, prepare_options, log, given, plugins, study)
 
 
 def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, prepare_options, log,
-            given: frozenset[str] | None, plugins: Plugins) -> dict:
+            given: frozenset[str] | None, plugins: Plugins, study: StudyRef) -> dict:
     previous = _previous_record(settings, out)
     if previous:  # the search goes on as it was started: Tune restores its own state from it too
         settings = _as_recorded(settings, previous, given)
         space = load_space(settings.space)  # the recorded space, when --space was left off
     # The resolved grace period is what the record (and best_config.json) says, never null.
     settings = dataclasses.replace(settings, grace_period=settings.grace_period
-                                   or default_grace_period(space, settings.max_epochs))
+                                   or default_grace_period(space, settings.max_epochs), study_name=study.name)
     uri = experiment_uri(out, settings.storage_path)
     check_where_it_runs(settings, uri)
     if settings.resume:  # before anything is written: Tune's restore unpickles its state in tune/
@@ -127,17 +129,18 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
     _log_header(settings, space, info, out, log, plugins)  # before the pretraining, which says what it will take
     record = SearchRecord(settings=asdict(settings), data=data, dataset=info,
                           shared=prepare_shared(space, bundle, settings, uri, log),
-                          elapsed_s=previous.elapsed_s if previous else 0.0)
+                          elapsed_s=previous.elapsed_s if previous else 0.0, search_id=study.search_id)
     if not settings.resume:  # --out is created only now: a start that failed before left it untouched
         claim_output_dir(out, "search", force=output_kind(out) == "search")
     record.write(out)
+    claim_study(study)  # before Tune's searcher opens it by name
 
     from raytower.tune._console import ray_logs_to
 
+    plugins.import_loggers()  # their own log lines go to ray.log with Ray's
     with contextlib.nullcontext() if settings.verbose else ray_logs_to(out / RAY_LOG):
         if not settings.address:
             init_ray(settings)
-    plugins.import_loggers()  # their own log lines go to ray.log with Ray's
             from raytower.tune._leftovers import record_ray_processes
 
             record_ray_processes(out)  # what --resume stops if this driver is killed
@@ -182,7 +185,7 @@ def _finish(settings: SearchSettings, record: SearchRecord, out: Path, uri: str,
         except ConfigError:
             pass  # no trial had reported yet
         raise SearchInterrupted(out, ended, settings.num_samples)
-    _close_study(settings.study_url or f"sqlite:///{out / OPTUNA_DB}", log)
+    _close_study(settings.study_url or f"sqlite:///{out / OPTUNA_DB}", settings.study_name, log)
     doc = export_results(out, log=log)
     if settings.storage_path:
         # The SQLite study lived on the driver's disk (never on object storage or a network
@@ -206,7 +209,7 @@ def _log_header(settings: SearchSettings, space: SearchSpace, info: dict, out: P
         + ("" if settings.verbose else f" (Ray's own log: {out / RAY_LOG})"))
 
 
-def _close_study(storage_url: str, log=print) -> None:
+def _close_study(storage_url: str, study_name: str, log=print) -> None:
     """No trial stays RUNNING in the study once the search has ended.
 
     A driver killed just after the searcher asked Optuna for a trial, and before Tune saved that
@@ -214,7 +217,7 @@ def _close_study(storage_url: str, log=print) -> None:
     such trials (TruthfulOptunaSearch.restore); any left over are closed as FAIL here."""
     import optuna
 
-    study = optuna.load_study(study_name=STUDY, storage=optuna.storages.RDBStorage(storage_url))
+    study = optuna.load_study(study_name=study_name, storage=optuna.storages.RDBStorage(storage_url))
     left = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in left:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)

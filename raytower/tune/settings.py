@@ -79,6 +79,10 @@ class SearchSettings:
     study_url: str | None = field(default=None, metadata=_flag(
         "where the Optuna study lives: an RDB URL such as postgresql://... (default: sqlite in OUT, optuna.db)",
         metavar="URL", alias="--storage"))
+    study_name: str | None = field(default=None, metadata=_flag(
+        "the Optuna study's name in --study-url (default: the name of --out's folder and a short id, as setup.json "
+        "records it). A study another search recorded is refused, so two searches never merge into one",
+        metavar="NAME"))
     storage_path: str | None = field(default=None, metadata=_flag(
         "where Ray keeps trial results and checkpoints on a cluster: s3://BUCKET/PREFIX, gs://..., or a "
         "directory every node mounts (default: $RAYTOWER_STORAGE, else OUT). The search goes in URI/<name of "
@@ -140,6 +144,8 @@ class SearchSettings:
         if self.val_users < -1:
             raise ConfigError(f"{name('val_users')} must be -1 (auto), 0 (all) or a number of users, got "
                               f"{self.val_users}")
+        if self.study_name is not None and not 0 < len(self.study_name.strip()) <= 512:  # Optuna's column
+            raise ConfigError(f"{name('study_name')} must be 1 to 512 characters, got {self.study_name!r}"[:200])
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"{name('time_budget_s')} must be > 0 seconds, got {self.time_budget_s}")
 

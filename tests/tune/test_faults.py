@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from raytower.cli import main
+from raytower.tune.record import SearchRecord
 from tests.conftest import REPO, SMALL_SYNTHETIC, reported_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -67,7 +68,8 @@ def _mid_search(out: Path, epochs: int):
 
 
 def _study(out: Path) -> optuna.Study:
-    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}")
+    name = SearchRecord.read(out).study_name  # the search's own study, named after it
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
 
 
 def _assert_whole(out: Path, samples: int, epochs: int) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from raytower.tune.record import SearchRecord
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -33,7 +34,8 @@ def test_fifty_trials_all_accounted_for_and_driver_memory_flat(tmp_path):
 
     df = pd.read_parquet(out / "trials.parquet")
     assert len(df) == TRIALS and df["trial_id"].is_unique and (df["stop_reason"] == "completed").all()
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{out / 'optuna.db'}").trials
+    name = SearchRecord.read(out).study_name  # the search's own study, named after it
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}").trials
     assert len(study) == TRIALS and {t.state.name for t in study} == {"COMPLETE"}
 
     memory = json.loads((out / "driver_memory.json").read_text())

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from raytower.cli import main
+from raytower.tune.record import SearchRecord
 from tests.conftest import SEARCH_SPACE as SPACE
 from tests.conftest import SMALL_SYNTHETIC
 
@@ -37,7 +38,7 @@ def test_best_config_is_the_best_validation_among_finishers(search, trials):
 
 
 def test_optuna_study_holds_every_trial_with_the_truth(search, trials):
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{search / 'optuna.db'}")
+    study = _study(search)
     assert len(study.trials) == 8
     states = {t.state for t in study.trials}
     assert optuna.trial.TrialState.RUNNING not in states
@@ -76,7 +77,7 @@ def test_trial_tensorboard_files_are_written_once_with_stable_names(search, tria
 
 
 def test_study_and_trials_parquet_link_to_each_other(search, trials):
-    study = optuna.load_study(study_name="raytower", storage=f"sqlite:///{search / 'optuna.db'}")
+    study = _study(search)
     by_number = {t.number: t for t in study.trials}
     for row in trials.itertuples():
         t = by_number[row.optuna_number]  # trials.parquet names each trial's Optuna number
@@ -128,7 +129,12 @@ def train_exec(search, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def train_exec_study(train_exec):
-    return optuna.load_study(study_name="raytower", storage=f"sqlite:///{train_exec / 'optuna.db'}")
+    return _study(train_exec)
+
+
+def _study(out):
+    """The search's own study in OUT/optuna.db, by the name its setup.json records."""
+    return optuna.load_study(study_name=SearchRecord.read(out).study_name, storage=f"sqlite:///{out / 'optuna.db'}")
 
 
 def _new_trial(study):
