@@ -8,11 +8,19 @@ the venv taken as built (``make -o``: never reinstalled), in a temporary directo
 there) and with its own raytower cache and config, so the cost of preparing the data and
 pretraining is paid as on a first run, and the user's cache is left alone.
 
-CPU time is counted for every process the demo starts, Ray's daemons and workers too: this process
-becomes their subreaper (PR_SET_CHILD_SUBREAPER), so a process whose parent exits is reparented
-here and its time is counted when it is reaped (getrusage(RUSAGE_CHILDREN)). The time at the
-search's header, at the end of the pretraining and at the first trial's line is read from /proc
-then: the tree's live processes with the children they have reaped, plus what was reaped here.
+CPU time is counted for every process the demo starts, Ray's daemons and workers too. A sampler
+reads every descendant's own utime+stime from /proc/PID/stat every 0.5 s, keyed by (pid, start
+time) so a reused pid is another process, and the tree's CPU is the sum of each process's last
+reading: a lower bound short by what a process spends after its last reading (its last 0.5 s at
+most, of about 30 processes) and by processes that live under 0.5 s (make's shell). This process is their
+subreaper (PR_SET_CHILD_SUBREAPER), so a worker whose raylet exits stays in the tree the sampler walks.
+
+getrusage(RUSAGE_CHILDREN), which the first version counted, is kept beside it
+(``rusage_children_cpu_s``) and is not the figure: the raylet ignores SIGCHLD, so the kernel reaps
+Ray's workers without adding their time to any parent's, and the trials' CPU vanished from it (the
+row of f3f3912: 52.2 CPU-s; a cross-check run read 33.5 from rusage, 125.9 sampled, and the trials
+themselves recorded 56.9 CPU-s of epochs plus 11.3 of pretraining). The time at the search's header,
+at the end of the pretraining and at the first trial's line is the sampled sum at that line.
 
 One line per run is appended to ``--out`` (default benchmarks/results/demo_time.jsonl), stamped.
 """
@@ -28,6 +36,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,20 +54,52 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process and of the children it has reaped), from /proc."""
+class TreeSampler:
+    """Every descendant's own CPU seconds, the last reading of each process, sampled every ``every_s``."""
+
+    def __init__(self, every_s: float = 0.5):
+        self.every_s, self.last = every_s, {}  # (pid, start time) -> CPU seconds at its latest reading
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:  # noqa: PYI034
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every_s)
+
+    def sample(self) -> None:
+        readings = live_descendants()
+        with self._lock:
+            self.last.update(readings)
+
+    def cpu_s(self) -> float:
+        """The tree's CPU seconds so far: each process's last reading, summed."""
+        self.sample()
+        with self._lock:
+            return sum(self.last.values())
+
+
+def _stat(pid: int) -> tuple[int, str, float] | None:
+    """(parent pid, start time, the process's own CPU seconds), from /proc/PID/stat."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
-    ppid = int(fields[1])
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return ppid, (utime + stime + cutime + cstime) / TICK
+    return int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / TICK
 
 
-def live_descendants() -> dict[int, float]:
-    """Every live process under this one, with its CPU seconds (its reaped children's included)."""
+def live_descendants() -> dict[tuple[int, str], float]:
+    """Every live process under this one: (pid, start time) -> its own CPU seconds."""
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -68,9 +109,9 @@ def live_descendants() -> dict[int, float]:
     mine, frontier = {}, [os.getpid()]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, cpu) in stats.items():
-            if ppid == parent and pid not in mine:
-                mine[pid] = cpu
+        for pid, (ppid, start, cpu) in stats.items():
+            if ppid == parent and (pid, start) not in mine:
+                mine[(pid, start)] = cpu
                 frontier.append(pid)
     return mine
 
@@ -78,10 +119,6 @@ def live_descendants() -> dict[int, float]:
 def reaped_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def tree_cpu_s() -> float:
-    return reaped_cpu_s() + sum(live_descendants().values())
 
 
 def reap_leftovers(wait_s: float) -> list[int]:
@@ -95,7 +132,7 @@ def reap_leftovers(wait_s: float) -> list[int]:
             return []
         if pid == 0:
             time.sleep(0.2)
-    return sorted(live_descendants())
+    return sorted(pid for pid, _ in live_descendants())
 
 
 def demo_command(venv: Path) -> list[str]:
@@ -115,18 +152,20 @@ def run_demo(cmd: list[str], cwd: Path, env: dict) -> dict:
     """Run the demo, echoing its output; CPU and wall time at each of MARKS and at the end."""
     t0 = time.monotonic()
     marks, lines = {}, []
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        lines.append(line.rstrip("\n"))
-        for name, pattern in MARKS.items():
-            if name not in marks and re.search(pattern, line):
-                marks[name] = {"cpu_s": round(tree_cpu_s(), 1), "wall_s": round(time.monotonic() - t0, 1)}
-    rc = proc.wait()
-    wall = time.monotonic() - t0
-    left = reap_leftovers(60.0)
-    return {"rc": rc, "wall_s": round(wall, 1), "cpu_s": round(reaped_cpu_s(), 1), "marks": marks,
+    with TreeSampler() as tree:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line.rstrip("\n"))
+            for name, pattern in MARKS.items():
+                if name not in marks and re.search(pattern, line):
+                    marks[name] = {"cpu_s": round(tree.cpu_s(), 1), "wall_s": round(time.monotonic() - t0, 1)}
+        rc = proc.wait()
+        wall = time.monotonic() - t0
+        left = reap_leftovers(60.0)
+    return {"rc": rc, "wall_s": round(wall, 1), "cpu_s": round(tree.cpu_s(), 1), "processes": len(tree.last),
+            "rusage_children_cpu_s": round(reaped_cpu_s(), 1), "marks": marks,
             "pretraining": _pretraining_lines(lines), "left_running": left, "tail": lines[-12:]}
 
 
