@@ -55,6 +55,9 @@ ARMS: dict[str, dict] = {
     "gnn_history": {"gnn_vector": "history"},
     # what the study points at, the cosine scores and their temperature schedule kept
     "history_whole_full": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0, "loss": "full"},
+    # the same, its temperature at the floor by epoch 5 instead of 15 (tau 0.2 x 0.7^epoch, floor 0.05)
+    "history_whole_full_fast_tau": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
+                                    "loss": "full", "temp_start": 0.2, "anneal_rate": 0.7},
     # everything the single factors point at, together, the curriculum kept
     "combined": {"loss": "full", "score": "dot", **HELD_T1, "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                  "dropout": 0.1},
