@@ -28,8 +28,10 @@ test: install
 
 # The fast tier, for the edit-test loop: plain PyTorch and unit tests, nothing that starts Ray or is
 # slow (tests/conftest.py fails a test that starts Ray without the ray marker). `make test` is what CI runs.
+# Two pytest-xdist workers of one torch thread each share the session's cache (tests/conftest.py);
+# `make test` runs in one process: its Ray tests start clusters of their own.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not ray" -q
+	$(BIN)/python -m pytest -n 2 -m "not slow and not ray" -q
 
 # pytest exits 5 when no test carries the slow marker: an empty tier is not a failure.
 test-slow: install

@@ -37,11 +37,33 @@ ML100K_HINT = (
 def _isolated_cache(tmp_path_factory):
     """Tests never touch the user's cache or config; one of each per test session (shared by its tests)."""
     if "RAYTOWER_CACHE" not in os.environ:
-        os.environ["RAYTOWER_CACHE"] = str(tmp_path_factory.mktemp("raytower-cache"))
+        os.environ["RAYTOWER_CACHE"] = str(_session_cache(tmp_path_factory))
     # nor the user's signing key (~/.config/raytower/key): every process the tests start inherits this
     os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(_threads_per_process())
     yield
+
+
+def _session_cache(tmp_path_factory) -> Path:
+    """One cache per test run. The pytest-xdist workers of a run (`make test-fast`) share one beside
+    their base temporary directories: a cache entry's lock (raytower._lock.hold_cache_entry) makes
+    the second worker to ask for an entry wait and reuse it, so each pretraining is made once a run."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return tmp_path_factory.mktemp("raytower-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "raytower-cache"  # the run's, not another run's
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def _threads_per_process() -> int:
+    """2 torch threads in one pytest process; 1 in each pytest-xdist worker (`make test-fast`, -n 2),
+    for this process and the processes it starts. Two workers of two threads on two cores spin: an
+    OpenMP thread whose partner is descheduled busy-waits, and LightGCN's sparse steps then cost
+    30 times the CPU of one thread (measured on the loaded 2-core machine: 36 CPU-s against 1.2)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return 2
+    os.environ["OMP_NUM_THREADS"] = "1"  # what torch's default is in a `raytower train` a test starts
+    return 1
 
 
 @pytest.fixture(scope="session")
