@@ -169,8 +169,9 @@ def test_an_entry_made_before_the_cap_keeps_its_key_and_reads_as_uncapped(small_
 def test_a_changed_budget_never_reuses_another_budgets_artifacts(small_bundle, tmp_path):
     from raytower.model.pretrain import artifacts_dir
 
-    one = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, tower_max_steps=3)
-    other = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, tower_max_steps=5)
+    # one LightGCN pass each: only the item tower's budget tells them apart
+    one = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1, tower_max_steps=3)
+    other = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1, tower_max_steps=5)
     assert artifacts_dir(small_bundle, one) != artifacts_dir(small_bundle, other)
     made = pretrain(small_bundle, one, progress=None)
     assert pretrain(small_bundle, other, progress=None).stats["item_tower_steps"] == 5
@@ -184,7 +185,7 @@ def test_a_changed_budget_never_reuses_another_budgets_artifacts(small_bundle, t
 def test_the_estimate_times_both_phases_and_leaves_the_seeded_run_alone(small_bundle):
     from raytower.model.pretrain import budget, describe_estimate, estimate_seconds
 
-    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=2, tower_epochs=1, seed=5)
+    pcfg = PretrainConfig(dim=8, item_layers=1, gnn_epochs=1, tower_epochs=1, seed=5)
     torch.manual_seed(0)
     state = torch.get_rng_state()
     seconds, plan = estimate_seconds(small_bundle, pcfg)

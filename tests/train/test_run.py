@@ -238,19 +238,24 @@ def test_data_prepare_out_reuses_its_bundle_and_replaces_another_only_with_force
     assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 1
 
 
-def test_train_says_what_the_pretraining_will_take_before_it_starts(small_cfg_file, tmp_path, capsys, monkeypatch):
-    # issue 28 part 2: an estimate from a timed probe first, then progress; a second run finds it cached
-    from tests.conftest import SMALL_SYNTHETIC
+def test_train_says_what_the_pretraining_will_take_before_it_starts(small_bundle, small_config, tmp_path, capsys,
+                                                                   monkeypatch):
+    # issue 28 part 2: an estimate from a timed probe first, then progress; a second run finds it cached.
+    # train() as `raytower train` calls it, with a pretraining of one pass each: the default budget
+    # (1,100 steps) cost this test 5 CPU-s and checks no more.
+    from raytower.model.pretrain import PretrainConfig
+    from raytower.train.run import train
 
     monkeypatch.setenv("RAYTOWER_CACHE", str(tmp_path / "cache"))  # nothing made yet
-    argv = ["train", "--data", SMALL_SYNTHETIC, "--config", str(small_cfg_file), "--epochs", "1", "--threads", "1"]
-    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    cfg = small_config.replace(epochs=1)
+    pcfg = PretrainConfig.for_train(cfg, gnn_epochs=1, tower_epochs=1)
+    train(cfg, small_bundle, tmp_path / "a", threads=1, pretrain_cfg=pcfg)
     lines = capsys.readouterr().out.splitlines()
     said = next(i for i, line in enumerate(lines) if line.startswith("pretraining (cached by data fingerprint"))
     assert "about" in lines[said] and "LightGCN" in lines[said] and "item tower steps" in lines[said]
     done = next(i for i, line in enumerate(lines) if line.startswith("  lightgcn") and "bpr loss" in line)
     assert said < done
-    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    train(cfg, small_bundle, tmp_path / "b", threads=1, pretrain_cfg=pcfg)
     assert any(line.startswith("pretraining (") and line.endswith("cached") for line in capsys.readouterr().out.splitlines())
 
 
