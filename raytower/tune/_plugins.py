@@ -96,6 +96,39 @@ def check_logger(logger: str, what: str, error=ConfigError, find_spec=None) -> N
     package = LOGGERS[logger]
     if (find_spec or importlib.util.find_spec)(package) is None:
         raise error(f"{what} {logger}: {package} is not installed; pip install 'raytower[{logger}]'")
+    if logger == "wandb":
+        _check_wandb_setup(what, error)
+
+
+def _check_wandb_setup(what: str, error) -> None:
+    try:
+        ready = wandb_can_log()
+    except Exception as e:  # noqa: BLE001 - wandb's own settings check (WANDB_MODE=junk: a pydantic error)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise error(f"{what} wandb: wandb refuses its settings ({first}; WANDB_MODE "
+                    f"{os.environ.get('WANDB_MODE')!r})") from None
+    if not ready:
+        raise error(f"{what} wandb: no W&B API key (WANDB_API_KEY, or `wandb login`), and WANDB_MODE is not "
+                    "offline: set WANDB_MODE=offline to keep the runs on disk, in OUT/wandb")
+
+
+def wandb_can_log() -> bool:
+    """What Ray's WandbLoggerCallback asks when Tune starts (ray.air.integrations.wandb._set_api_key),
+    after Ray and the pretraining, where a missing key was a ValueError traceback: offline, or a key."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_SETUP_API_KEY_HOOK"):
+        return True
+    import contextlib
+    import io
+
+    import wandb
+
+    with contextlib.redirect_stderr(io.StringIO()):  # wandb.api's deprecation notice: Ray's to print, later
+        try:
+            return bool(wandb.api.api_key)  # `wandb login`'s netrc entry, or wandb's settings
+        except AttributeError:
+            return False
 
 
 def parse_loggers(values: list[str] | None) -> tuple[str, ...]:

@@ -44,3 +44,19 @@ def test_the_cli_refuses_an_unknown_logger_before_anything_runs(tmp_path, capsys
 
     assert main(["tune", "--logger", "mlflow,neptune", "--out", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err == "raytower: error: --logger 'neptune': raytower logs to mlflow or wandb\n"
+
+
+def test_wandb_without_a_key_or_offline_mode_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Ray's WandbLoggerCallback asked for the key only when Tune started: a ValueError traceback
+    after Ray and the pretraining, with setup.json, the study and mlflow.db already written."""
+    pytest.importorskip("wandb")
+    from raytower.cli import main
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SETUP_API_KEY_HOOK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from `wandb login`
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert main(["tune", "--logger", "wandb", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no W&B API key" in err and "WANDB_MODE=offline" in err, err
+    assert not (tmp_path / "s").exists()
