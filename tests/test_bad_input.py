@@ -353,6 +353,9 @@ BAD_INPUT = [
     (lambda t: tune(t, "--warm-start", junk_study(t)), "--warm-start: cannot read the study"),
     (lambda t: tune(t, "--warm-start", junk_study(t, foreign=True)), "--warm-start: cannot read the study"),
     (lambda t: tune(t, "--study-url", "nosuchdb://x/y"), "--study-url nosuchdb://x/y: cannot open it"),
+    # each connection its own database: the search ran, then ended in a KeyError traceback, no study left
+    (lambda t: tune(t, "--study-url", "sqlite://"), "--study-url sqlite://: an in-memory SQLite database"),
+    (lambda t: tune(t, "--study-url", "sqlite:///:memory:"), "an in-memory SQLite database lives in one connection"),
     (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),

@@ -108,6 +108,11 @@ def _check_study_url(url: str) -> None:
     """A --study-url that Optuna cannot open fails before anything is written."""
     import optuna
 
+    from raytower.tune._study import in_memory_sqlite
+
+    if in_memory_sqlite(url):  # each connection its own database: the search ran, then its study was gone
+        raise ConfigError(f"--study-url {url}: an in-memory SQLite database lives in one connection, and the "
+                          "search's trials and its end open others; name a file (sqlite:///PATH) or leave it off")
     try:
         optuna.storages.RDBStorage(url)
     except Exception as e:  # a bad URL, an unknown dialect, a refused connection

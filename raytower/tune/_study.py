@@ -52,7 +52,7 @@ def _url(study_url: str | None, out: Path) -> str:
 def check_study_owner(study: StudyRef) -> None:
     """A study of this name that another search recorded (or that no raytower search recorded) is
     refused in one line. Nothing is created: a SQLite file that is not there holds no study."""
-    if _missing_sqlite(study.url):
+    if missing_sqlite(study.url):
         return
     import optuna
 
@@ -89,12 +89,35 @@ def _refuse_unless_owner(study: StudyRef, attrs: dict) -> None:
                       "--study-name, or --resume the search that owns it")
 
 
-def _missing_sqlite(url: str) -> bool:
-    """A sqlite URL whose file does not exist (opening it would create it)."""
+def in_memory_sqlite(url: str) -> bool:
+    """sqlite://, sqlite:///:memory: or a memory URI: a database that lives in one connection."""
+    parsed = _parsed_sqlite(url)
+    return parsed is not None and (not parsed.database or parsed.database == ":memory:"
+                                   or "mode=memory" in parsed.database or parsed.query.get("mode") == "memory")
+
+
+def absolute_study_url(url: str | None) -> str | None:
+    """A SQLite URL with a relative path made absolute, so that the search record names the same file
+    from any working directory (--resume, report, best, SearchResult.study)."""
+    parsed = _parsed_sqlite(url) if url else None
+    if parsed is None or in_memory_sqlite(url) or parsed.database.startswith("file:") \
+            or Path(parsed.database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+
+
+def _parsed_sqlite(url: str):
+    """The URL parsed, when it is a SQLite one (None for another dialect or a malformed URL)."""
     from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - a bad URL is _check_study_url's to report
-        return False
-    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database).exists()
+        return None
+    return parsed if parsed.get_backend_name() == "sqlite" else None
+
+
+def missing_sqlite(url: str) -> bool:
+    """A sqlite URL whose file does not exist (opening it would create it)."""
+    parsed = _parsed_sqlite(url)
+    return parsed is not None and bool(parsed.database) and not Path(parsed.database).exists()

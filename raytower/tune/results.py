@@ -169,9 +169,11 @@ def read_study(exp: Path, record: SearchRecord | None = None):
     cannot be read (an RDB server out of reach, a directory copied without it)."""
     import optuna
 
+    from raytower.tune._study import missing_sqlite
+
     record = record or SearchRecord.read(exp)
     url = record.study_url or (f"sqlite:///{exp / OPTUNA_DB}" if (exp / OPTUNA_DB).is_file() else None)
-    if url is None:
+    if url is None or missing_sqlite(url):  # opening a missing SQLite file would create it
         return None
     try:
         return optuna.load_study(study_name=record.study_name, storage=url)

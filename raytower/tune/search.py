@@ -41,7 +41,7 @@ from raytower._log import lines_to
 from raytower.tune._plugins import Plugins
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
 from raytower.tune._session import init_ray, join_cluster
-from raytower.tune._study import StudyRef, claim_study, study_of
+from raytower.tune._study import StudyRef, absolute_study_url, claim_study, study_of
 from raytower.tune._tuner import make_trainable, new_tuner, restore_tuner, run_then_sign
 
 # Tune pickled the trial directories' namer by this name into the tune/tuner.pkl of searches started
@@ -87,6 +87,8 @@ def run_search(settings: SearchSettings, data: str = "synthetic", prepare_option
 
 def _claimed(settings: SearchSettings, data: str, prepare_options, log, given, plugins: Plugins) -> dict:
     out = Path(settings.out).resolve()
+    # recorded as an absolute path: a relative sqlite:///x.db read from another directory made a new, empty db
+    settings = dataclasses.replace(settings, study_url=absolute_study_url(settings.study_url))
     refuse_if_held(out)  # a search already writing there: said first
     study = study_of(settings, out)  # its own study, named after it; on --resume the recorded one
     space = preflight(settings, log, study)

@@ -16,7 +16,7 @@ from raytower.cli import main
 from raytower.errors import ConfigError
 from raytower.names import STUDY_OUT, STUDY_SEARCH_ID
 from raytower.tune._preflight import preflight
-from raytower.tune._study import check_study_owner, claim_study, study_of
+from raytower.tune._study import absolute_study_url, check_study_owner, claim_study, study_of
 from raytower.tune._tuner import warm_trials
 from raytower.tune.record import SearchRecord
 from raytower.tune.results import read_study
@@ -154,6 +154,23 @@ def test_warm_start_reads_the_earlier_searchs_own_study_at_its_study_url(tmp_pat
         value=0.7, params={"x": 0.3}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
     (trial,) = warm_trials(tmp_path / "earlier")
     assert trial.value == 0.7 and trial.user_attrs["warm_start_from"] == str((tmp_path / "earlier").resolve())
+
+
+def test_a_relative_sqlite_study_url_is_made_absolute_where_the_search_starts(tmp_path, monkeypatch):
+    """setup.json kept sqlite:///team.db as given: `raytower best` run from another directory made
+    a new, empty team.db there and read no study."""
+    monkeypatch.chdir(tmp_path)
+    assert absolute_study_url("sqlite:///team.db?timeout=5") == f"sqlite:///{tmp_path / 'team.db'}?timeout=5"
+    for kept in ("sqlite://", "sqlite:///:memory:", "postgresql://u:p@db.example/studies",
+                 f"sqlite:///{tmp_path / 'a.db'}", None):
+        assert absolute_study_url(kept) == kept
+
+
+def test_a_search_whose_sqlite_study_is_gone_reads_no_study_and_creates_none(tmp_path):
+    db = tmp_path / "team.db"
+    start(tmp_path / "s", study_url=f"sqlite:///{db}")
+    db.unlink()
+    assert read_study(tmp_path / "s") is None and not db.exists()
 
 
 @pytest.mark.parametrize("api", [False, True])
