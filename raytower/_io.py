@@ -343,6 +343,17 @@ def load_user_yaml(text: str, path: str | os.PathLike, what: str) -> Any:
                 raise ConfigError(f"YAML aliases (*name) are not accepted in a {what} (line {mark.line + 1})", path)
             return super().compose_node(parent, index)
 
+        def construct_mapping(self, node, deep=False):
+            # PyYAML keeps the last of two equal keys: "num_samples: 16 ... num_samples: 4" ran 4, silently
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if (key_node.tag, key_node.value) in seen:
+                        raise ConfigError(f"{key_node.value!r} is given twice in a {what} (line "
+                                          f"{key_node.start_mark.line + 1})"[:200], path)
+                    seen.add((key_node.tag, key_node.value))
+            return super().construct_mapping(node, deep)
+
     # YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e30 and 1.0e-3 as strings, and "lr must be float,
     # got '1e30'" puzzled; a leading digit, an exponent without a sign or without a dot are floats.
     NoAliases.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))

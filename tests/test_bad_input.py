@@ -397,6 +397,8 @@ BAD_INPUT = [
     (lambda t: ["train", "--config", text(t, "c.json", '{"lr": -1.0}')], "lr must be > 0"),
     (lambda t: ["train", "--config", text(t, "c.json", '{"temp_start": 0.01, "temp_min": 0.1}')], "temp_min"),
     (lambda t: ["train", "--config", text(t, "c.yaml", "fusion: [concat")], "not valid YAML"),
+    (lambda t: ["train", "--config", text(t, "c.yaml", "epochs: 2\nlr: 0.1\nepochs: 3\n")],
+     "'epochs' is given twice in a config (line 3)"),  # PyYAML kept the last, silently
     (lambda t: ["train", "--epochs", "-3"], "--epochs"),
     (lambda t: ["train", "--epochs", "0"], "--epochs"),
     (lambda t: ["train", "--seed", str(2**64)], "seed must be in [0, 2**63)"),

@@ -36,7 +36,7 @@ def read_settings_file(path: str, parser: argparse.ArgumentParser) -> dict[str, 
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in NOT_IN_A_FILE}
     # a key is a dest (time_budget_s) or a long flag's name (time-budget, no-truthful-pruning)
     by_flag = {o.lstrip("-").replace("-", "_"): a for a in actions.values() for o in a.option_strings if o[:2] == "--"}
-    values = {}
+    values, keys = {}, {}
     for key, value in doc.items():
         name = str(key).replace("-", "_")
         action = actions.get(name) or by_flag.get(name)
@@ -45,7 +45,10 @@ def read_settings_file(path: str, parser: argparse.ArgumentParser) -> dict[str, 
         value = _value(action, key, value, path)
         if isinstance(action, argparse._StoreFalseAction) and name != action.dest:
             value = not value  # no_truthful_pruning: true -> truthful_pruning False
-        values[action.dest] = value
+        if action.dest in values:  # time-budget and time_budget_s: the last one won, silently
+            raise ConfigError(f"{key} and {keys[action.dest]} name the same setting ({action.dest}): give it once",
+                              path)
+        values[action.dest], keys[action.dest] = value, key
     if values.get("logger"):
         from raytower.tune._plugins import LOGGERS, parse_loggers
 
@@ -100,10 +103,28 @@ def apply_settings_file(args: argparse.Namespace) -> frozenset[str]:
     if not getattr(args, "config", None):
         return frozenset()
     if not Path(args.config).is_file():
-        raise ConfigError("no such tune settings file", args.config)
+        what = "not a file" if Path(args.config).exists() else "no such file"
+        raise ConfigError(f"{what}: --config takes a tune settings file (YAML)", args.config)
     values = read_settings_file(args.config, args.parser)
     args.parser.set_defaults(**values)
+    _check_values(args)
     argv = args.argv
     vars(args).update(vars(args.parser.parse_args(argv[1:])))
     args.argv = argv
     return frozenset(values)
+
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """The file's values checked as a search checks its settings, in the file's names: "--num-samples
+    must be >= 1" for a flag nobody typed sent the reader to the command line."""
+    from dataclasses import fields
+
+    from raytower.errors import RaytowerError
+    from raytower.tune.settings import SearchSettings
+
+    defaults = args.parser.parse_args([])  # the command's defaults, the file's values over them
+    try:
+        SearchSettings(**{f.name: getattr(defaults, f.name) for f in fields(SearchSettings)}).validate(api=True)
+    except RaytowerError as e:
+        raise ConfigError(str(e), args.config) from None

@@ -34,6 +34,12 @@ def test_the_file_gives_defaults_and_flags_override_them(tmp_path):
     ("- num_samples\n", "maps flag names to values, got a list"),
     ("logger: [foo]\n", "logger: 'foo' is none of mlflow, wandb"),
     ("a: [\n", "not valid YAML"),
+    # each of these once ran, the last of two values (or the flag's message) silently winning
+    ("num_samples: 16\nnum_samples: 4\n", "'num_samples' is given twice in a tune settings file (line 2)"),
+    ("time-budget: 10\ntime_budget_s: 20\n", "time_budget_s and time-budget name the same setting"),
+    ("truthful_pruning: true\nno_truthful_pruning: true\n", "no_truthful_pruning and truthful_pruning name"),
+    ("num_samples: -3\n", "num_samples must be >= 1, got -3"),  # was "--num-samples must be", no file named
+    ("study_name: ''\n", "study_name must be 1 to 512 characters"),
 ])
 def test_a_bad_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys, text, says):
     f = tmp_path / "tune.yaml"
@@ -42,3 +48,10 @@ def test_a_bad_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys, text, say
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"raytower: error: {f}: ") and says in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, says", [("dir", "not a file"), ("missing.yaml", "no such file")])
+def test_config_that_is_not_a_file_says_which(tmp_path, capsys, where, says):
+    (tmp_path / "dir").mkdir()
+    assert main(["tune", "--config", str(tmp_path / where), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"raytower: error: {tmp_path / where}: {says}: --config takes a tune settings file (YAML)\n"
