@@ -54,4 +54,5 @@ def test_a_bad_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys, text, say
 def test_config_that_is_not_a_file_says_which(tmp_path, capsys, where, says):
     (tmp_path / "dir").mkdir()
     assert main(["tune", "--config", str(tmp_path / where), "--out", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == f"raytower: error: {tmp_path / where}: {says}: --config takes a tune settings file (YAML)\n"
+    err = capsys.readouterr().err
+    assert err == f"raytower: error: {tmp_path / where}: {says}: --config takes a tune settings file (YAML)\n"
