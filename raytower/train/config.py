@@ -20,7 +20,8 @@ from raytower.errors import ConfigError
 FUSION_TYPES = ("concat", "gated", "moe")
 VAL_USERS_AUTO = 20_000  # SE of a Recall@100 near 0.4 on this many users: about 0.0035
 # Upper bounds that catch a typo before it allocates (max_len 1e9 asked for a 64 GB table).
-LIMITS = {"dim": 4096, "max_len": 10_000, "n_blocks": 64, "n_heads": 256, "n_experts": 256,
+# gnn_window 1e9 asked for 32 TB (the history vector pads the sequence by it); past max_len it changes nothing
+LIMITS = {"dim": 4096, "max_len": 10_000, "gnn_window": 10_000, "n_blocks": 64, "n_heads": 256, "n_experts": 256,
           "item_layers": 64, "batch_size": 1 << 20, "epochs": 100_000}
 POOLING_TYPES = ("last", "attention")
 LOGQ_TYPES = ("frequency", "inclusion")

@@ -23,6 +23,7 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
              ({"stage1_max_epochs": -1}, "stage1_max_epochs must be >= 0"),
              ({"gnn_vector": "mean"}, "unknown gnn_vector 'mean'; choose one of table, history"),
              ({"gnn_window": 0}, "gnn_window must be > 0"),
+             ({"gnn_window": 10**9}, "gnn_window must be at most 10,000"),  # a 32 TB allocation's traceback
              ({"gnn_vector": "history", "gnn_unfreeze": True}, "gnn_unfreeze trains the LightGCN user table")]
     for bad, message in cases:
         with pytest.raises(ConfigError) as e:
