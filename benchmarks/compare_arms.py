@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stamp import stamp  # noqa: E402
 from sasrec_plus import SASRec, LastPosition, SharedItems  # noqa: E402
 
+from raytower.errors import RaytowerError  # noqa: E402
 from raytower.export import load_chosen  # noqa: E402
 from raytower.model.build import TwoTower  # noqa: E402
 from raytower.train.data import TrainData  # noqa: E402
@@ -68,6 +69,8 @@ def time_to_quality(history: list[dict], key: str, cpu_key: str, start_cpu: floa
 
 
 def raytower_arm(run: Path) -> tuple[TwoTower, object, dict, dict]:
+    if not (run / "metrics.json").is_file():  # a search's folder loads too, but records no epoch CPU times
+        sys.exit(f"--raytower {run}: not a finished `raytower train` run (no metrics.json)")
     model, cfg, bundle, _ = load_chosen(run)
     metrics = json.loads((run / "metrics.json").read_text())
     pretraining_cpu = float(metrics["pretraining"].get("cpu_s") or 0.0)  # recorded by newer artifacts only
@@ -76,8 +79,21 @@ def raytower_arm(run: Path) -> tuple[TwoTower, object, dict, dict]:
     return model, TrainData.build(bundle, cfg.max_len, val_users=0), metrics["test"], ttq
 
 
+def sasrec_checkpoint(checkpoint: Path) -> dict:
+    """A sasrec_plus.py checkpoint's state, or the script stops in one line (a traceback before)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - not a torch file, a pickle weights_only refuses, a directory
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        sys.exit(f"{checkpoint}: not a sasrec_plus.py checkpoint.pt ({why})")
+    wanted = ("fingerprint", "test", "config", "best", "history")
+    if not isinstance(state, dict) or any(k not in state for k in wanted):
+        sys.exit(f"{checkpoint}: not a sasrec_plus.py checkpoint.pt (it lacks {', '.join(wanted)})")
+    return state
+
+
 def sasrec_arm(checkpoint: Path, bundle) -> tuple[TwoTower, TrainData, dict, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = sasrec_checkpoint(checkpoint)
     if state["fingerprint"] != bundle.fingerprint:
         sys.exit(f"{checkpoint}: trained on data {state['fingerprint']}, the raytower run on {bundle.fingerprint}")
     if state["test"] is None:
@@ -125,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the result as JSON here (with the stamp)")
     args = p.parse_args(argv)
-    result = compare(args.raytower, args.sasrec, args.samples, args.seed)
+    if args.samples < 1:
+        p.error("--samples must be >= 1")
+    try:
+        result = compare(args.raytower, args.sasrec, args.samples, args.seed)
+    except RaytowerError as e:  # --raytower not a finished run: raytower's own one-line error
+        sys.exit(f"--raytower: {e}")
     for k, d in result["raytower_minus_sasrec_plus"].items():
         print(f"{k}: raytower {result['raytower']['test'][k]:.4f}, SASRec+ {result['sasrec_plus']['test'][k]:.4f}, "
               f"paired difference {d['mean']:+.4f} (95% CI {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f})")

@@ -59,3 +59,16 @@ def test_weights_other_than_the_tested_ones_are_refused(arms, tmp_path):
 def test_time_to_quality_counts_until_within_0_005_of_the_best():
     history = [{"epoch": e, "v": v, "c": 10.0} for e, v in enumerate([0.10, 0.196, 0.20, 0.199], 1)]
     assert compare_arms.time_to_quality(history, "v", "c", start_cpu=5.0)["cpu_s"] == 25.0  # epoch 2: 0.196
+
+
+def test_inputs_that_are_not_the_two_runs_stop_in_one_line(arms, tmp_path, capsys):
+    """A search's folder, a non-checkpoint and a raytower checkpoint given as SASRec+'s were tracebacks."""
+    sasrec, run = str(arms / "sasrec" / "checkpoint.pt"), str(arms / "raytower")
+    (tmp_path / "junk.pt").write_text("not torch")
+    cases = [(["--raytower", str(tmp_path), "--sasrec", sasrec], "not a finished `raytower train` run"),
+             (["--raytower", run, "--sasrec", str(tmp_path / "junk.pt")], "junk.pt: not a sasrec_plus.py checkpoint"),
+             (["--raytower", run, "--sasrec", str(arms / "raytower" / "checkpoints" / "best.pt")], "it lacks fingerprint")]
+    for argv, says in cases:
+        with pytest.raises(SystemExit) as e:
+            compare_arms.main(argv)
+        assert isinstance(e.value.code, str) and says in e.value.code and "\n" not in e.value.code, e.value.code
