@@ -67,7 +67,8 @@ def test_inputs_that_are_not_the_two_runs_stop_in_one_line(arms, tmp_path, capsy
     (tmp_path / "junk.pt").write_text("not torch")
     cases = [(["--raytower", str(tmp_path), "--sasrec", sasrec], "not a finished `raytower train` run"),
              (["--raytower", run, "--sasrec", str(tmp_path / "junk.pt")], "junk.pt: not a sasrec_plus.py checkpoint"),
-             (["--raytower", run, "--sasrec", str(arms / "raytower" / "checkpoints" / "best.pt")], "it lacks fingerprint")]
+             (["--raytower", run, "--sasrec", str(arms / "raytower" / "checkpoints" / "best.pt")],
+              "it lacks fingerprint")]
     for argv, says in cases:
         with pytest.raises(SystemExit) as e:
             compare_arms.main(argv)
