@@ -144,8 +144,10 @@ class SearchSettings:
         if self.val_users < -1:
             raise ConfigError(f"{name('val_users')} must be -1 (auto), 0 (all) or a number of users, got "
                               f"{self.val_users}")
-        if self.study_name is not None and not 0 < len(self.study_name.strip()) <= 512:  # Optuna's column
-            raise ConfigError(f"{name('study_name')} must be 1 to 512 characters, got {self.study_name!r}"[:200])
+        if self.study_name is not None and not (0 < len(self.study_name.strip()) <= 512  # Optuna's column
+                                                and self.study_name.isprintable()):  # a newline split the lines
+            raise ConfigError(f"{name('study_name')} must be 1 to 512 printable characters, got "
+                              f"{self.study_name!r}"[:200])
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"{name('time_budget_s')} must be > 0 seconds, got {self.time_budget_s}")
 

@@ -39,7 +39,7 @@ def test_the_file_gives_defaults_and_flags_override_them(tmp_path):
     ("time-budget: 10\ntime_budget_s: 20\n", "time_budget_s and time-budget name the same setting"),
     ("truthful_pruning: true\nno_truthful_pruning: true\n", "no_truthful_pruning and truthful_pruning name"),
     ("num_samples: -3\n", "num_samples must be >= 1, got -3"),  # was "--num-samples must be", no file named
-    ("study_name: ''\n", "study_name must be 1 to 512 characters"),
+    ("study_name: ''\n", "study_name must be 1 to 512 printable characters"),
 ])
 def test_a_bad_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys, text, says):
     f = tmp_path / "tune.yaml"

@@ -174,9 +174,11 @@ def test_a_search_whose_sqlite_study_is_gone_reads_no_study_and_creates_none(tmp
 
 
 @pytest.mark.parametrize("api", [False, True])
-def test_an_empty_study_name_is_refused_in_the_callers_names(api):
-    with pytest.raises(ConfigError, match=("study_name" if api else "--study-name") + " must be 1 to 512"):
-        SearchSettings(study_name=" ").validate(api=api)
+@pytest.mark.parametrize("name", [" ", "a\nb", "tab\there", "x" * 513])  # a newline split every line naming it
+def test_an_empty_or_unprintable_study_name_is_refused_in_the_callers_names(api, name):
+    with pytest.raises(ConfigError, match=("study_name" if api else "--study-name") + " must be 1 to 512 printable"):
+        SearchSettings(study_name=name).validate(api=api)
+    SearchSettings(study_name="étude-ü-研究").validate(api=api)
 
 
 def test_search_takes_study_name_as_a_keyword():
