@@ -159,8 +159,13 @@ def write_signed(path: str | os.PathLike, data: bytes) -> None:
 
 
 def verify_file(path: str | os.PathLike, hint: str = "") -> None:
-    """ConfigError unless the signature beside ``path`` signs it."""
+    """ConfigError unless the signature beside ``path`` signs it, and it is a file, not a link: a
+    link's target can be swapped between this check and the read that follows it."""
     path = Path(path)
+    if path.is_symlink() or signature_path(path).is_symlink():
+        hint_end = f"; {hint}" if hint else ""
+        raise ConfigError(f"refused: a symbolic link (it or its signature), where raytower writes files; what it "
+                          f"points to could change after this check{hint_end}", path)
     try:
         recorded = signature_path(path).read_text()
     except FileNotFoundError:

@@ -89,6 +89,19 @@ def test_a_signed_file_verifies(config_home, pickle_file):
     _signing.verify_file(pickle_file)
 
 
+@pytest.mark.parametrize("linked", ["file", "signature"])
+def test_a_signed_file_reached_through_a_symlink_is_refused(config_home, pickle_file, tmp_path, linked):
+    """Its target verified, then swapped before Ray read it: a link out of tune/ passed the check."""
+    _signing.sign_file(pickle_file)
+    moved = pickle_file if linked == "file" else pickle_file.with_name("tuner.pkl.hmac")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved.rename(elsewhere / moved.name)
+    moved.symlink_to(elsewhere / moved.name)
+    with pytest.raises(ConfigError, match="refused: a symbolic link"):
+        _signing.verify_file(pickle_file)
+
+
 def test_a_byte_appended_is_refused(config_home, pickle_file):
     _signing.sign_file(pickle_file)
     with pickle_file.open("ab") as f:
