@@ -356,6 +356,9 @@ BAD_INPUT = [
     # each connection its own database: the search ran, then ended in a KeyError traceback, no study left
     (lambda t: tune(t, "--study-url", "sqlite://"), "--study-url sqlite://: an in-memory SQLite database"),
     (lambda t: tune(t, "--study-url", "sqlite:///:memory:"), "an in-memory SQLite database lives in one connection"),
+    # the study's database was created by the check, before --address refused the search
+    (lambda t: tune(t, "--study-url", f"sqlite:///{t / 'team.db'}", "--address", "127.0.0.1:9"), "no Ray cluster"),
+    (lambda t: tune(t, "--study-url", f"sqlite:///{t / 'nowhere' / 'team.db'}"), "cannot create the database there"),
     (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),

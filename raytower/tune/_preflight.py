@@ -108,11 +108,19 @@ def _check_study_url(url: str) -> None:
     """A --study-url that Optuna cannot open fails before anything is written."""
     import optuna
 
-    from raytower.tune._study import in_memory_sqlite
+    from sqlalchemy.engine import make_url
+
+    from raytower.tune._study import in_memory_sqlite, missing_sqlite
 
     if in_memory_sqlite(url):  # each connection its own database: the search ran, then its study was gone
         raise ConfigError(f"--study-url {url}: an in-memory SQLite database lives in one connection, and the "
                           "search's trials and its end open others; name a file (sqlite:///PATH) or leave it off")
+    if missing_sqlite(url):  # opening it would create it, before a later check refuses the search
+        folder = Path(make_url(url).database).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"--study-url {url}: cannot create the database there ({folder} is not a writable "
+                              "directory)")
+        return
     try:
         optuna.storages.RDBStorage(url)
     except Exception as e:  # a bad URL, an unknown dialect, a refused connection
