@@ -359,6 +359,8 @@ BAD_INPUT = [
     # the study's database was created by the check, before --address refused the search
     (lambda t: tune(t, "--study-url", f"sqlite:///{t / 'team.db'}", "--address", "127.0.0.1:9"), "no Ray cluster"),
     (lambda t: tune(t, "--study-url", f"sqlite:///{t / 'nowhere' / 'team.db'}"), "cannot create the database there"),
+    (lambda t: tune(t, "--study-url", "sqlite:///b.db", "--storage", "sqlite:///a.db"),  # the last won, silently
+     "argument --storage: not allowed with argument --study-url"),
     (lambda t: tune(t, "--address", "127.0.0.1:9"), "no Ray cluster answers there"),  # it retried for minutes
     (lambda t: ["tune", "--space", QUICK, "--out", text(t, "afile", "x") + "/out"], "is a file"),
     (lambda t: tune(t, "--min-free-gb", "1e9"), "free"),

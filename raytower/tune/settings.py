@@ -231,17 +231,19 @@ def add_flag(parser: argparse.ArgumentParser, name: str, default, quiet: bool = 
     meta.pop("env", None)
     if default_text is not None:
         help_ = help_.replace("default %(default)s", f"default: {default_text}")
+    # the old spelling and the new one together: the last given won, silently (search() refuses both)
+    target = parser.add_mutually_exclusive_group() if alias else parser
     if alias:
-        parser.add_argument(alias, dest=name, type=_scalar_type(f.type), default=argparse.SUPPRESS,
+        target.add_argument(alias, dest=name, type=_scalar_type(f.type), default=argparse.SUPPRESS,
                             help=argparse.SUPPRESS, action=_DeprecatedAlias, new_flag=flag, quiet=quiet)
     kind = _scalar_type(f.type)
     if kind is bool:  # a switch that flips the field's default
         action = "store_false" if f.default else "store_true"
-        parser.add_argument(flag, dest=name, action=action, default=default, help=help_)
+        target.add_argument(flag, dest=name, action=action, default=default, help=help_)
     elif meta.get("action") == "count":
-        parser.add_argument(flag, "--" + name, dest=name, default=default, help=help_, **meta)
+        target.add_argument(flag, "--" + name, dest=name, default=default, help=help_, **meta)
     else:
-        parser.add_argument(flag, dest=name, type=kind, default=default, help=help_, **meta)
+        target.add_argument(flag, dest=name, type=kind, default=default, help=help_, **meta)
 
 
 def given_fields(argv: list[str]) -> frozenset[str]:
