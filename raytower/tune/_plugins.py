@@ -142,6 +142,23 @@ def parse_loggers(values: list[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+def logger_destinations(loggers: tuple[str, ...], out: Path) -> str:
+    """Where each logger writes, for the search's header: mlflow's tracking URI (its default is a file
+    in the working directory) and experiment, W&B's project and mode."""
+    where = []
+    for name in loggers:
+        if name == "mlflow":
+            import mlflow
+
+            experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name
+            where.append(f"mlflow at {mlflow.get_tracking_uri()} (experiment {experiment})")
+        else:
+            project = os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_PROJECT_NAME") or "raytower"
+            where.append(f"wandb project {project} ({os.environ.get('WANDB_MODE') or 'online'}, files in "
+                         f"{out / 'wandb'})")
+    return ", ".join(where)
+
+
 def _logger_callback(name: str, out: Path):
     if name == "mlflow":
         from raytower.tune._mlflow import RaytowerMLflowCallback

@@ -38,7 +38,7 @@ from raytower._trial import TrialContext
 from raytower.errors import ConfigError
 from raytower.names import EXPERIMENT, OPTUNA_DB, RAY_LOG, SEARCH_RECORD
 from raytower._log import lines_to
-from raytower.tune._plugins import Plugins
+from raytower.tune._plugins import Plugins, logger_destinations
 from raytower.tune._preflight import check_output_dir, check_where_it_runs, preflight
 from raytower.tune._session import init_ray, join_cluster
 from raytower.tune._study import StudyRef, absolute_study_url, claim_study, study_of
@@ -207,7 +207,7 @@ def _log_header(settings: SearchSettings, space: SearchSpace, info: dict, out: P
         f"({info['n_users']:,} users, {info['n_items']:,} items, {info['n_interactions']:,} interactions); "
         f"space {settings.space} ({len(space.knobs)} knobs); {searcher} on validation "
         f"{settings.metric}, {stopping}; results in {out}"
-        + (f"; logging to {', '.join(plugins.loggers)}" if plugins.loggers else "")
+        + (f"; logging to {logger_destinations(plugins.loggers, out)}" if plugins.loggers else "")
         + ("" if settings.verbose else f" (Ray's own log: {out / RAY_LOG})"))
 
 

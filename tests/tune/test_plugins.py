@@ -60,3 +60,16 @@ def test_wandb_without_a_key_or_offline_mode_is_refused_before_ray_starts(tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no W&B API key" in err and "WANDB_MODE=offline" in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_header_says_where_each_logger_writes(monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
+    from raytower.tune._plugins import logger_destinations
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/team.db")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "recsys")
+    said = logger_destinations(("mlflow", "wandb"), tmp_path / "s1")
+    assert f"mlflow at sqlite:///{tmp_path}/team.db (experiment s1)" in said
+    assert f"wandb project recsys (offline, files in {tmp_path / 's1' / 'wandb'})" in said
