@@ -156,9 +156,11 @@ def test_search_lines_go_to_log_and_nothing_to_the_console(api_search):
 
 @pytest.mark.ray
 def test_search_runs_the_callers_callbacks_and_sampler_and_hands_back_the_result_grid(api_search):
-    _, result, lines, _, ended = api_search
+    out, result, lines, _, ended = api_search
     assert sorted(ended.ended) == sorted(result.trials["trial_id"])
     assert SAMPLED and any("CountingSampler on validation" in line for line in lines)
+    plugged = json.loads((out / "setup.json").read_text())["plugins"]  # the record does not claim TPE
+    assert plugged["sampler"] == "CountingSampler" and plugged["callbacks"] == ["EndedTrials"]
     grid = result.result_grid
     assert isinstance(grid, tune.ResultGrid) and len(grid) == 2 and not grid.errors
     assert {r.metrics["trial_id"] for r in grid} == set(result.trials["trial_id"])

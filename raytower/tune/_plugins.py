@@ -77,6 +77,12 @@ class Plugins:
             if not isinstance(self.sampler, optuna.samplers.BaseSampler):
                 raise error(f"sampler must be an optuna.samplers.BaseSampler, got {type(self.sampler).__name__}")
 
+    def describe(self) -> dict:
+        """What was plugged in, for the search record: class names (objects are not data), so that
+        setup.json does not claim TPE for a search a caller's sampler drove."""
+        return {"sampler": type(self.sampler).__name__ if self.sampler is not None else None,
+                "callbacks": [type(c).__name__ for c in self.callbacks], "loggers": list(self.loggers)}
+
     def import_loggers(self) -> None:
         """Import the loggers' packages now: each sets up its own Python logger on import, which a
         search then sends to OUT/ray.log with Ray's (raytower.tune._console.ray_logs_to)."""

@@ -35,6 +35,9 @@ class SearchRecord:
     # A random id, also the study's user attribute STUDY_SEARCH_ID (raytower.tune._study): which
     # search owns a study. "": a record from before it existed.
     search_id: str = ""
+    # What a caller plugged in (Plugins.describe: a sampler that replaced settings' searcher, callbacks,
+    # loggers), by class name; {} for a record from before it existed or a search with none
+    plugins: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer raytower wrote: kept, not read
 
     @property

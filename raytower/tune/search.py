@@ -131,7 +131,8 @@ def _search(settings: SearchSettings, space: SearchSpace, out: Path, data: str, 
     _log_header(settings, space, info, out, log, plugins)  # before the pretraining, which says what it will take
     record = SearchRecord(settings=asdict(settings), data=data, dataset=info,
                           shared=prepare_shared(space, bundle, settings, uri, log),
-                          elapsed_s=previous.elapsed_s if previous else 0.0, search_id=study.search_id)
+                          elapsed_s=previous.elapsed_s if previous else 0.0, search_id=study.search_id,
+                          plugins=previous.plugins if previous else plugins.describe())
     if not settings.resume:  # --out is created only now: a start that failed before left it untouched
         claim_output_dir(out, "search", force=output_kind(out) == "search")
     record.write(out)
