@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from raytower.errors import UsageError
+from raytower.errors import RaytowerError, UsageError
 
 
 def _table_html(title: str, rows: list[tuple[str, Any]]) -> str:
@@ -71,8 +71,12 @@ class SearchResult:
         from raytower.names import OPTUNA_DB
         from raytower.tune.record import SearchRecord
 
+        from raytower.tune._study import missing_sqlite
+
         record = SearchRecord.read(self.out)
         url = record.study_url or f"sqlite:///{(self.out / OPTUNA_DB).resolve()}"
+        if missing_sqlite(url):  # optuna would create an empty database there
+            raise RaytowerError(f"no study database at {url} (a search directory copied without it?)", self.out)
         return optuna.load_study(study_name=record.study_name, storage=url)
 
     def _summary(self) -> list[tuple[str, Any]]:

@@ -13,7 +13,7 @@ import pytest
 from raytower._trial import TrialContext
 from raytower.api import SearchResult
 from raytower.cli import main
-from raytower.errors import ConfigError
+from raytower.errors import ConfigError, RaytowerError
 from raytower.names import STUDY_OUT, STUDY_SEARCH_ID
 from raytower.tune._preflight import preflight
 from raytower.tune._study import absolute_study_url, check_study_owner, claim_study, study_of
@@ -205,3 +205,11 @@ def test_two_real_searches_on_one_study_url_keep_their_trials_apart(tmp_path):
         assert study.study_name == SearchRecord.read(out).study_name and len(study.trials) == samples
         trial_ids = set(pd.read_parquet(out / "trials.parquet")["trial_id"])
         assert {t.user_attrs["tune_trial_id"] for t in study.trials} == trial_ids
+
+
+def test_search_result_study_of_a_directory_without_its_database_is_one_line_and_creates_nothing(tmp_path):
+    out = tmp_path / "copied"
+    start(out, study_name="scratch")  # a record, but no optuna.db beside it (copied without it)
+    with pytest.raises(RaytowerError, match="no study database at sqlite:///"):
+        SearchResult(out, {}).study
+    assert not (out / "optuna.db").exists()
