@@ -209,7 +209,8 @@ def test_two_real_searches_on_one_study_url_keep_their_trials_apart(tmp_path):
 
 def test_search_result_study_of_a_directory_without_its_database_is_one_line_and_creates_nothing(tmp_path):
     out = tmp_path / "copied"
-    start(out, study_name="scratch")  # a record, but no optuna.db beside it (copied without it)
+    start(out, study_name="scratch")
+    (out / "optuna.db").unlink()  # the record, copied without the database beside it
     with pytest.raises(RaytowerError, match="no study database at sqlite:///"):
         SearchResult(out, {}).study
     assert not (out / "optuna.db").exists()
