@@ -134,11 +134,12 @@ def curves(args) -> None:
     tmp.replace(args.curves)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     by = {(r["arm"], r["epoch"]): r for r in rows}
-    print("val HR@10 / NDCG@10 by epoch\nepoch " + " ".join(f"{a[:17]:>17}" for a in arms))
+    print("validation HR@10 / NDCG@10 by epoch (markdown)\n\n| epoch | " + " | ".join(arms) + " |")
+    print("|---" * (len(arms) + 1) + "|")
     for e in range(1, max(r["epoch"] for r in rows) + 1):
         cells = [by.get((a, e)) for a in arms]
-        print(f"{e:>5} " + " ".join(f"{c['val/recall@10']:>8.4f} {c['val/ndcg@10']:.4f}" if c else " " * 17
-                                    for c in cells))
+        print(f"| {e} | " + " | ".join(f"{c['val/recall@10']:.3f} / {c['val/ndcg@10']:.3f}" if c else ""
+                                     for c in cells) + " |")
 
 
 def summarize(results: Path) -> None:
