@@ -51,6 +51,8 @@ ARMS: dict[str, dict] = {
     "dropout_0.1": {"dropout": 0.1, "gnn_dropout": 0.1},
     # the curriculum's switch from the first epoch
     "no_stage1": {"stage1_max_epochs": 0},
+    # the temperature alone: at its floor by epoch 5 (tau 0.2 x 0.7^epoch) instead of epoch 15
+    "fast_tau": {"temp_start": 0.2, "anneal_rate": 0.7},
     # the leak: the GNN vector from the history's LightGCN item vectors, causally (no target seen)
     "gnn_history": {"gnn_vector": "history"},
     # what the study points at, the cosine scores and their temperature schedule kept
