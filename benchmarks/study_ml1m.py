@@ -120,15 +120,16 @@ def run_arm(arm: str, args) -> None:
 
 def curves(args) -> None:
     """Every arm's validation figures so far, epoch by epoch, beside SASRec+'s: the comparison at equal
-    epochs, for arms still running too. Read from each run's last checkpoint (tensors and plain data,
-    weights_only) and SASRec+'s JSONL; written whole to ``args.curves`` (a snapshot, replaced)."""
-    import torch
+    epochs, for arms still running too. Read from each run's last checkpoint (raytower's own checked
+    reader) and SASRec+'s JSONL; written whole to ``args.curves`` (a snapshot, replaced)."""
+    from raytower.names import LAST_CHECKPOINT
+    from raytower.train.run import read_checkpoint
 
     rows = []
     for arm in ARMS:
-        last = args.runs / arm / "checkpoints" / "last.pt"
+        last = args.runs / arm / LAST_CHECKPOINT
         if last.is_file():
-            history = torch.load(last, map_location="cpu", weights_only=True)["history"]
+            history = read_checkpoint(last)["history"]
             rows += [{"arm": arm, **{k: r.get(k) for k in KEEP}} for r in history]
     rows += [{"arm": "sasrec_plus", **{k: r.get(k) for k in KEEP}} for r in _rows(args.sasrec)]
     tmp = args.curves.with_name(args.curves.name + ".tmp")

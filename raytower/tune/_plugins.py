@@ -156,11 +156,9 @@ def logger_destinations(loggers: tuple[str, ...], out: Path) -> str:
         if name == "mlflow":
             import mlflow
 
-            experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name
-            where.append(f"mlflow at {mlflow.get_tracking_uri()} (experiment {experiment})")
+            where.append(f"mlflow at {mlflow.get_tracking_uri()} (experiment {_mlflow_experiment(out)})")
         else:
-            project = os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_PROJECT_NAME") or "raytower"
-            where.append(f"wandb project {project} ({os.environ.get('WANDB_MODE') or 'online'}, files in "
+            where.append(f"wandb project {_wandb_project()} ({os.environ.get('WANDB_MODE') or 'online'}, files in "
                          f"{out / 'wandb'})")
     return ", ".join(where)
 
@@ -170,11 +168,19 @@ def _logger_callback(name: str, out: Path):
         from raytower.tune._mlflow import RaytowerMLflowCallback
 
         # tracking URI: mlflow's own (MLFLOW_TRACKING_URI, else its default)
-        return RaytowerMLflowCallback(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name,
+        return RaytowerMLflowCallback(experiment_name=_mlflow_experiment(out),
                                     tags={"raytower.out": str(out)})
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    project = os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_PROJECT_NAME") or "raytower"
+    project = _wandb_project()
     (out / "wandb").mkdir(exist_ok=True)
     # group: the search; dir: W&B's files (offline runs) inside the search, not in each trial's folder
     return WandbLoggerCallback(project=project, group=out.name, dir=str(out / "wandb"))
+
+
+def _mlflow_experiment(out: Path) -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or out.name
+
+
+def _wandb_project() -> str:
+    return os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_PROJECT_NAME") or "raytower"
