@@ -75,7 +75,8 @@ def _check_protocol(model: TwoTower, spec: str, device) -> None:
 
 def _builtin(cfg, bundle, artifacts: Artifacts, device) -> TwoTower:
     """The pretrained item tower (frozen) and a fresh user tower over the frozen LightGCN table;
-    the sequence encoder's item embeddings start in the item tower's space."""
+    the sequence encoder's item embeddings start in the item tower's space (``seq_items: own``) or
+    are a copy of its vectors that training keeps current (``tied``)."""
     item_tower = build_item_tower(bundle, cfg.dim, cfg.item_layers)
     load_pretrained(item_tower, artifacts)
     item_tower.normalize = cfg.score == "cosine"
@@ -87,6 +88,10 @@ def _builtin(cfg, bundle, artifacts: Artifacts, device) -> TwoTower:
     model = TwoTower(user_tower, item_tower, bundle.n_items)
     with torch.no_grad():
         start = model.item_vectors()
+        if cfg.seq_items == "tied":  # the item tower's vectors as they are (the loop keeps them so)
+            user_tower.seq.item_emb.requires_grad_(False)
+            user_tower.seq.item_emb.weight.copy_(start)
+            return model
         if cfg.score == "dot":  # the head's raw outputs: start the embeddings at unit length anyway
             start = torch.nn.functional.normalize(start, dim=-1)
         user_tower.seq.item_emb.weight.copy_(start / cfg.dim**0.5)

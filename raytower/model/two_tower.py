@@ -148,6 +148,9 @@ class SequenceEncoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.pooling = pooling
         self.pool_query = nn.Parameter(torch.zeros(dim)) if pooling == "attention" else None
+        # seq_items: tied: while a step trains, the item tower's vectors of every item (row 0
+        # padding), in place of item_emb, so the gradient reaches the item tower; None otherwise
+        self.tied_inputs: torch.Tensor | None = None
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         B, L = seq.shape
@@ -157,7 +160,8 @@ class SequenceEncoder(nn.Module):
         # Keys may be real items in the past; a padded query still sees itself, so no row is
         # fully masked (an all-masked softmax row is NaN).
         allowed = causal & (valid[:, None, :] | eye)  # (B, L, L)
-        x = self.item_emb(seq) * (self.item_emb.embedding_dim ** 0.5) + self.pos_emb.weight[-L:]
+        items = self.item_emb(seq) if self.tied_inputs is None else F.embedding(seq, self.tied_inputs)
+        x = items * (self.item_emb.embedding_dim ** 0.5) + self.pos_emb.weight[-L:]
         x = self.drop(x) * valid[..., None]
         for block in self.blocks:
             x = block(x, allowed[:, None])

@@ -29,8 +29,9 @@ TARGET_TYPES = ("all", "last")
 LOSS_TYPES = ("inbatch", "full")
 SCORE_TYPES = ("cosine", "dot")
 GNN_VECTOR_TYPES = ("table", "history")
+SEQ_ITEMS_TYPES = ("own", "tied")
 CHOICES = {"fusion": FUSION_TYPES, "pooling": POOLING_TYPES, "logq": LOGQ_TYPES, "targets": TARGET_TYPES,
-           "loss": LOSS_TYPES, "score": SCORE_TYPES, "gnn_vector": GNN_VECTOR_TYPES}
+           "loss": LOSS_TYPES, "score": SCORE_TYPES, "gnn_vector": GNN_VECTOR_TYPES, "seq_items": SEQ_ITEMS_TYPES}
 
 
 @dataclass
@@ -57,6 +58,11 @@ class TrainConfig:
     # per position, and a user outside the graph gets one too)
     gnn_vector: str = "table"
     gnn_window: int = 50
+    # What the sequence encoder reads for each item: own = its own id table (started at the item
+    # tower's vectors, then trained apart from them); tied = the item tower's vectors themselves, as
+    # SASRec ties its input and output embeddings: every step that trains the item tower trains the
+    # encoder's inputs too (a copy taken each epoch makes the user tower stand alone to evaluate and export)
+    seq_items: str = "own"
     # cosine: both towers' vectors are unit length, a score is a cosine over the temperature;
     # dot: raw dot products (over the temperature: hold it at 1 for SASRec's plain dot product)
     score: str = "cosine"
@@ -153,6 +159,8 @@ class TrainConfig:
             bad("model_args must be a mapping with string keys")
         if self.gnn_unfreeze and self.gnn_vector != "table":
             bad("gnn_unfreeze trains the LightGCN user table, which gnn_vector: history does not use")
+        if self.seq_items == "tied" and self.model != "raytower":
+            bad("seq_items: tied reads the built-in item tower's vectors; a model of your own ties its inputs itself")
         if self.dim % self.n_heads:
             bad(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.unfreeze_depth > self.item_layers + 2:

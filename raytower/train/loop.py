@@ -65,6 +65,7 @@ class Curriculum:
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.towers = TrainedTowers(model, self.device, world_size)
         self.all_items = torch.arange(1, data.bundle.n_items + 1, device=self.device)  # loss: full
+        self.all_items_padded = torch.arange(data.bundle.n_items + 1, device=self.device)  # seq_items: tied
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
         if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
             self._enter_stage2("stage1_max_epochs 0: no Stage 1")
@@ -177,6 +178,7 @@ class Curriculum:
         if self.cfg.fusion == "gated":
             out["gate_mean_train"] = out["gate"]
         self.towers.refresh_item_cache()
+        self._sync_tied_inputs()
         return out
 
     def _train_step(self, users: torch.Tensor, idx: torch.Tensor, tau: float, lam: float) -> tuple[int, dict]:
@@ -185,13 +187,17 @@ class Curriculum:
         rows = idx.cpu().numpy()
         seqs = data.train_batch(rows, int(data.train_lens[rows].max()))  # padded to its longest
         inp, tgt, valid = training_targets(seqs, cfg.targets)
-        u = user_forward(self.towers.user_module, users, inp, data.meta[users], cfg.targets == "last",
-                         self.all_positions)[valid]
         if cfg.loss == "full":  # every item a candidate: column j - 1 is item j
             cand, labels = self.all_items, tgt[valid] - 1
         else:
             cand, labels = candidates(tgt[valid])
-        v = self.towers.candidate_vectors(cand)
+        if cfg.seq_items == "tied":  # one pass of the item tower feeds both the inputs and the candidates
+            table = self.towers.candidate_vectors(self.all_items_padded)
+            u = self._user_vectors(users, inp, valid, tied_inputs=table)
+            v = table[cand]
+        else:
+            u = self._user_vectors(users, inp, valid)
+            v = self.towers.candidate_vectors(cand)
         log_q = data.log_q[cand]
         if cfg.logq == "inclusion" and lam:
             # T is this step's number of targets: batches are sorted by length, so it varies.
@@ -205,6 +211,26 @@ class Curriculum:
         if gate is not None and cfg.fusion == "gated" and cfg.model == BUILTIN:
             figures["gate"] = gate[valid].mean().item()
         return int(valid.sum()), figures
+
+    def _user_vectors(self, users: torch.Tensor, inp: torch.Tensor, valid: torch.Tensor,
+                      tied_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """The training rows' user vectors; with ``tied_inputs`` the sequence encoder reads those."""
+        seq = self.user_tower.seq if tied_inputs is not None else None
+        if seq is not None:
+            seq.tied_inputs = tied_inputs
+        try:
+            return user_forward(self.towers.user_module, users, inp, self.data.meta[users],
+                                self.cfg.targets == "last", self.all_positions)[valid]
+        finally:
+            if seq is not None:
+                seq.tied_inputs = None
+
+    def _sync_tied_inputs(self) -> None:
+        """``seq_items: tied``: the encoder's own table becomes the item tower's vectors as they stand,
+        so validation, checkpoints and exports read the user tower alone, as training saw it."""
+        if self.cfg.seq_items == "tied":
+            with torch.no_grad():
+                self.user_tower.seq.item_emb.weight.copy_(self.item_cache)
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, split: str) -> tuple[dict, dict]:

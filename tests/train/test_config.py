@@ -24,7 +24,9 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
              ({"gnn_vector": "mean"}, "unknown gnn_vector 'mean'; choose one of table, history"),
              ({"gnn_window": 0}, "gnn_window must be > 0"),
              ({"gnn_window": 10**9}, "gnn_window must be at most 10,000"),  # a 32 TB allocation's traceback
-             ({"gnn_vector": "history", "gnn_unfreeze": True}, "gnn_unfreeze trains the LightGCN user table")]
+             ({"gnn_vector": "history", "gnn_unfreeze": True}, "gnn_unfreeze trains the LightGCN user table"),
+             ({"seq_items": "shared"}, "unknown seq_items 'shared'; choose one of own, tied"),
+             ({"seq_items": "tied", "model": "mypkg.towers:build"}, "seq_items: tied reads the built-in item tower")]
     for bad, message in cases:
         with pytest.raises(ConfigError) as e:
             TrainConfig.from_dict(bad, source="cfg.yaml")
@@ -34,7 +36,7 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
     assert (ok.logq, ok.logq_positive, ok.targets, ok.gnn_unfreeze, ok.stage1_max_epochs) == ("inclusion", False, "last", True, 0)
     # The defaults keep what raytower did before these options: existing results stay true.
     d = TrainConfig()
-    assert (d.logq, d.logq_positive, d.targets, d.gnn_unfreeze) == ("frequency", True, "all", False)
+    assert (d.logq, d.logq_positive, d.targets, d.gnn_unfreeze, d.seq_items) == ("frequency", True, "all", False, "own")
     assert any("gnn_lr_ratio" in line for line in TrainConfig(gnn_unfreeze=True, gnn_lr_ratio=2.0).advice())
     assert not TrainConfig(gnn_lr_ratio=2.0).advice()  # a frozen table's ratio is never used
 

@@ -128,3 +128,44 @@ def test_dot_scores_leave_both_towers_unnormalised(small_bundle, small_artifacts
     assert math.isfinite(row["loss"])
     u, _ = user_vectors(dot.model, dot.data, "val")
     assert not torch.allclose(u.norm(dim=-1), torch.tensor(1.0))
+
+
+def _whole_tower_run(small_bundle, small_artifacts, small_config, seq_items="tied", **changes):
+    """Stage 2 from the first step, the whole item tower (id table too) training."""
+    cfg = small_config.replace(seq_items=seq_items, stage1_max_epochs=0,
+                               unfreeze_depth=small_config.item_layers + 2, **changes)
+    return Curriculum.create(cfg, small_bundle, small_artifacts)
+
+
+def test_tied_inputs_train_the_item_tower_through_the_sequence_too(small_bundle, small_artifacts, small_config):
+    """seq_items: tied is SASRec's shared embedding: an item the batch only reads (in a sequence, never
+    a candidate) still moves the item tower's id table; with its own table the encoder keeps it apart."""
+    from raytower.train.data import training_targets
+
+    moved = {}
+    for mode in ("own", "tied"):
+        run = _whole_tower_run(small_bundle, small_artifacts, small_config, mode, loss="inbatch", targets="last")
+        idx = run._batches()[0]
+        run._train_step(torch.as_tensor(run.data.train_users)[idx], idx, tau=0.5, lam=0.0)
+        rows = idx.numpy()
+        inp, tgt, _ = training_targets(run.data.train_batch(rows, int(run.data.train_lens[rows].max())), "last")
+        read_only = set(inp[inp > 0].tolist()) - set(tgt.flatten().tolist())
+        assert read_only, "the batch reads some item it never predicts"
+        grad = run.item_tower.id_emb.weight.grad
+        moved[mode] = {i for i in read_only if grad[i].abs().sum() > 0}
+        assert run.user_tower.seq.tied_inputs is None  # the step leaves no table behind
+    assert moved["own"] == set()
+    assert moved["tied"] == read_only
+
+
+def test_tied_inputs_are_the_item_vectors_in_checkpoints_and_evaluation(small_bundle, small_artifacts, small_config):
+    from raytower.train.evaluate import evaluate
+    from raytower.train.loop import load_model
+
+    run = _whole_tower_run(small_bundle, small_artifacts, small_config, epochs=2, loss="full")
+    assert not run.user_tower.seq.item_emb.weight.requires_grad
+    while not run.done:
+        run.step()
+    assert torch.equal(run.user_tower.seq.item_emb.weight, run.model.item_vectors())
+    model = load_model(run.state_dict(), small_bundle, small_artifacts)  # what evaluate and export read
+    assert evaluate(model, run.data, "test")[0] == run.evaluate("test")[0]
