@@ -80,9 +80,10 @@ def load_user_tower(model_dir: Path, fmt: int):
         return torch.jit.load(str(model_dir / "user_tower.pt"), map_location="cpu").eval()
 
 
-def load_chosen(exp: Path) -> tuple[TwoTower, TrainConfig, object, dict]:
+def load_chosen(exp: str | Path) -> tuple[TwoTower, TrainConfig, object, dict]:
     """(model, config, bundle, what was chosen) from a search directory (its best_config.json), the
     folder ``raytower submit --fetch-to`` fills, or a ``raytower train`` run (its best epoch)."""
+    exp = Path(exp)
     if (exp / RUN_METRICS).is_file() and (exp / BEST_CHECKPOINT).is_file():
         return _from_train_run(exp)
     best_file = exp / BEST_CONFIG

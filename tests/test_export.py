@@ -23,7 +23,7 @@ def test_exported_tower_and_item_vectors_reproduce_in_process_scores(search, exp
     from raytower.train.data import TrainData
     from raytower.train.evaluate import user_vectors
 
-    model, cfg, bundle, _ = load_chosen(search)
+    model, cfg, bundle, _ = load_chosen(str(search))  # a str, as a notebook passes it, or a Path
     data = TrainData.build(bundle, cfg.max_len)
     items = model.item_vectors()
     served = ServedModel(exported)
