@@ -60,6 +60,17 @@ ARMS: dict[str, dict] = {
     # the same, its temperature at the floor by epoch 5 instead of 15 (tau 0.2 x 0.7^epoch, floor 0.05)
     "history_whole_full_fast_tau": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                                     "loss": "full", "temp_start": 0.2, "anneal_rate": 0.7},
+    # SASRec's tied embeddings: the sequence encoder reads the item tower's vectors (seq_items: tied)
+    "history_whole_full_tied": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
+                                "loss": "full", "seq_items": "tied"},
+    # the same with SASRec+'s dropout 0.1 (and the GNN vector hidden as rarely)
+    "history_whole_full_tied_dropout_0.1": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
+                                            "loss": "full", "seq_items": "tied", "dropout": 0.1, "gnn_dropout": 0.1},
+    # the same, its temperature at the floor by epoch 5 (the early epochs, and so the time to quality)
+    "history_whole_full_tied_dropout_0.1_fast_tau": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER,
+                                                     "lr_ratio": 1.0, "loss": "full", "seq_items": "tied",
+                                                     "dropout": 0.1, "gnn_dropout": 0.1, "temp_start": 0.2,
+                                                     "anneal_rate": 0.7},
     # everything the single factors point at, together, the curriculum kept
     "combined": {"loss": "full", "score": "dot", **HELD_T1, "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                  "dropout": 0.1},
