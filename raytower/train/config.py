@@ -30,8 +30,10 @@ LOSS_TYPES = ("inbatch", "full")
 SCORE_TYPES = ("cosine", "dot")
 GNN_VECTOR_TYPES = ("table", "history")
 SEQ_ITEMS_TYPES = ("own", "tied")
+BATCH_TYPES = ("by_length", "random")
 CHOICES = {"fusion": FUSION_TYPES, "pooling": POOLING_TYPES, "logq": LOGQ_TYPES, "targets": TARGET_TYPES,
-           "loss": LOSS_TYPES, "score": SCORE_TYPES, "gnn_vector": GNN_VECTOR_TYPES, "seq_items": SEQ_ITEMS_TYPES}
+           "loss": LOSS_TYPES, "score": SCORE_TYPES, "gnn_vector": GNN_VECTOR_TYPES, "seq_items": SEQ_ITEMS_TYPES,
+           "batches": BATCH_TYPES}
 
 
 @dataclass
@@ -76,6 +78,10 @@ class TrainConfig:
     # all: every position of each sequence is a training example; last: only each sequence's last
     # item (one row per user), as the seed trained
     targets: str = "all"
+    # by_length: a batch holds users of similar history length (little padding, the fastest), so a
+    # batch of short histories weighs each of its positions more in its step's mean; random: each
+    # batch a random set of users, every position weighing alike across the epoch's steps (SASRec+'s)
+    batches: str = "by_length"
     epochs: int = 100
     # Stop after this many epochs without a better validation metric, counted once Stage 2 and the
     # logQ ramp have begun (before that a flat curve is the curriculum at work); 0: off

@@ -139,10 +139,11 @@ def _to(batch: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def epoch_batches(lens: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1) -> list[np.ndarray]:
+                  world_size: int = 1, by_length: bool = True) -> list[np.ndarray]:
     """One rank's batches of one epoch, as positions into the train users (``lens``: their
-    sequence lengths). Shuffled, then grouped by sequence length within pools of SHUFFLE_POOL
-    batches, so a batch is cropped to little padding; the batch order is shuffled. A fresh
+    sequence lengths). Shuffled, then (``by_length``) grouped by sequence length within pools of
+    SHUFFLE_POOL batches, so a batch is cropped to little padding; the batch order is shuffled.
+    ``by_length=False``: each batch a random set of users, as SASRec+ draws them. A fresh
     generator per (seed, epoch) makes a resumed run draw the same batches.
 
     ``batch_size`` counts users; with ``targets = "last"`` each user is one training row, so it
@@ -152,6 +153,8 @@ def epoch_batches(lens: np.ndarray, batch_size: int, seed: int, epoch: int, rank
     order = torch.randperm(len(lens), generator=g)
     # Every DDP rank must take the same number of steps, or the last all-reduce hangs.
     order = order[: len(order) - len(order) % world_size][rank::world_size].numpy()
+    if not by_length:
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     batches = []
     for p in range(0, len(order), SHUFFLE_POOL * batch_size):
         pool = order[p:p + SHUFFLE_POOL * batch_size]

@@ -155,7 +155,7 @@ class Curriculum:
     def _batches(self) -> list[torch.Tensor]:
         """This rank's batches of this epoch (``data.epoch_batches``), on the device."""
         rows = epoch_batches(self.data.train_lens, self.cfg.batch_size, self.cfg.seed, self.epoch,
-                             self.rank, self.world_size)
+                             self.rank, self.world_size, by_length=self.cfg.batches == "by_length")
         return [torch.as_tensor(b, device=self.device) for b in rows]
 
     def _train_epoch(self, tau: float, lam: float) -> dict:

@@ -26,6 +26,7 @@ def test_config_checks_the_logq_targets_and_gnn_fields_in_one_line():
              ({"gnn_window": 10**9}, "gnn_window must be at most 10,000"),  # a 32 TB allocation's traceback
              ({"gnn_vector": "history", "gnn_unfreeze": True}, "gnn_unfreeze trains the LightGCN user table"),
              ({"seq_items": "shared"}, "unknown seq_items 'shared'; choose one of own, tied"),
+             ({"batches": "sorted"}, "unknown batches 'sorted'; choose one of by_length, random"),
              ({"seq_items": "tied", "model": "mypkg.towers:build"}, "seq_items: tied reads the built-in item tower")]
     for bad, message in cases:
         with pytest.raises(ConfigError) as e:

@@ -113,3 +113,19 @@ def test_a_resident_data_set_gives_the_batches_a_streamed_one_gives(small_bundle
     for split in ("val", "test"):
         r = np.arange(0, len(streamed.eval_sets[split]), 5)
         assert torch.equal(resident.eval_batch(split, r, 20), streamed.eval_batch(split, r, 20))
+
+
+def test_random_batches_mix_history_lengths_and_cover_every_user_once():
+    """batches: random (SASRec+'s) draws each batch from the whole epoch's shuffle; by_length groups
+    similar lengths (less padding). Both cover every train user exactly once, the same for a resume."""
+    from raytower.train.data import epoch_batches
+
+    lens = np.random.default_rng(0).integers(3, 400, size=5000)
+    spread = {}
+    for by_length in (True, False):
+        batches = epoch_batches(lens, 128, seed=1, epoch=2, by_length=by_length)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lens)))
+        again = epoch_batches(lens, 128, seed=1, epoch=2, by_length=by_length)
+        assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+        spread[by_length] = np.mean([lens[b].max() - lens[b].min() for b in batches])
+    assert spread[True] < 30 < 300 < spread[False]  # the padding each batch is cropped to
