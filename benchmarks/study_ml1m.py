@@ -36,6 +36,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "ml1m_study.jsonl"
 RUNS = ROOT / "runs" / "study-ml1m"
 WHOLE_TOWER = TrainConfig().item_layers + 2  # unfreeze_depth that trains the id table too
 HELD_T1 = {"temp_start": 1.0, "temp_min": 1.0, "anneal_rate": 1.0}  # a plain dot product's scale
+FAST_TAU = {"temp_start": 0.2, "anneal_rate": 0.7}  # tau at its 0.05 floor by epoch 5 instead of 15
+DROPOUT_01 = {"dropout": 0.1, "gnn_dropout": 0.1}  # SASRec+'s dropout, the GNN vector hidden as rarely
+# the leak-free history vector, the whole item tower at the user tower's LR, a softmax over every item
+HISTORY_WHOLE_FULL = {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0, "loss": "full"}
 
 ARMS: dict[str, dict] = {
     "default": {},
@@ -48,29 +52,27 @@ ARMS: dict[str, dict] = {
     # no logQ at all (the in-batch candidates are most of ML-1M's 3,416 items)
     "no_logq": {"logq_max": 0.0},
     # SASRec+'s regularisation and attention
-    "dropout_0.1": {"dropout": 0.1, "gnn_dropout": 0.1},
+    "dropout_0.1": DROPOUT_01,
     # the curriculum's switch from the first epoch
     "no_stage1": {"stage1_max_epochs": 0},
     # the temperature alone: at its floor by epoch 5 (tau 0.2 x 0.7^epoch) instead of epoch 15
-    "fast_tau": {"temp_start": 0.2, "anneal_rate": 0.7},
+    "fast_tau": FAST_TAU,
     # the leak: the GNN vector from the history's LightGCN item vectors, causally (no target seen)
     "gnn_history": {"gnn_vector": "history"},
     # what the study points at, the cosine scores and their temperature schedule kept
-    "history_whole_full": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0, "loss": "full"},
+    "history_whole_full": HISTORY_WHOLE_FULL,
     # the same, its temperature at the floor by epoch 5 instead of 15 (tau 0.2 x 0.7^epoch, floor 0.05)
-    "history_whole_full_fast_tau": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
-                                    "loss": "full", "temp_start": 0.2, "anneal_rate": 0.7},
+    "history_whole_full_fast_tau": {**HISTORY_WHOLE_FULL, **FAST_TAU},
     # SASRec's tied embeddings: the sequence encoder reads the item tower's vectors (seq_items: tied)
-    "history_whole_full_tied": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
-                                "loss": "full", "seq_items": "tied"},
-    # the same with SASRec+'s dropout 0.1 (and the GNN vector hidden as rarely)
-    "history_whole_full_tied_dropout_0.1": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
-                                            "loss": "full", "seq_items": "tied", "dropout": 0.1, "gnn_dropout": 0.1},
+    "history_whole_full_tied": {**HISTORY_WHOLE_FULL, "seq_items": "tied"},
+    # SASRec+'s batches: random sets of users instead of similar history lengths
+    "history_whole_full_random": {**HISTORY_WHOLE_FULL, "batches": "random"},
+    "history_whole_full_tied_random": {**HISTORY_WHOLE_FULL, "seq_items": "tied", "batches": "random"},
+    # tied, with SASRec+'s dropout 0.1 (and the GNN vector hidden as rarely)
+    "history_whole_full_tied_dropout_0.1": {**HISTORY_WHOLE_FULL, "seq_items": "tied", **DROPOUT_01},
     # the same, its temperature at the floor by epoch 5 (the early epochs, and so the time to quality)
-    "history_whole_full_tied_dropout_0.1_fast_tau": {"gnn_vector": "history", "unfreeze_depth": WHOLE_TOWER,
-                                                     "lr_ratio": 1.0, "loss": "full", "seq_items": "tied",
-                                                     "dropout": 0.1, "gnn_dropout": 0.1, "temp_start": 0.2,
-                                                     "anneal_rate": 0.7},
+    "history_whole_full_tied_dropout_0.1_fast_tau": {**HISTORY_WHOLE_FULL, "seq_items": "tied", **DROPOUT_01,
+                                                     **FAST_TAU},
     # everything the single factors point at, together, the curriculum kept
     "combined": {"loss": "full", "score": "dot", **HELD_T1, "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                  "dropout": 0.1},
