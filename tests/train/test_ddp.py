@@ -24,6 +24,7 @@ def _worker(rank, world, port, bundle_path, art_path, cfg_dict, out_dir):
     run = Curriculum.create(TrainConfig.from_dict(cfg_dict), Bundle(bundle_path), Artifacts.load(art_path), rank=rank, world_size=world)
     rows = [run.step() for _ in range(3)]
     torch.save({"rows": rows, "user": run.user_tower.state_dict(), "head": run.item_tower.head.state_dict(),
+                "item": run.item_tower.state_dict(),
                 "stage": run.stage}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -54,3 +55,19 @@ def test_a_trainable_gnn_table_stays_in_sync_across_ranks(small_bundle, small_ar
     assert not torch.allclose(table, start)  # it trained
     for key, value in r0["user"].items():
         assert torch.allclose(value, r1["user"][key]), key
+
+
+def test_tied_inputs_train_the_whole_item_tower_in_sync_across_ranks(small_bundle, small_artifacts, small_config,
+                                                                     tmp_path):
+    # seq_items: tied runs the DDP-wrapped item tower once a step and feeds it to the DDP-wrapped user
+    # tower too: the id table's gradient from both sides must be all-reduced alike on every rank.
+    cfg = small_config.replace(epochs=3, stage1_max_epochs=1, unfreeze_depth=small_config.item_layers + 2,
+                               lr_ratio=1.0, loss="full", seq_items="tied")
+    mp.spawn(_worker, args=(2, free_port(), str(small_bundle.path), str(small_artifacts.path), cfg.to_dict(), str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert not torch.equal(r0["item"]["id_emb.weight"], small_artifacts.item_tower["id_emb.weight"])  # it trained
+    for part in ("user", "item"):
+        for key, value in r0[part].items():
+            assert torch.allclose(value, r1[part][key]), (part, key)
+    assert torch.equal(r0["user"]["seq.item_emb.weight"], r1["user"]["seq.item_emb.weight"])
