@@ -73,6 +73,9 @@ ARMS: dict[str, dict] = {
     # the same, its temperature at the floor by epoch 5 (the early epochs, and so the time to quality)
     "history_whole_full_tied_dropout_0.1_fast_tau": {**HISTORY_WHOLE_FULL, "seq_items": "tied", **DROPOUT_01,
                                                      **FAST_TAU},
+    # every factor that helped on ml-100k or in ML-1M's early epochs, together (the study's candidate)
+    "history_whole_full_tied_random_dropout_0.1_fast_tau": {**HISTORY_WHOLE_FULL, "seq_items": "tied",
+                                                             "batches": "random", **DROPOUT_01, **FAST_TAU},
     # everything the single factors point at, together, the curriculum kept
     "combined": {"loss": "full", "score": "dot", **HELD_T1, "unfreeze_depth": WHOLE_TOWER, "lr_ratio": 1.0,
                  "dropout": 0.1},
