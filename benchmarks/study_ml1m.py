@@ -134,6 +134,13 @@ def run_arm(arm: str, args) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _named_run(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, Path(path).expanduser()
+
+
 def curves(args) -> None:
     """Every arm's validation figures so far, epoch by epoch, beside SASRec+'s: the comparison at equal
     epochs, for arms still running too. Read from each run's last checkpoint (raytower's own checked
@@ -142,8 +149,9 @@ def curves(args) -> None:
     from raytower.train.run import read_checkpoint
 
     rows = []
-    for arm in ARMS:
-        last = args.runs / arm / LAST_CHECKPOINT
+    runs = {arm: args.runs / arm for arm in ARMS} | dict(args.run)
+    for arm, out in runs.items():
+        last = out / LAST_CHECKPOINT
         if last.is_file():
             history = read_checkpoint(last)["history"]
             rows += [{"arm": arm, **{k: r.get(k) for k in KEEP}} for r in history]
@@ -181,6 +189,8 @@ def main() -> None:
     r.add_argument("--runs", type=Path, default=RUNS, help="where the arms' run directories go")
     c = sub.add_parser("curves", help="every arm's validation curve so far beside SASRec+'s, at equal epochs")
     c.add_argument("--runs", type=Path, default=RUNS)
+    c.add_argument("--run", action="append", default=[], metavar="NAME=DIR", type=_named_run,
+                   help="another raytower train run to show beside the arms (e.g. the search's choice)")
     c.add_argument("--sasrec", type=Path, default=ROOT / "benchmarks" / "results" / "sasrec_plus_ml-1m.jsonl")
     c.add_argument("--curves", type=Path, default=ROOT / "benchmarks" / "results" / "ml1m_study_curves.jsonl")
     s = sub.add_parser("summarize")
