@@ -148,9 +148,10 @@ class SequenceEncoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.pooling = pooling
         self.pool_query = nn.Parameter(torch.zeros(dim)) if pooling == "attention" else None
-        # seq_items: tied: while a step trains, the item tower's vectors of every item (row 0
-        # padding), in place of item_emb, so the gradient reaches the item tower; None otherwise
-        self.tied_inputs: torch.Tensor | None = None
+        # seq_items: tied: while a step trains, (ids, vectors): the item tower's vectors of the items
+        # the step needs (ids sorted, every id of the batch's sequences among them), read in place of
+        # item_emb so the gradient reaches the item tower; None otherwise
+        self.tied_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         B, L = seq.shape
@@ -160,7 +161,11 @@ class SequenceEncoder(nn.Module):
         # Keys may be real items in the past; a padded query still sees itself, so no row is
         # fully masked (an all-masked softmax row is NaN).
         allowed = causal & (valid[:, None, :] | eye)  # (B, L, L)
-        items = self.item_emb(seq) if self.tied_inputs is None else F.embedding(seq, self.tied_inputs)
+        if self.tied_inputs is None:
+            items = self.item_emb(seq)
+        else:
+            ids, vectors = self.tied_inputs
+            items = vectors[torch.searchsorted(ids, seq.contiguous())]
         x = items * (self.item_emb.embedding_dim ** 0.5) + self.pos_emb.weight[-L:]
         x = self.drop(x) * valid[..., None]
         for block in self.blocks:

@@ -65,7 +65,6 @@ class Curriculum:
         self.optimizer = torch.optim.Adam(model.user_tower.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.towers = TrainedTowers(model, self.device, world_size)
         self.all_items = torch.arange(1, data.bundle.n_items + 1, device=self.device)  # loss: full
-        self.all_items_padded = torch.arange(data.bundle.n_items + 1, device=self.device)  # seq_items: tied
         self.on_batch: Callable[[int, int], None] | None = None  # (batches done, of) for progress
         if cfg.stage1_max_epochs == 0:  # no Stage 1: everything Stage 2 unfreezes trains from the start
             self._enter_stage2("stage1_max_epochs 0: no Stage 1")
@@ -192,9 +191,11 @@ class Curriculum:
         else:
             cand, labels = candidates(tgt[valid])
         if cfg.seq_items == "tied":  # one pass of the item tower feeds both the inputs and the candidates
-            table = self.towers.candidate_vectors(self.all_items_padded)
-            u = self._user_vectors(users, inp, valid, tied_inputs=table)
-            v = table[cand]
+            # only the items this step reads or scores: a catalogue of millions is never run whole
+            ids, where = torch.unique(torch.cat([inp.flatten(), cand]), return_inverse=True)
+            vectors = self.towers.candidate_vectors(ids)
+            u = self._user_vectors(users, inp, valid, tied_inputs=(ids, vectors))
+            v = vectors[where[inp.numel():]]
         else:
             u = self._user_vectors(users, inp, valid)
             v = self.towers.candidate_vectors(cand)
@@ -213,7 +214,7 @@ class Curriculum:
         return int(valid.sum()), figures
 
     def _user_vectors(self, users: torch.Tensor, inp: torch.Tensor, valid: torch.Tensor,
-                      tied_inputs: torch.Tensor | None = None) -> torch.Tensor:
+                      tied_inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The training rows' user vectors; with ``tied_inputs`` the sequence encoder reads those."""
         seq = self.user_tower.seq if tied_inputs is not None else None
         if seq is not None:

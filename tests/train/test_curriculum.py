@@ -169,3 +169,24 @@ def test_tied_inputs_are_the_item_vectors_in_checkpoints_and_evaluation(small_bu
     assert torch.equal(run.user_tower.seq.item_emb.weight, run.model.item_vectors())
     model = load_model(run.state_dict(), small_bundle, small_artifacts)  # what evaluate and export read
     assert evaluate(model, run.data, "test")[0] == run.evaluate("test")[0]
+
+
+def test_tied_inputs_run_the_item_tower_on_the_steps_items_only(small_bundle, small_artifacts, small_config,
+                                                                monkeypatch):
+    """With in-batch candidates a step runs the item tower on the items it reads or scores, not the
+    catalogue (at millions of items the whole tower per step would not fit)."""
+    from raytower.train.data import training_targets
+    from raytower.train.loss import candidates
+
+    run = _whole_tower_run(small_bundle, small_artifacts, small_config, loss="inbatch", batch_size=8)
+    seen = []
+    real = run.towers.candidate_vectors
+    monkeypatch.setattr(run.towers, "candidate_vectors", lambda ids: seen.append(ids) or real(ids))
+    idx = run._batches()[0]
+    run._train_step(torch.as_tensor(run.data.train_users)[idx], idx, tau=0.5, lam=0.0)
+    rows = idx.numpy()
+    inp, tgt, valid = training_targets(run.data.train_batch(rows, int(run.data.train_lens[rows].max())), "all")
+    cand, _ = candidates(tgt[valid])
+    assert len(seen) == 1
+    assert set(seen[0].tolist()) == set(inp.flatten().tolist()) | set(cand.tolist())
+    assert len(seen[0]) < small_bundle.n_items
