@@ -122,6 +122,34 @@ def test_export_from_a_train_run(tmp_path, capsys):
     assert torch.isfinite(_exported_scores(tmp_path / "m")[0, 1:]).all()
 
 
+def test_a_tied_model_exports_the_user_tower_it_trained(tmp_path):
+    """seq_items: tied trains the encoder on the item tower's live vectors; the export (the user tower
+    alone) must score as the trained model does, through the copy the loop keeps."""
+    from tests.conftest import SMALL_SYNTHETIC
+
+    from raytower.export import ServedModel, load_chosen
+    from raytower.train.data import TrainData
+    from raytower.train.evaluate import user_vectors
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dim: 32\nitem_layers: 2\nmax_len: 30\nepochs: 2\nbatch_size: 64\nseq_items: tied\n"
+                   "unfreeze_depth: 4\nlr_ratio: 1.0\nstage1_max_epochs: 0\n")
+    assert main(["train", "--data", SMALL_SYNTHETIC, "--config", str(cfg), "--threads", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 0
+    model, tcfg, bundle, _ = load_chosen(tmp_path / "run")
+    assert tcfg.seq_items == "tied"
+    # the encoder's table is the item tower as trained (what the exported item vectors are too)
+    assert torch.equal(model.user_tower.seq.item_emb.weight, model.item_vectors())
+    data = TrainData.build(bundle, tcfg.max_len)
+    ev = data.eval_sets["test"]
+    rows = np.arange(min(32, len(ev)))
+    ref, _ = user_vectors(model, data, "test")
+    hists = [ev.hist_items[ev.hist_offsets[k]:ev.hist_offsets[k + 1]] for k in rows]
+    got = ServedModel(tmp_path / "m").user_vector(ev.users[rows], hists, data.meta[torch.as_tensor(ev.users[rows])].numpy())
+    assert torch.allclose(got, ref[rows], atol=1e-5)
+
+
 @pytest.mark.slow  # train, then export in a process under a file-size limit: second tier
 def test_an_export_past_a_file_size_limit_is_one_line(tmp_path):
     # torch.export.save reported a full disk or RLIMIT_FSIZE as a RuntimeError and a C++ stack
