@@ -165,7 +165,8 @@ class SequenceEncoder(nn.Module):
             items = self.item_emb(seq)
         else:
             ids, vectors = self.tied_inputs
-            items = vectors[torch.searchsorted(ids, seq.contiguous())]
+            # an embedding lookup, not vectors[...]: its gradient sums in a fixed order (a resume is exact)
+            items = F.embedding(torch.searchsorted(ids, seq.contiguous()), vectors)
         x = items * (self.item_emb.embedding_dim ** 0.5) + self.pos_emb.weight[-L:]
         x = self.drop(x) * valid[..., None]
         for block in self.blocks:

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from raytower.model.build import TwoTower, build_model
 from raytower.model.pretrain import Artifacts
@@ -195,7 +196,7 @@ class Curriculum:
             ids, where = torch.unique(torch.cat([inp.flatten(), cand]), return_inverse=True)
             vectors = self.towers.candidate_vectors(ids)
             u = self._user_vectors(users, inp, valid, tied_inputs=(ids, vectors))
-            v = vectors[where[inp.numel():]]
+            v = F.embedding(where[inp.numel():], vectors)
         else:
             u = self._user_vectors(users, inp, valid)
             v = self.towers.candidate_vectors(cand)

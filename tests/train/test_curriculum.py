@@ -3,6 +3,7 @@
 import copy
 import math
 
+import pytest
 import torch
 
 from raytower.train.evaluate import popularity_metrics
@@ -69,8 +70,12 @@ def test_rows_report_loss_beside_random_guess(small_bundle, small_artifacts, sma
         assert key in row, key
 
 
-def test_resume_from_state_reproduces_the_uninterrupted_run(small_bundle, small_artifacts, small_config):
-    cfg = small_config.replace(epochs=4, stage1_max_epochs=2, unfreeze_depth=1)
+@pytest.mark.parametrize("changes", [{"unfreeze_depth": 1},
+                                     # the whole tower read through the tied inputs, random batches
+                                     {"unfreeze_depth": 4, "lr_ratio": 1.0, "seq_items": "tied", "batches": "random"}],
+                         ids=["head", "tied-whole-tower-random-batches"])
+def test_resume_from_state_reproduces_the_uninterrupted_run(small_bundle, small_artifacts, small_config, changes):
+    cfg = small_config.replace(epochs=4, stage1_max_epochs=2, **changes)
     straight = Curriculum.create(cfg, small_bundle, small_artifacts)
     rows = [straight.step() for _ in range(3)]
     # a checkpoint after epoch 3, as `raytower train` writes one after every epoch and goes on
