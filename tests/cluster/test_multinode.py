@@ -101,16 +101,16 @@ def test_search_runs_on_workers_and_survives_losing_one(cluster, tmp_path):
          "--out", str(out), "--storage-path", str(shared)],
         env=env, stdout=(tmp_path / "submit.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        a = cluster.node_ids["a"]
+        name_of = {node_id: name for name, node_id in cluster.node_ids.items()}
         deadline = time.monotonic() + 600
         victim_trial = None
-        while victim_trial is None:  # a trial two epochs into its run on node a
+        while victim_trial is None:  # a trial two epochs into its run, on whichever worker Ray placed it
             assert time.monotonic() < deadline and submit.poll() is None, (tmp_path / "submit.log").read_text()[-3000:]
             for trial, rows in reported_rows(state).items() if (state / "tune").is_dir() else []:
-                if len(rows) >= 2 and rows[-1]["node_id"] == a and rows[-1]["epoch"] < epochs - 3:
-                    victim_trial = trial
+                if len(rows) >= 2 and rows[-1]["node_id"] in name_of and rows[-1]["epoch"] < epochs - 3:
+                    victim_trial, a = trial, rows[-1]["node_id"]
             time.sleep(0.2)
-        cluster.raylet("a").kill()  # the node is gone, as a reclaimed spot instance would be
+        cluster.raylet(name_of[a]).kill()  # the node is gone, as a reclaimed spot instance would be
         at_kill = [r["epoch"] for r in reported_rows(state)[victim_trial]]
         cluster.add_worker("c")  # what the autoscaler does for the pending work
         assert submit.wait(timeout=900) == 0, (tmp_path / "submit.log").read_text()[-3000:]
