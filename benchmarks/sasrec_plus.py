@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import time
