@@ -19,25 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from _stamp import ROOT, stamp
+from tau_probe import training_scores
 from raytower.export import load_chosen
-from raytower.model.towers import user_forward
-from raytower.train.data import TrainData, epoch_batches, training_targets
+from raytower.train.data import TrainData
 from raytower.train.evaluate import evaluate
 from raytower.train.schedules import temperature
 
 
 @torch.no_grad()
 def figures(model, cfg, data: TrainData, n_batches: int, tau: float) -> dict[str, float]:
-    items = model.item_vectors()
-    users = torch.as_tensor(data.train_users)
     total, rows = 0.0, 0
-    for batch in epoch_batches(data.train_lens, cfg.batch_size, cfg.seed, 0)[:n_batches]:
-        b = torch.as_tensor(batch)
-        inp, tgt, valid = training_targets(data.train_batch(batch, int(data.train_lens[batch].max())), "all")
-        u = user_forward(model.user_tower, users[b], inp, data.meta[users[b]], last_only=False)[valid]
-        total += F.cross_entropy(u @ items[1:].T / tau, tgt[valid] - 1, reduction="sum").item()
-        rows += int(valid.sum())
-    val = evaluate(model, data, "val", items)[0]
+    for scores, labels in training_scores(model, cfg, data, n_batches):
+        total += F.cross_entropy(scores / tau, labels, reduction="sum").item()
+        rows += len(labels)
+    val = evaluate(model, data, "val", model.item_vectors())[0]
     return {"train_ce": total / rows, "val_hr@10": val["recall@10"], "val_ndcg@10": val["ndcg@10"]}
 
 

@@ -28,21 +28,28 @@ TEMPERATURES = (0.1, 0.07, 0.05, 0.04, 0.03, 0.02, 0.01)
 
 
 @torch.no_grad()
+def training_scores(model, cfg, data: TrainData, n_batches: int):
+    """(scores over every item, target column) of the first ``n_batches`` training batches of epoch 0,
+    drawn as the run's training drew them; ``model`` in evaluation mode. gnn_probe reads these too."""
+    items = model.item_vectors()[1:]
+    users = torch.as_tensor(data.train_users)
+    for batch in epoch_batches(data.train_lens, cfg.batch_size, cfg.seed, 0,
+                               by_length=cfg.batches == "by_length")[:n_batches]:
+        b = torch.as_tensor(batch)
+        inp, tgt, valid = training_targets(data.train_batch(batch, int(data.train_lens[batch].max())), "all")
+        u = user_forward(model.user_tower, users[b], inp, data.meta[users[b]], last_only=False)[valid]
+        yield u @ items.T, tgt[valid] - 1
+
+
 def probe(run: Path, n_batches: int) -> dict[float, float]:
     model, cfg, bundle, chosen = load_chosen(run)
     model.eval()
     data = TrainData.build(bundle, cfg.max_len)
-    items = model.item_vectors()[1:]
-    users = torch.as_tensor(data.train_users)
     sums, rows = {t: 0.0 for t in TEMPERATURES}, 0
-    for batch in epoch_batches(data.train_lens, cfg.batch_size, cfg.seed, 0)[:n_batches]:
-        b = torch.as_tensor(batch)
-        inp, tgt, valid = training_targets(data.train_batch(batch, int(data.train_lens[batch].max())), "all")
-        u = user_forward(model.user_tower, users[b], inp, data.meta[users[b]], last_only=False)[valid]
-        scores = u @ items.T
+    for scores, labels in training_scores(model, cfg, data, n_batches):
         for t in TEMPERATURES:
-            sums[t] += F.cross_entropy(scores / t, tgt[valid] - 1, reduction="sum").item()
-        rows += int(valid.sum())
+            sums[t] += F.cross_entropy(scores / t, labels, reduction="sum").item()
+        rows += len(labels)
     return {t: s / rows for t, s in sums.items()}
 
 
