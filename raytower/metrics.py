@@ -114,7 +114,10 @@ def tail_items(counts: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def effective_rank(vecs: torch.Tensor) -> float:
     """Roy & Vetterli (2007): exp of the entropy of the normalised singular values.
-    A collapsing item tower shows as a falling effective rank."""
+    A collapsing item tower shows as a falling effective rank. NaN when a vector is not finite (a
+    diverged tower: the SVD would raise, and the epoch must still be recorded as diverged)."""
+    if not bool(torch.isfinite(vecs).all()):
+        return float("nan")
     s = torch.linalg.svdvals(vecs.float())
     p = s / s.sum().clamp_min(1e-12)
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))

@@ -58,6 +58,9 @@ def test_recall_and_ndcg_from_ranks():
 def test_effective_rank_of_identity_and_rank_one():
     assert math.isclose(metrics.effective_rank(torch.eye(16)), 16, rel_tol=1e-4)
     assert metrics.effective_rank(torch.ones(50, 16)) < 1.01
+    broken = torch.eye(16)
+    broken[3, 3] = float("nan")  # a diverged item tower: the SVD raised, the run ended in a traceback
+    assert math.isnan(metrics.effective_rank(broken))
 
 
 def test_uniformity_is_lower_for_spread_vectors():
